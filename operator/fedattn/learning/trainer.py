@@ -1,0 +1,49 @@
+"""Local training for the built-in models: mini-batch SGD, with FedProx's proximal term when asked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedattn.learning.data import Split
+from fedattn.learning.models import Architecture, loss_and_grad
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    learning_rate: float = 0.1
+    proximal_mu: float = 0.0
+
+    @classmethod
+    def from_spec(cls, training: dict, strategy: dict | None = None) -> TrainConfig:
+        params = (strategy or {}).get("params") or {}
+        return cls(
+            epochs=int(training.get("localEpochs", 1)),
+            batch_size=int(training.get("batchSize", 32)),
+            learning_rate=float(training.get("learningRate", 0.1)),
+            proximal_mu=float(params.get("proximalMu", 0.0)) if (strategy or {}).get("name") == "fedprox" else 0.0,
+        )
+
+
+def train(arch: Architecture, start: np.ndarray, data: Split, config: TrainConfig, *, seed: int) -> tuple[np.ndarray, float]:
+    """Train from ``start`` on ``data``; returns the new parameters and the mean training loss.
+
+    With ``proximal_mu`` > 0 the gradient gains ``mu * (w - start)`` (FedProx), which keeps a client
+    on skewed data from drifting far from the global model.
+    """
+    rng = np.random.default_rng(seed)
+    params = start.astype(np.float32, copy=True)
+    losses = []
+    for _ in range(config.epochs):
+        order = rng.permutation(len(data))
+        for begin in range(0, len(order), config.batch_size):
+            batch = order[begin : begin + config.batch_size]
+            loss, grad = loss_and_grad(arch, params, data.x[batch], data.y[batch])
+            if config.proximal_mu:
+                grad += config.proximal_mu * (params - start)
+            params -= config.learning_rate * grad
+            losses.append(loss)
+    return params, float(np.mean(losses)) if losses else 0.0
