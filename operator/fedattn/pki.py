@@ -214,14 +214,14 @@ def write_session_pki(
 ) -> dict[str, Paths]:
     """Local mode: a fresh CA, the ``server`` identity and one client identity per participant.
 
-    Returns the paths by identity name ("server", "coordinator-client" for the coordinator's control
-    link to the aggregator, and each participant name).
+    Returns the paths by identity name: "server", "coordinator-client" (the coordinator's control link
+    to the aggregator), "operator" (admin calls to the coordinator) and each participant name.
     """
     root.mkdir(parents=True, exist_ok=True)
     ca = make_ca(f"fedattn-{session}-ca")
     root.joinpath("ca.crt").write_bytes(ca.cert_pem)
     _write_secret(root / "ca.key", ca.key_pem)
     out = {"server": write_identity(root, "server", issue(ca, "server", server_names=server_names), curve_keypair())}
-    for name in ["coordinator-client", *participants]:
+    for name in ["coordinator-client", "operator", *participants]:
         out[name] = write_identity(root, name, issue(ca, name, organization=session), curve_keypair())
     return out

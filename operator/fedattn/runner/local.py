@@ -1,0 +1,181 @@
+"""``fedattn run``: one session, all components as local processes, fresh PKI, SQLite store.
+
+The runner plays the operator's part: it mints credentials, starts the aggregator and coordinator,
+creates the session through the coordinator's API (as ``operator``), starts one participant process
+per FedParticipant with only its own private data, and follows the session's status to the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedattn import pki
+from fedattn.participant.coordinator_api import CoordinatorClient
+from fedattn.resilience import Policy
+from fedattn.runner.manifests import Bundle
+from fedattn.runner.processes import Supervisor, free_port, wait_ready
+
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    aggregator: str
+    aggregator_metrics: int
+    coordinator: str
+    coordinator_metrics: int
+
+
+@dataclass
+class LocalSession:
+    """A running local session: its directory, processes and an admin client."""
+
+    bundle: Bundle
+    workdir: Path
+    supervisor: Supervisor
+    endpoints: Endpoints
+    admin: CoordinatorClient
+    store_dsn: str
+
+    def status(self) -> dict[str, Any]:
+        return self.admin.status(self.bundle.name)
+
+
+def _write_allowlist(root: Path, identities: dict[str, pki.Paths], names: list[str]) -> Path:
+    allow = root / "allow"
+    allow.mkdir(exist_ok=True)
+    for name in names:
+        (allow / f"{name}.curve.pub").write_bytes(identities[name].curve_public.read_bytes())
+    return allow
+
+
+def start(bundle: Bundle, *, workdir: Path, supervisor: Supervisor, store_dsn: str | None = None) -> LocalSession:
+    """Mint the PKI, start aggregator and coordinator, create the session, start the participants."""
+    pki_dir = workdir / "pki"
+    identities = pki.write_session_pki(
+        pki_dir, session=bundle.name, participants=bundle.participant_names, server_names=["127.0.0.1", "localhost"]
+    )
+    allow = _write_allowlist(pki_dir, identities, ["coordinator-client", *bundle.participant_names])
+    endpoints = Endpoints(
+        aggregator=f"tcp://127.0.0.1:{free_port()}",
+        aggregator_metrics=free_port(),
+        coordinator=f"https://127.0.0.1:{free_port()}",
+        coordinator_metrics=free_port(),
+    )
+    store_dsn = store_dsn or f"sqlite:///{(workdir / 'store.sqlite3').resolve()}"
+    server = identities["server"]
+    aggregator = supervisor.start(
+        "aggregator",
+        [
+            "aggregator",
+            "--bind", endpoints.aggregator,
+            "--curve-secret", str(server.curve_secret),
+            "--curve-public", str(server.curve_public),
+            "--allow-dir", str(allow),
+            "--metrics-host", "127.0.0.1",
+            "--metrics-port", str(endpoints.aggregator_metrics),
+        ],
+    )
+    wait_ready(f"http://127.0.0.1:{endpoints.aggregator_metrics}/readyz", proc=aggregator)
+    control = identities["coordinator-client"]
+    api_port = endpoints.coordinator.rsplit(":", 1)[1]
+    coordinator = supervisor.start(
+        "coordinator",
+        [
+            "coordinator",
+            "--api-host", "127.0.0.1",
+            "--api-port", api_port,
+            "--metrics-host", "127.0.0.1",
+            "--metrics-port", str(endpoints.coordinator_metrics),
+            "--tls-cert", str(server.cert),
+            "--tls-key", str(server.key),
+            "--tls-ca", str(server.ca),
+            "--store", store_dsn,
+            "--aggregator", endpoints.aggregator,
+            "--aggregator-public-key", str(server.curve_public),
+            "--client-curve-public", str(control.curve_public),
+            "--client-curve-secret", str(control.curve_secret),
+        ],
+    )
+    wait_ready(f"http://127.0.0.1:{endpoints.coordinator_metrics}/readyz", proc=coordinator)
+    admin = CoordinatorClient(
+        base_url=endpoints.coordinator,
+        identity=identities["operator"],
+        policy=Policy.from_spec(bundle.spec.get("resilience")),
+    )
+    admin.create_session(bundle.session, bundle.participants)
+    session = LocalSession(bundle, workdir, supervisor, endpoints, admin, store_dsn)
+    for name in bundle.participant_names:
+        start_participant(session, name)
+    return session
+
+
+def start_participant(session: LocalSession, name: str) -> None:
+    """One participant process; its private prompt/data goes to a file only it reads."""
+    private_dir = session.workdir / "private" / name
+    private_dir.mkdir(parents=True, exist_ok=True)
+    args = [
+        "participant",
+        "--coordinator", session.endpoints.coordinator,
+        "--session", session.bundle.name,
+        "--name", name,
+        "--pki-dir", str(session.workdir / "pki"),
+        "--result-file", str(session.workdir / "results" / f"{name}.json"),
+    ]
+    for key, value in session.bundle.private.get(name, {}).items():
+        path = private_dir / key
+        path.write_text(value)
+        path.chmod(0o600)
+        args += [f"--{key}-file", str(path)]
+    session.supervisor.start(f"participant-{name}", args)
+
+
+def follow(
+    session: LocalSession,
+    *,
+    on_status: Callable[[dict[str, Any]], None],
+    poll_seconds: float = 0.5,
+    timeout_seconds: float | None = None,
+) -> dict[str, Any]:
+    """Poll the session's status until it is Succeeded or Failed; returns the last status."""
+    deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
+    servers = [session.supervisor.children[n] for n in ("aggregator", "coordinator")]
+    while True:
+        for proc in servers:
+            if not proc.alive():
+                raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.tail()}")
+        status = session.status()
+        on_status(status)
+        if status.get("phase") in TERMINAL_PHASES:
+            return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"session {session.bundle.name} still {status.get('phase')} after {timeout_seconds}s")
+        time.sleep(poll_seconds)
+
+
+def wait_participants(session: LocalSession, *, timeout_seconds: float = 60.0) -> dict[str, int | None]:
+    """Give participants time to report and exit after the session ends; their exit codes."""
+    deadline = time.monotonic() + timeout_seconds
+    codes: dict[str, int | None] = {}
+    for name in session.bundle.participant_names:
+        proc = session.supervisor.children[f"participant-{name}"].popen
+        try:
+            codes[name] = proc.wait(max(0.0, deadline - time.monotonic()))
+        except Exception:
+            codes[name] = None
+    return codes
+
+
+def read_results(session: LocalSession) -> dict[str, dict[str, Any]]:
+    """What each participant wrote to its local result file (local mode only; never sent anywhere)."""
+    out = {}
+    for name in session.bundle.participant_names:
+        path = session.workdir / "results" / f"{name}.json"
+        if path.exists():
+            out[name] = json.loads(path.read_text())
+    return out
