@@ -1,0 +1,100 @@
+"""A learning-mode participant: receive the global model, train on the private shard, send the update.
+
+The shard is derived from the session spec and this participant's index, so the data never travels;
+only the trained parameter vector does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedattn.learning import data, models
+from fedattn.learning.centralized import session_architecture, session_dataset
+from fedattn.learning.trainer import TrainConfig, train
+from fedattn.wire import Message
+
+log = logging.getLogger(__name__)
+
+
+class Channel(Protocol):
+    """What a participant needs from its link to the aggregator."""
+
+    def send(self, *, kind: str, round: int = 0, arrays: tuple[np.ndarray, ...] = (),
+             meta: dict[str, Any] | None = None) -> None: ...
+
+    def recv(self, *, timeout_seconds: float) -> Message | None: ...
+
+
+def private_shard(spec: dict[str, Any], *, index: int, parts: int) -> data.Split:
+    training = spec.get("training") or {}
+    return data.participant_split(
+        session_dataset(spec),
+        index=index,
+        parts=parts,
+        alpha=float(training.get("dirichletAlpha", 0.5)),
+        seed=int(training.get("seed", 0)),
+    )
+
+
+def run_learning(
+    channel: Channel,
+    *,
+    spec: dict[str, Any],
+    name: str,
+    index: int,
+    parts: int,
+    session_over: Callable[[], bool],
+    idle_timeout_seconds: float,
+) -> dict[str, Any]:
+    """Serve rounds until the aggregator says ``done`` (or the coordinator says the session ended).
+
+    Returns this participant's own record: rounds trained, examples, last loss, the final model's
+    checksum. A round the aggregator rejects (e.g. ``stale_round`` because we were too slow) is logged
+    and skipped, never retried blindly: the next ``model`` message starts the next round.
+    """
+    arch: models.Architecture = session_architecture(spec)
+    shard = private_shard(spec, index=index, parts=parts)
+    config = TrainConfig.from_spec(spec.get("training") or {}, spec.get("strategy"))
+    seed = int((spec.get("training") or {}).get("seed", 0))
+    ctx = {"session": spec.get("_session"), "participant": name}
+    channel.send(kind="hello")
+    trained: list[int] = []
+    last_loss = None
+    idle_since = time.monotonic()
+    while True:
+        msg = channel.recv(timeout_seconds=1.0)
+        if msg is None:
+            if session_over() or time.monotonic() - idle_since > idle_timeout_seconds:
+                return {"rounds": trained, "examples": len(shard), "loss": last_loss, "reason": "session over"}
+            continue
+        idle_since = time.monotonic()
+        if msg.kind == "model":
+            started = time.perf_counter()
+            params, last_loss = train(arch, msg.arrays[0], shard, config, seed=seed * 1_000_003 + msg.round * 101 + index)
+            channel.send(
+                kind="update",
+                round=msg.round,
+                arrays=(params,),
+                meta={
+                    "num_examples": len(shard),
+                    "train_loss": last_loss,
+                    "compute_seconds": time.perf_counter() - started,
+                },
+            )
+            trained.append(msg.round)
+            log.info("trained round %d loss %.4f", msg.round, last_loss, extra={**ctx, "round": msg.round})
+        elif msg.kind == "error":
+            log.warning("aggregator rejected: %s", msg.meta, extra={**ctx, "round": msg.round})
+        elif msg.kind == "done":
+            final = msg.arrays[0] if msg.arrays else None
+            accuracy = None
+            if final is not None:
+                ds = session_dataset(spec)
+                accuracy = models.accuracy(arch, final, ds.test.x, ds.test.y)
+            return {"rounds": trained, "examples": len(shard), "loss": last_loss,
+                    "final_accuracy": accuracy, "reason": msg.meta.get("reason")}
