@@ -1,0 +1,482 @@
+"""The FedSession and FedParticipant schemas: the single source of truth for both CRDs.
+
+``crds/*.yaml`` are generated from these (``fedattn crds``), the local runner validates manifests
+against them (:func:`fedattn.api.apply_defaults_and_validate`) and docs/resources.md is checked
+against them by a test. CEL rules (``x-kubernetes-validations``) carry the cross-field and
+immutability rules, so no admission webhook is needed.
+"""
+
+from __future__ import annotations
+
+from fedattn.api.fields import (
+    Schema,
+    array,
+    boolean,
+    free_form,
+    integer,
+    number,
+    number_map,
+    obj,
+    string,
+    string_map,
+)
+
+GROUP = "fedattn.io"
+VERSION = "v1alpha1"
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+#: Strategy -> the ``strategy.params`` keys it understands (a CEL rule rejects any other key).
+STRATEGY_PARAMS: dict[str, list[str]] = {
+    "fedavg": [],
+    "fedprox": ["proximalMu"],
+    "fedavgm": ["serverLearningRate", "serverMomentum"],
+    "fedadam": ["serverLearningRate", "beta1", "beta2", "tau"],
+    "fedyogi": ["serverLearningRate", "beta1", "beta2", "tau"],
+    "fedadagrad": ["serverLearningRate", "tau"],
+    "krum": ["byzantine"],
+    "multikrum": ["byzantine", "selected"],
+    "trimmedmean": ["trimFraction"],
+    "median": [],
+}
+
+SESSION_PHASES = ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+SESSION_CONDITIONS = [
+    "Ready",
+    "CertificatesReady",
+    "QuorumReached",
+    "Progressing",
+    "Degraded",
+    "Complete",
+    "Failed",
+]
+PARTICIPANT_PHASES = ["Pending", "Credentialed", "Joined", "Contributing", "Done", "Failed", "Evicted"]
+PARTICIPANT_CONDITIONS = ["CertificateIssued", "Connected"]
+SYNC_POLICIES = ["uniform", "shallow-half", "deep-half", "progressive", "regressive"]
+
+
+def _cel_string_list(items: list[str]) -> str:
+    return "[" + ", ".join(f"'{i}'" for i in items) + "]"
+
+
+def _strategy_rule() -> str:
+    table = ", ".join(f"'{name}': {_cel_string_list(keys)}" for name, keys in STRATEGY_PARAMS.items())
+    return f"self.params.all(k, k in {{{table}}}[self.name])"
+
+
+def _name(description: str) -> Schema:
+    return string(description, pattern=NAME_PATTERN, max_length=63, min_length=1)
+
+
+def _key_ref(description: str) -> Schema:
+    return obj(
+        description,
+        {"name": _name("ConfigMap or Secret name."), "key": string("Key inside it.", min_length=1)},
+        required=["name", "key"],
+    )
+
+
+def _data_ref(description: str) -> Schema:
+    return obj(
+        description,
+        {
+            "configMapKeyRef": _key_ref("Read the data from this ConfigMap key."),
+            "secretKeyRef": _key_ref("Read the data from this Secret key."),
+        },
+        rules=[
+            (
+                "has(self.configMapKeyRef) != has(self.secretKeyRef)",
+                "set exactly one of configMapKeyRef and secretKeyRef",
+            )
+        ],
+    )
+
+
+def _resources() -> Schema:
+    return free_form("Container resources (requests/limits), as in a Pod spec.")
+
+
+def _pod_template(component: str) -> Schema:
+    return obj(
+        f"Pod settings of the session's {component}.",
+        {
+            "image": string(
+                f"Image of the {component}; the operator's default image when empty.", default=""
+            ),
+            "resources": _resources(),
+            "nodeSelector": string_map(f"Node labels the {component} pod must run on."),
+            "tolerations": array("Pod tolerations, as in a Pod spec.", free_form("One toleration.")),
+        },
+        default={},
+    )
+
+
+def _tls() -> Schema:
+    return obj(
+        "Session PKI: cert-manager issuer or a self-signed CA the operator keeps.",
+        {
+            "issuerRef": obj(
+                "Issue the session's certificates with this cert-manager issuer.",
+                {
+                    "name": _name("Issuer name."),
+                    "kind": string(
+                        "Issuer or ClusterIssuer.", default="Issuer", enum=["Issuer", "ClusterIssuer"]
+                    ),
+                    "group": string("API group of the issuer.", default="cert-manager.io"),
+                },
+                required=["name"],
+            ),
+            "selfSigned": obj(
+                "The operator keeps a per-session CA in a Secret and issues every certificate itself.",
+                {
+                    "validityDays": integer("Lifetime of issued certificates, days.", default=365, minimum=1),
+                    "renewBeforeDays": integer(
+                        "Reissue this many days before expiry.", default=30, minimum=1
+                    ),
+                },
+                rules=[
+                    ("self.renewBeforeDays < self.validityDays", "renewBeforeDays must be below validityDays")
+                ],
+            ),
+        },
+        default={"selfSigned": {}},
+        rules=[
+            (
+                "has(self.issuerRef) != has(self.selfSigned)",
+                "set exactly one of tls.issuerRef and tls.selfSigned",
+            )
+        ],
+    )
+
+
+def _resilience() -> Schema:
+    return obj(
+        "Timeouts, retries and circuit breaking of every remote call.",
+        {
+            "timeoutSeconds": integer("Timeout of one call, seconds.", default=30, minimum=1),
+            "retries": integer("Retries after the first attempt.", default=3, minimum=0, maximum=20),
+            "backoffSeconds": number("First backoff; doubles per retry, seconds.", default=1, minimum=0),
+            "circuitBreaker": obj(
+                "Stop calling a failing peer for a while.",
+                {
+                    "failures": integer("Consecutive failures that open the breaker.", default=5, minimum=1),
+                    "openSeconds": integer(
+                        "How long the breaker stays open, seconds.", default=60, minimum=1
+                    ),
+                },
+                default={},
+            ),
+        },
+        default={},
+    )
+
+
+def _learning() -> dict[str, Schema]:
+    return {
+        "rounds": integer("Learning: number of rounds.", default=10, minimum=1, maximum=100000),
+        "strategy": obj(
+            "Learning: aggregation strategy and its parameters.",
+            {
+                "name": string("Strategy.", default="fedavg", enum=list(STRATEGY_PARAMS)),
+                "params": number_map(
+                    "Strategy parameters, e.g. proximalMu, serverLearningRate, trimFraction.", default={}
+                ),
+            },
+            default={"name": "fedavg", "params": {}},
+            rules=[
+                (_strategy_rule(), "strategy.params has a key this strategy does not take"),
+                (
+                    "self.name != 'trimmedmean' || !('trimFraction' in self.params)"
+                    " || (self.params['trimFraction'] >= 0.0 && self.params['trimFraction'] < 0.5)",
+                    "trimFraction must be in [0, 0.5)",
+                ),
+            ],
+        ),
+        "training": obj(
+            "Learning: the built-in trainer.",
+            {
+                "dataset": string("Built-in dataset.", default="digits", enum=["digits"]),
+                "testFraction": number(
+                    "Held-out share for evaluation.", default=0.25, minimum=0, maximum=0.9
+                ),
+                "dirichletAlpha": number(
+                    "Non-IID split concentration (smaller = more skewed).",
+                    default=0.5,
+                    minimum=0,
+                    exclusive_minimum=True,
+                ),
+                "seed": integer("Seed of the split and the model init.", default=0, minimum=0),
+                "localEpochs": integer("Local epochs per round.", default=1, minimum=1, maximum=1000),
+                "batchSize": integer("Local batch size.", default=32, minimum=1),
+                "learningRate": number(
+                    "Local learning rate.", default=0.1, minimum=0, exclusive_minimum=True
+                ),
+            },
+            default={},
+        ),
+        "privacy": obj(
+            "Learning: differential privacy and secure aggregation (both off unless set).",
+            {
+                "dp": obj(
+                    "Clip each update and add Gaussian noise to the aggregate.",
+                    {
+                        "mechanism": string("Noise mechanism.", default="gaussian", enum=["gaussian"]),
+                        "noiseMultiplier": number("Noise std / clip norm.", default=1.0, minimum=0),
+                        "clipNorm": number(
+                            "L2 clip of each update.", default=1.0, minimum=0, exclusive_minimum=True
+                        ),
+                        "targetEpsilon": number(
+                            "Stop when this epsilon is spent.",
+                            default=10.0,
+                            minimum=0,
+                            exclusive_minimum=True,
+                        ),
+                        "delta": number(
+                            "DP delta.", default=1e-5, minimum=0, maximum=1, exclusive_minimum=True
+                        ),
+                    },
+                ),
+                "secureAggregation": obj(
+                    "Pairwise masking so the aggregator only learns the sum.",
+                    {
+                        "enabled": boolean("Mask updates pairwise.", default=False),
+                        "threshold": integer(
+                            "Survivors needed to unmask; 0 = minParticipants.", default=0, minimum=0
+                        ),
+                    },
+                ),
+            },
+        ),
+        "compression": obj(
+            "Learning: update compression (off unless set).",
+            {
+                "quantizeBits": integer(
+                    "Quantize updates to this many bits (0 = off).", default=8, minimum=0, maximum=16
+                ),
+                "topK": number(
+                    "Send only this share of the largest entries (1 = all).",
+                    default=1.0,
+                    minimum=0,
+                    maximum=1,
+                ),
+            },
+        ),
+        "checkpoint": obj(
+            "Learning: aggregator checkpoints.",
+            {"everyRounds": integer("Checkpoint every k rounds (0 = never).", default=0, minimum=0)},
+            default={},
+        ),
+        "eviction": obj(
+            "Learning: evict participants whose updates keep scoring low (off unless set).",
+            {
+                "minScore": number("Evict below this score.", default=0.0),
+                "afterRounds": integer("Consecutive low rounds before eviction.", default=3, minimum=1),
+            },
+        ),
+    }
+
+
+def _attention() -> dict[str, Schema]:
+    return {
+        "syncInterval": integer(
+            "Attention: H, layer l syncs when l % H == 0.", default=2, minimum=1, maximum=1024
+        ),
+        "syncLayers": array(
+            "Attention: explicit sync layers instead of syncInterval.",
+            integer("Layer index.", minimum=0),
+            max_items=1024,
+        ),
+        "syncPolicy": string("Attention: sync placement policy instead of syncInterval.", enum=SYNC_POLICIES),
+        "kvKeepRatio": number(
+            "Attention: share of each participant's tokens sent at a sync (seeded).",
+            default=1.0,
+            minimum=0,
+            maximum=1,
+            exclusive_minimum=True,
+        ),
+        "sharedPrefix": string(
+            "Attention: public prefix replicated to every participant, never sent.",
+            default="template",
+            enum=["none", "sink", "template"],
+        ),
+        "maxNewTokens": integer("Attention: greedy decode length.", default=32, minimum=1, maximum=4096),
+        "publisher": _name(
+            "Attention: the participant that holds the question (required in attention mode)."
+        ),
+        "split": obj(
+            "Attention: split one prompt at these token boundaries instead of per-participant prompts.",
+            {
+                "boundaries": array(
+                    "Token indices, increasing.", integer("Token index.", minimum=1), max_items=1024
+                )
+            },
+        ),
+    }
+
+
+def session_spec() -> Schema:
+    props: dict[str, Schema] = {
+        "mode": string("Kind of session (immutable).", enum=["attention", "learning"]),
+        "minParticipants": integer("Quorum to start and to close a round or sync.", default=2, minimum=1),
+        "roundTimeoutSeconds": integer(
+            "A round or sync barrier gives up after this, seconds.", default=300, minimum=1
+        ),
+        "waitAfterMinSeconds": integer(
+            "Once the quorum contributed, wait this long for the rest.", default=10, minimum=0
+        ),
+        "suspend": boolean("Scale the session down, keep its state.", default=False),
+        "activeDeadlineSeconds": integer(
+            "Fail with DeadlineExceeded after this (immutable), seconds.", minimum=1
+        ),
+        "ttlSecondsAfterFinished": integer("Delete a finished session after this, seconds.", minimum=0),
+        "tls": _tls(),
+        "database": obj(
+            "PostgreSQL for the coordinator; SQLite inside the pod when unset.",
+            {
+                "secretRef": obj(
+                    "Secret holding the DSN.",
+                    {"name": _name("Secret name."), "key": string("Key of the DSN.", default="dsn")},
+                    required=["name"],
+                )
+            },
+            required=["secretRef"],
+        ),
+        "resilience": _resilience(),
+        "coordinator": _pod_template("coordinator"),
+        "aggregator": _pod_template("aggregator"),
+        "model": obj(
+            "Attention: GGUF model; learning: the model trained.",
+            {
+                "name": string("Model name (attention: GGUF model; learning: softmax or mlp).", min_length=1),
+                "source": string(
+                    "Attention: where the GGUF comes from (pypi:PACKAGE or a path).", max_length=1024
+                ),
+                "hiddenUnits": integer("Learning mlp: hidden units.", default=64, minimum=1, maximum=65536),
+            },
+            required=["name"],
+        ),
+        **_learning(),
+        **_attention(),
+    }
+    return obj(
+        "Desired state of a federated session.",
+        props,
+        required=["mode"],
+        rules=[
+            ("self.mode == oldSelf.mode", "mode is immutable"),
+            (
+                "has(self.activeDeadlineSeconds) == has(oldSelf.activeDeadlineSeconds)"
+                " && (!has(self.activeDeadlineSeconds)"
+                " || self.activeDeadlineSeconds == oldSelf.activeDeadlineSeconds)",
+                "activeDeadlineSeconds is immutable",
+            ),
+            ("self.mode != 'attention' || has(self.publisher)", "publisher is required in attention mode"),
+            (
+                "!(has(self.syncLayers) && has(self.syncPolicy))",
+                "set at most one of syncLayers and syncPolicy",
+            ),
+        ],
+    )
+
+
+def _condition() -> Schema:
+    return obj(
+        "One condition, keyed by type.",
+        {
+            "type": string("Condition type.", max_length=64),
+            "status": string("True, False or Unknown.", enum=["True", "False", "Unknown"]),
+            "reason": string("CamelCase reason.", max_length=128),
+            "message": string("Human-readable detail.", max_length=4096),
+            "lastTransitionTime": string("When status last changed (RFC 3339).", max_length=64),
+            "observedGeneration": integer("Spec generation this condition describes.", minimum=0),
+        },
+        required=["type", "status"],
+    )
+
+
+def _conditions() -> Schema:
+    node = array("Conditions keyed by type.", _condition(), max_items=32)
+    node["x-kubernetes-list-type"] = "map"
+    node["x-kubernetes-list-map-keys"] = ["type"]
+    return node
+
+
+def session_status() -> Schema:
+    return obj(
+        "Observed state of a federated session, written by the operator.",
+        {
+            "phase": string("Phase for humans.", enum=SESSION_PHASES),
+            "conditions": _conditions(),
+            "observedGeneration": integer("Spec generation last acted on.", minimum=0),
+            "round": integer("Current round (learning) or sync count (attention).", minimum=0),
+            "participants": obj(
+                "Participant counts.",
+                {
+                    "joined": integer("Joined the session.", minimum=0),
+                    "ready": integer("Live and taking part.", minimum=0),
+                    "total": integer("FedParticipants of the session.", minimum=0),
+                },
+            ),
+            "syncs": integer("KV syncs done (attention).", minimum=0),
+            "avgSyncLatencyMs": number("Mean sync latency, milliseconds.", minimum=0),
+            "startedAt": string("When the session started running (RFC 3339).", max_length=64),
+            "completedAt": string("When the session finished (RFC 3339).", max_length=64),
+            "result": string("Where to find the outputs.", max_length=4096),
+            "message": string("Last message of the coordinator.", max_length=4096),
+        },
+    )
+
+
+def participant_spec() -> Schema:
+    return obj(
+        "Desired state of one participant.",
+        {
+            "sessionRef": _name("FedSession name in the same namespace (immutable)."),
+            "external": boolean(
+                "Runs outside the cluster: the operator only issues credentials.", default=False
+            ),
+            "node": string_map("nodeSelector of the in-cluster Job."),
+            "weight": number(
+                "Aggregation weight multiplier.", default=1.0, minimum=0, exclusive_minimum=True
+            ),
+            "dataRef": _data_ref("Private training data."),
+            "promptRef": _data_ref("Private prompt slice (attention)."),
+            "image": string(
+                "Image of the participant Job; the operator's default image when empty.", default=""
+            ),
+            "resources": _resources(),
+        },
+        required=["sessionRef"],
+        rules=[("self.sessionRef == oldSelf.sessionRef", "sessionRef is immutable")],
+    )
+
+
+def participant_status() -> Schema:
+    return obj(
+        "Observed state of one participant, written by the operator.",
+        {
+            "phase": string("Phase for humans.", enum=PARTICIPANT_PHASES),
+            "conditions": _conditions(),
+            "observedGeneration": integer("Spec generation last acted on.", minimum=0),
+            "lastHeartbeat": string("Last heartbeat seen by the coordinator (RFC 3339).", max_length=64),
+            "contributions": integer("Contributions recorded.", minimum=0),
+            "lastLatencyMs": number("Latency of the last contribution, milliseconds.", minimum=0),
+            "credentialsSecret": string(
+                "Secret with this participant's certificate and Curve key.", max_length=253
+            ),
+        },
+    )
+
+
+def root(description: str, *, spec: Schema, status: Schema) -> Schema:
+    return {
+        "type": "object",
+        "description": description,
+        "properties": {
+            "apiVersion": {"type": "string", "description": "API version."},
+            "kind": {"type": "string", "description": "Kind."},
+            "metadata": {"type": "object", "description": "Standard object metadata."},
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"],
+    }
