@@ -1,0 +1,17 @@
+"""Aggregation rules beyond FedAvg/FedProx: server optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad)
+and robust rules (Krum, Multi-Krum, trimmed mean, median), with their parameter tables.
+
+Build one with :func:`build_strategy` (``name``, CRD ``params``, ``size=P``) and drive it through
+the aggregator's life cycle (:class:`fedattn.aggregator.strategy.Strategy`).
+"""
+
+from fedattn.aggregator.strategies.params import StrategyError
+from fedattn.aggregator.strategies.registry import (
+    PARAMS,
+    STRATEGIES,
+    build_strategy,
+    check_quorum,
+    params_schema,
+)
+
+__all__ = ["PARAMS", "STRATEGIES", "StrategyError", "build_strategy", "check_quorum", "params_schema"]

@@ -1,0 +1,63 @@
+"""``spec.strategy {name, params}`` -> a rule, plus the checks and schema the CRD needs for it.
+
+Every factory has the aggregator's signature ``factory(size=P, params=spec.strategy.params)``
+(:data:`fedattn.aggregator.strategy.STRATEGIES`); FedAvg and FedProx are the server's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fedattn.aggregator.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
+from fedattn.aggregator.strategies.params import Param, StrategyError, Table, parse_params, schema_of
+from fedattn.aggregator.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
+from fedattn.aggregator.strategy import FedAvg, FedProx, Strategy
+
+_RULES = (FedAvgM, FedAdam, FedYogi, FedAdagrad, Krum, MultiKrum, TrimmedMean, Median)
+
+#: name -> factory(size=P, params=CRD params)
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    **{rule.name: rule for rule in _RULES},
+}
+
+#: name -> parameter table (CRD names); the server's FedAvg/FedProx declared here
+PARAMS: dict[str, Table] = {
+    "fedavg": {},
+    "fedprox": {"proximalMu": Param("proximal_mu", float, 0.01, 0.0, doc="client proximal weight mu")},
+    **{rule.name: rule.PARAMS for rule in _RULES},
+}
+
+
+def build_strategy(name: str, params: Mapping[str, Any] | None = None, *, size: int) -> Strategy:
+    """A fresh rule for ``spec.strategy``; unknown names and unknown or out-of-range params raise."""
+    if name not in STRATEGIES:
+        raise StrategyError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    if size < 1:
+        raise StrategyError(f"model size must be >= 1, got {size}")
+    parse_params(PARAMS[name], params, strategy=name)
+    return STRATEGIES[name](size=size, params=params)
+
+
+def check_quorum(name: str, params: Mapping[str, Any] | None, *, min_participants: int) -> None:
+    """Raise unless rounds of ``min_participants`` updates suit the rule (Krum needs n >= 2f + 3)."""
+    if name not in ("krum", "multikrum"):
+        return
+    values = parse_params(PARAMS[name], params, strategy=name)
+    f = int(values["byzantine"])
+    if min_participants < 2 * f + 3:
+        raise StrategyError(
+            f"{name} with byzantine={f} needs minParticipants >= {2 * f + 3}, got {min_participants}"
+        )
+    if values.get("selected", 1) > min_participants:
+        raise StrategyError(
+            f"{name} selects {values['selected']} updates but a round may close with only "
+            f"minParticipants={min_participants}"
+        )
+
+
+def params_schema(name: str) -> dict[str, Any]:
+    """The OpenAPI v3 fragment for ``spec.strategy.params`` of one rule (for the CRD generator)."""
+    return schema_of(PARAMS[name])
