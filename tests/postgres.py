@@ -84,6 +84,12 @@ class PostgresServer:
     def stop(self) -> None:
         self._cmd("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "-t", "60", "stop")
 
+    def running(self) -> bool:
+        argv = [str(self.bin_dir / "pg_ctl"), "-D", str(self.data), "status"]
+        if self._run_as:
+            argv = ["runuser", "-u", self._run_as, "--", *argv]
+        return subprocess.run(argv, capture_output=True, check=False).returncode == 0
+
     def dsn(self, database: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
