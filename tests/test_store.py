@@ -10,7 +10,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from fedattn.store import Contribution, Event, Store, StoreUnavailable, backend_for, open_store
 from fedattn.store.migrations import load_migrations, split_statements
@@ -38,8 +37,11 @@ async def _session(store: Store, name: str = "s1") -> None:
     )
 
 
-def _failures(reason: str) -> float:
-    return REGISTRY.get_sample_value("fedattn_store_write_failures_total", {"reason": reason}) or 0.0
+def _failures(store: Store, reason: str) -> float:
+    got = store.writes.metrics.registry.get_sample_value(
+        "fedattn_store_write_failures_total", {"reason": reason}
+    )
+    return got or 0.0
 
 
 def test_split_statements_drops_comments_and_blank_parts():
@@ -156,7 +158,7 @@ async def test_events_are_idempotent_on_their_id(store: Store):
 
 async def test_permanent_failure_is_logged_counted_and_the_queue_keeps_serving(store: Store, caplog):
     await _session(store)
-    before = _failures("permanent")
+    before = _failures(store, "permanent")
     # NB: submitted back to back, so they share a batch; the bad one (unknown session) must not
     # take the good ones down with it.
     good1 = store.record_contribution(Contribution("s1", "alice", 1))
@@ -165,7 +167,7 @@ async def test_permanent_failure_is_logged_counted_and_the_queue_keeps_serving(s
     await asyncio.gather(good1, good2)
     with pytest.raises(StoreUnavailable, match=r"no-such-session.*permanent"):
         await bad
-    assert _failures("permanent") == before + 1
+    assert _failures(store, "permanent") == before + 1
     assert store.health()["write_failures"] == 1
     assert any(r.levelname == "ERROR" and "no-such-session" in r.getMessage() for r in caplog.records)
     assert await store.contributions_recorded("s1") == 2
@@ -175,7 +177,7 @@ async def test_full_buffer_fails_the_write_loudly(dsn: str):
     store = await open_store(dsn, capacity=1)
     try:
         await _session(store)
-        before = _failures("buffer_full")
+        before = _failures(store, "buffer_full")
         # NB: no await in between, so the writer has not taken the first one yet.
         kept = store.record_contribution(Contribution("s1", "alice", 1))
         refused = store.record_contribution(Contribution("s1", "bob", 1))
@@ -183,7 +185,7 @@ async def test_full_buffer_fails_the_write_loudly(dsn: str):
         with pytest.raises(StoreUnavailable, match="buffer_full"):
             await refused
         await kept
-        assert _failures("buffer_full") == before + 1
+        assert _failures(store, "buffer_full") == before + 1
         assert await store.contributions_recorded("s1") == 1
     finally:
         await store.close()

@@ -20,18 +20,34 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import tenacity
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from fedattn.store.backend import Backend, Op
 
 log = logging.getLogger(__name__)
 
-WRITE_FAILURES = Counter(
-    "fedattn_store_write_failures_total", "Store writes that were finally not stored", ["reason"]
-)
-WRITE_RETRIES = Counter("fedattn_store_write_retries_total", "Write batches retried after a transient error")
-BUFFERED = Gauge("fedattn_store_buffered_writes", "Writes waiting in memory to be committed")
-BATCH_SECONDS = Histogram("fedattn_store_write_batch_seconds", "Time to commit one batch of writes")
+
+class StoreMetrics:
+    """The store's metrics, in the registry of the process that owns it (several may share a process)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.write_failures = Counter(
+            "fedattn_store_write_failures",
+            "Store writes that were finally not stored",
+            ["reason"],
+            registry=r,
+        )
+        self.write_retries = Counter(
+            "fedattn_store_write_retries", "Write batches retried after a transient error", registry=r
+        )
+        self.buffered = Gauge(
+            "fedattn_store_buffered_writes", "Writes waiting in memory to be committed", registry=r
+        )
+        self.batch_seconds = Histogram(
+            "fedattn_store_write_batch_seconds", "Time to commit one batch of writes", registry=r
+        )
 
 
 class StoreUnavailable(RuntimeError):
@@ -60,8 +76,10 @@ class WriteQueue:
         batch: int = 200,
         backoff_seconds: float = 0.05,
         backoff_max_seconds: float = 2.0,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self._backend = backend
+        self.metrics = StoreMetrics(registry)
         self._capacity = capacity
         self._batch = batch
         self._wait = tenacity.wait_exponential(multiplier=backoff_seconds, max=backoff_max_seconds)
@@ -90,7 +108,7 @@ class WriteQueue:
             )
             return future
         self._queue.append(_Write(what, op, future))
-        BUFFERED.set(len(self._queue))
+        self.metrics.buffered.set(len(self._queue))
         self._idle.clear()
         self._wake.set()
         return future
@@ -101,7 +119,7 @@ class WriteQueue:
 
     def _fail(self, writes: list[_Write], *, reason: str, detail: str) -> None:
         self.failures += len(writes)
-        WRITE_FAILURES.labels(reason=reason).inc(len(writes))
+        self.metrics.write_failures.labels(reason=reason).inc(len(writes))
         for w in writes:
             log.error("store write not stored: %s (%s: %s)", w.what, reason, detail)
             if not w.future.done():
@@ -119,7 +137,7 @@ class WriteQueue:
             with attempt:
                 started = time.perf_counter()
                 await self._backend.execute([w.op for w in writes])
-                BATCH_SECONDS.observe(time.perf_counter() - started)
+                self.metrics.batch_seconds.observe(time.perf_counter() - started)
         if self.retrying_since is not None:
             log.warning(
                 "store is back after %.1f s; buffered writes landed", time.time() - self.retrying_since
@@ -127,7 +145,7 @@ class WriteQueue:
             self.retrying_since = None
 
     def _note_retry(self, state: tenacity.RetryCallState) -> None:
-        WRITE_RETRIES.inc()
+        self.metrics.write_retries.inc()
         if self.retrying_since is None:
             self.retrying_since = time.time()
             log.warning("store write failed, buffering and retrying: %s", state.outcome.exception())
@@ -151,7 +169,7 @@ class WriteQueue:
                 self._queue.popleft()
                 if not w.future.done():
                     w.future.set_result(None)
-            BUFFERED.set(len(self._queue))
+            self.metrics.buffered.set(len(self._queue))
 
     async def _commit_one_by_one(self, writes: list[_Write]) -> None:
         for w in writes:
@@ -170,4 +188,4 @@ class WriteQueue:
         if self._queue:
             self._fail(list(self._queue), reason="shutdown", detail="database unreachable at shutdown")
             self._queue.clear()
-            BUFFERED.set(0)
+            self.metrics.buffered.set(0)
