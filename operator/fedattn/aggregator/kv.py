@@ -1,0 +1,100 @@
+"""FedAttn KV exchange: the union of participants' K/V rows by global position, and the sync barrier.
+
+At a sync layer every participant sends its own K and V (``(n_kv_heads, T_i, head_dim)``, after RoPE)
+with the global positions of its rows. The global KV is their union along the token axis, sorted
+by position -- never an average -- and each participant gets back only the rows it may attend to
+(position <= its own last position), which is a prefix of the sorted union and so a cheap slice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+KVPart = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def check_part(k: np.ndarray, v: np.ndarray, positions: np.ndarray) -> None:
+    """Reject one participant's KV block that is not well-formed; raises ValueError saying why."""
+    if k.ndim != 3 or v.shape != k.shape:
+        raise ValueError(f"K and V must share a shape (n_kv_heads, T, head_dim); got {k.shape} and {v.shape}")
+    if positions.ndim != 1 or positions.shape[0] != k.shape[1]:
+        raise ValueError(f"positions must have shape ({k.shape[1]},), got {positions.shape}")
+    if positions.dtype.kind not in "iu":
+        raise ValueError(f"positions must be integers, got {positions.dtype}")
+    if positions.size and positions.min() < 0:
+        raise ValueError("positions must be >= 0")
+    if np.unique(positions).size != positions.size:
+        raise ValueError("positions repeat within one participant's block")
+
+
+def union_kv(parts: list[KVPart]) -> KVPart:
+    """Concatenate every part's rows and sort them by global position.
+
+    Raises ValueError when parts disagree on head count or head size, or when two parts claim the
+    same position (the shared public prefix is never sent, so any overlap is a client error).
+    """
+    if not parts:
+        raise ValueError("no KV parts to unite")
+    heads, dim = parts[0][0].shape[0], parts[0][0].shape[2]
+    for k, v, positions in parts:
+        check_part(k, v, positions)
+        if (k.shape[0], k.shape[2]) != (heads, dim):
+            raise ValueError(
+                f"KV blocks disagree: ({k.shape[0]} heads, dim {k.shape[2]}) vs ({heads}, {dim})"
+            )
+    positions = np.concatenate([p.astype(np.int64, copy=False) for _, _, p in parts])
+    order = np.argsort(positions, kind="stable")
+    positions = positions[order]
+    if positions.size > 1 and np.any(positions[1:] == positions[:-1]):
+        dup = positions[1:][positions[1:] == positions[:-1]]
+        raise ValueError(f"positions claimed by more than one participant, e.g. {int(dup[0])}")
+    k = np.concatenate([p[0] for p in parts], axis=1)[:, order, :]
+    v = np.concatenate([p[1] for p in parts], axis=1)[:, order, :]
+    return k, v, positions
+
+
+def visible_prefix(global_kv: KVPart, *, max_position: int) -> KVPart:
+    """Rows of a sorted global KV with position <= ``max_position`` (views, no copy)."""
+    k, v, positions = global_kv
+    n = int(np.searchsorted(positions, max_position, side="right"))
+    return k[:, :n, :], v[:, :n, :], positions[:n]
+
+
+@dataclass
+class Barrier:
+    """One (session, layer) sync: who has sent what, and since when."""
+
+    layer: int
+    expected: frozenset[str]
+    parts: dict[str, KVPart] = field(default_factory=dict)
+    first_arrival: float = field(default_factory=time.monotonic)
+
+    def add(self, participant: str, part: KVPart) -> None:
+        """Record a participant's block after checking it against the blocks already here.
+
+        The caller rejects a second block from the same participant first (code ``duplicate``).
+        """
+        k, v, positions = part
+        check_part(k, v, positions)
+        if self.parts:
+            k0 = next(iter(self.parts.values()))[0]
+            if (k.shape[0], k.shape[2]) != (k0.shape[0], k0.shape[2]):
+                raise ValueError(
+                    f"KV shape ({k.shape[0]} heads, dim {k.shape[2]}) differs from"
+                    f" ({k0.shape[0]} heads, dim {k0.shape[2]}) sent by others"
+                )
+            taken = np.concatenate([p[2] for p in self.parts.values()])
+            clash = np.intersect1d(taken, positions)
+            if clash.size:
+                raise ValueError(f"positions already sent by another participant, e.g. {int(clash[0])}")
+        self.parts[participant] = part
+
+    @property
+    def complete(self) -> bool:
+        return self.expected <= self.parts.keys()
+
+    def missing(self) -> list[str]:
+        return sorted(self.expected - self.parts.keys())

@@ -1,0 +1,232 @@
+"""Per-session state of the aggregator: rounds of a learning session, KV barriers of an attention one.
+
+No sockets here: the server decodes a message, calls one of these methods, and turns the result (or
+the :class:`~fedattn.wire.WireError` raised, whose code names the problem) into replies and events.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from fedattn import wire
+from fedattn.aggregator.kv import Barrier, KVPart, union_kv
+from fedattn.aggregator.strategies import build_strategy
+from fedattn.aggregator.strategy import Strategy
+
+Evaluate = Callable[[np.ndarray], float]
+
+
+@dataclass
+class Session:
+    """What every session has: its spec, members and their weights, and who said hello from where."""
+
+    name: str
+    mode: str
+    spec: Mapping[str, Any]
+    weights: dict[str, float]
+    max_payload_bytes: int
+    routes: dict[str, bytes] = field(default_factory=dict)  # participant -> ROUTER routing id
+    last_seq: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def min_participants(self) -> int:
+        return int(self.spec.get("minParticipants", 2))
+
+    @property
+    def timeout_seconds(self) -> float:
+        return float(self.spec.get("roundTimeoutSeconds", 300))
+
+    def check_seq(self, participant: str, seq: int) -> None:
+        """Sequence numbers must increase per sender; a replayed or repeated message is a duplicate."""
+        last = self.last_seq.get(participant)
+        if last is not None and seq <= last:
+            raise wire.WireError("duplicate", f"seq {seq} already seen from {participant} (last {last})")
+        self.last_seq[participant] = seq
+
+
+@dataclass
+class RoundResult:
+    round: int
+    contributions: int
+    weight_total: float
+    aggregation_seconds: float
+    model_checksum: int
+    accuracy: float | None
+
+
+class LearningSession(Session):
+    """Rounds of federated learning over one global parameter vector."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        spec: Mapping[str, Any],
+        weights: dict[str, float],
+        initial: np.ndarray,
+        evaluate: Evaluate | None = None,
+    ) -> None:
+        initial = np.ascontiguousarray(initial, dtype=np.float32).reshape(-1)
+        if initial.size == 0 or not np.isfinite(initial).all():
+            raise ValueError("the initial model must be a non-empty finite vector")
+        super().__init__(
+            name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=initial.nbytes
+        )
+        strategy = dict(spec.get("strategy") or {})
+        self.strategy: Strategy = build_strategy(
+            str(strategy.get("name", "fedavg")), size=initial.size, params=strategy.get("params") or {}
+        )
+        self.global_params = initial
+        self.evaluate = evaluate
+        self.round = 0
+        self.open = False
+        self.members: frozenset[str] = frozenset()
+        self.contributed: dict[str, float] = {}
+        self.opened_at = 0.0
+        self.fold_seconds = 0.0
+
+    @property
+    def size(self) -> int:
+        return int(self.global_params.size)
+
+    def open_round(self, round: int, participants: list[str]) -> None:
+        """Start round ``round`` (must follow the last one) for ``participants`` (session members)."""
+        if self.open:
+            raise ValueError(f"round {self.round} is still open")
+        if round != self.round + 1:
+            raise ValueError(f"next round is {self.round + 1}, not {round}")
+        unknown = sorted(set(participants) - self.weights.keys())
+        if unknown or not participants:
+            raise ValueError(f"participants must be non-empty session members; unknown: {unknown}")
+        self.strategy.begin_round(round=round, global_params=self.global_params)
+        self.round, self.open, self.members = round, True, frozenset(participants)
+        self.contributed = {}
+        self.opened_at = time.monotonic()
+        self.fold_seconds = 0.0
+
+    def accept(
+        self, *, participant: str, round: int, arrays: list[np.ndarray], meta: Mapping[str, Any]
+    ) -> float:
+        """Fold one update; returns its aggregation weight. Raises WireError with the rejection code."""
+        if not self.open or round != self.round:
+            state = f"round {self.round} is open" if self.open else f"no round is open (last {self.round})"
+            raise wire.WireError("stale_round", f"update for round {round}, but {state}")
+        if participant not in self.members:
+            raise wire.WireError("not_in_round", f"{participant} is not a participant of round {round}")
+        if participant in self.contributed:
+            raise wire.WireError("duplicate", f"{participant} already contributed to round {round}")
+        if len(arrays) != 1 or arrays[0].dtype != np.float32 or arrays[0].shape != (self.size,):
+            got = [f"{a.dtype}{list(a.shape)}" for a in arrays]
+            raise wire.WireError(
+                "shape_mismatch", f"update must be one float32[{self.size}] array, got {got}"
+            )
+        examples = meta.get("num_examples")
+        if isinstance(examples, bool) or not isinstance(examples, int | float) or not 0 < examples < math.inf:
+            raise wire.WireError("bad_meta", f"num_examples must be a number > 0, got {examples!r}")
+        weight = float(examples) * self.weights[participant]
+        start = time.perf_counter()
+        self.strategy.fold(arrays[0], weight)
+        self.fold_seconds += time.perf_counter() - start
+        self.contributed[participant] = weight
+        return weight
+
+    def close_round(self, round: int) -> RoundResult:
+        """Finish the open round: the strategy's result becomes the global model."""
+        if not self.open or round != self.round:
+            raise ValueError(
+                f"round {round} is not the open round (open: {self.round if self.open else None})"
+            )
+        if not self.contributed:
+            raise ValueError(f"round {round} has no contributions; keep it open or finish the session")
+        start = time.perf_counter()
+        self.global_params = self.strategy.finish()
+        seconds = self.fold_seconds + time.perf_counter() - start
+        self.open = False
+        accuracy = float(self.evaluate(self.global_params)) if self.evaluate else None
+        return RoundResult(
+            round=round,
+            contributions=len(self.contributed),
+            weight_total=float(sum(self.contributed.values())),
+            aggregation_seconds=seconds,
+            model_checksum=wire.checksum(self.global_params),
+            accuracy=accuracy,
+        )
+
+
+@dataclass
+class Release:
+    """A completed (or timed-out) barrier: the global KV and who gets which prefix of it."""
+
+    layer: int
+    global_kv: KVPart
+    receivers: dict[str, int]  # participant -> its largest own position
+    missing: list[str]
+    latency_seconds: float
+    bytes_in: int
+
+
+class AttentionSession(Session):
+    """KV sync barriers, one per sync layer, over the session's participants."""
+
+    def __init__(
+        self, *, name: str, spec: Mapping[str, Any], weights: dict[str, float], max_payload_bytes: int
+    ):
+        super().__init__(
+            name=name, mode="attention", spec=spec, weights=weights, max_payload_bytes=max_payload_bytes
+        )
+        self.barriers: dict[int, Barrier] = {}
+        self.released: set[int] = set()
+        self.syncs = 0
+
+    def accept(self, *, participant: str, layer: int, arrays: list[np.ndarray]) -> Release | None:
+        """Add a participant's block to its layer's barrier; returns the release when it completes."""
+        if layer < 0:
+            raise wire.WireError("bad_layer", "kv messages need a layer >= 0")
+        if layer in self.released:
+            raise wire.WireError("stale_round", f"layer {layer} was already synced")
+        if len(arrays) != 3 or arrays[0].dtype != np.float32 or arrays[1].dtype != np.float32:
+            raise wire.WireError("shape_mismatch", "kv needs [K float32, V float32, positions int64]")
+        if arrays[2].dtype != np.int64:
+            raise wire.WireError("bad_dtype", f"positions must be int64, got {arrays[2].dtype}")
+        barrier = self.barriers.get(layer)
+        if barrier is None:
+            barrier = self.barriers[layer] = Barrier(layer=layer, expected=frozenset(self.weights))
+        if participant in barrier.parts:
+            raise wire.WireError("duplicate", f"{participant} already sent KV for layer {layer}")
+        try:
+            barrier.add(participant, (arrays[0], arrays[1], arrays[2]))
+        except ValueError as exc:
+            raise wire.WireError("bad_kv", str(exc)) from None
+        return self._release(barrier) if barrier.complete else None
+
+    def expire(self, now: float) -> tuple[list[Release], list[Barrier]]:
+        """Barriers past the timeout: released with who is present (quorum) or failed (no quorum)."""
+        released, failed = [], []
+        for barrier in [b for b in self.barriers.values() if now - b.first_arrival >= self.timeout_seconds]:
+            if len(barrier.parts) >= self.min_participants:
+                released.append(self._release(barrier))
+            else:
+                del self.barriers[barrier.layer]
+                failed.append(barrier)
+        return released, failed
+
+    def _release(self, barrier: Barrier) -> Release:
+        del self.barriers[barrier.layer]
+        self.released.add(barrier.layer)
+        self.syncs += 1
+        names = sorted(barrier.parts)
+        parts = [barrier.parts[n] for n in names]
+        return Release(
+            layer=barrier.layer,
+            global_kv=union_kv(parts),
+            receivers={n: int(p[2].max()) if p[2].size else -1 for n, p in zip(names, parts, strict=True)},
+            missing=barrier.missing(),
+            latency_seconds=time.monotonic() - barrier.first_arrival,
+            bytes_in=sum(a.nbytes for p in parts for a in p),
+        )

@@ -1,0 +1,409 @@
+"""The aggregator over real sockets: CurveZMQ + ZAP on 127.0.0.1, a served ROUTER in a thread.
+
+Every test drives the server only through the wire (participants and the coordinator are real
+DEALERs with their own Curve keys) and reads its Prometheus metrics back.
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pytest
+
+from fedattn import pki, wire
+from fedattn.aggregator.client import AggregatorClient, Timeout
+from fedattn.aggregator.server import CONTROL_IDENTITY, Aggregator, Hooks
+
+SESSION = "s1"
+MEMBERS = ("alice", "bob", "carol")
+
+
+class Harness:
+    """A running aggregator plus the key material to connect to it as anyone."""
+
+    def __init__(self, root: Path, *, hooks: Hooks | None = None, max_message_bytes: int = 4 << 20) -> None:
+        self.allow_dir = root / "allow"
+        self.allow_dir.mkdir()
+        self.server_keys = pki.curve_keypair()
+        self.keys = {name: pki.curve_keypair() for name in (CONTROL_IDENTITY, *MEMBERS, "mallory")}
+        for name in (CONTROL_IDENTITY, *MEMBERS):  # mallory has a key but is not allowlisted
+            (self.allow_dir / f"{name}.curve.pub").write_bytes(self.keys[name].public)
+        self.server = Aggregator(
+            bind="tcp://127.0.0.1:0",
+            server_public=self.server_keys.public,
+            server_secret=self.server_keys.secret,
+            allow_dir=self.allow_dir,
+            max_message_bytes=max_message_bytes,
+            metrics_host="127.0.0.1",
+            metrics_port=0,
+            hooks=hooks,
+        )
+        self.server.start()
+        self.clients: list[AggregatorClient] = []
+        self.events: list[dict] = []
+
+    def client(self, name: str, *, as_key: str | None = None, timeout: float = 10.0) -> AggregatorClient:
+        keys = self.keys[as_key or name]
+        c = AggregatorClient(
+            endpoint=self.server.endpoint,
+            server_public=self.server_keys.public,
+            public=keys.public,
+            secret=keys.secret,
+            session=SESSION,
+            name=name,
+            timeout_seconds=timeout,
+        )
+        self.clients.append(c)
+        return c
+
+    def metric(self, name: str, **labels: str) -> float:
+        return self.server.metrics.value(name, **labels)
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+        self.server.close()
+
+
+def ctl(coord: AggregatorClient, events: list[dict], kind: str, **kwargs) -> dict:
+    """A control request; ``ctl_event`` pushes that arrive before the reply are collected."""
+    coord.send(kind, **kwargs)
+    while True:
+        msg = coord.recv()
+        if msg.kind == "ctl_event":
+            events.append(msg.meta)
+            continue
+        assert msg.kind == "ctl_reply"
+        return msg.meta
+
+
+def wait_event(coord: AggregatorClient, events: list[dict], event: str, **match) -> dict:
+    """Next ``ctl_event`` of this type (collected earlier or arriving now)."""
+    while True:
+        for e in events:
+            if e["event"] == event and all(e.get(k) == v for k, v in match.items()):
+                events.remove(e)
+                return e
+        msg = coord.recv()
+        assert msg.kind == "ctl_event", msg.kind
+        events.append(msg.meta)
+
+
+@pytest.fixture
+def h(tmp_path):
+    harness = Harness(tmp_path)
+    yield harness
+    harness.close()
+
+
+def configure_learning(h: Harness, *, size: int, weights=None, initial=None, members=("alice", "bob")):
+    coord = h.client(CONTROL_IDENTITY)
+    meta = {
+        "mode": "learning",
+        "spec": {"rounds": 3, "minParticipants": 1, "strategy": {"name": "fedavg"}},
+        "participants": weights or dict.fromkeys(members, 1.0),
+        "params": size,
+    }
+    reply = ctl(coord, h.events, "ctl_configure", meta=meta, arrays=[] if initial is None else [initial])
+    assert reply["ok"], reply
+    assert reply["params"] == size
+    return coord
+
+
+def join(h: Harness, name: str) -> AggregatorClient:
+    c = h.client(name)
+    welcome = c.request("hello")
+    assert (
+        welcome.kind == "welcome"
+        and welcome.meta == {"mode": "learning"}
+        or welcome.meta["mode"] == "attention"
+    )
+    return c
+
+
+def open_round(h: Harness, coord, r: int, members) -> None:
+    reply = ctl(coord, h.events, "ctl_open_round", round=r, meta={"participants": list(members)})
+    assert reply["ok"], reply
+
+
+# --- authentication -------------------------------------------------------------------------------
+
+
+def test_unlisted_key_is_refused_until_its_file_appears(h):
+    mallory = h.client("mallory", timeout=1.5)
+    mallory.send("hello")
+    with pytest.raises(Timeout):
+        mallory.recv()
+    assert h.metric("fedattn_aggregator_bytes_received_total") == 0
+    # the directory is rescanned: once the key file exists, a new connection with that key gets in
+    # (libzmq does not reconnect a DEALER whose handshake was refused)
+    (h.allow_dir / "mallory.curve.pub").write_bytes(h.keys["mallory"].public)
+    deadline = time.monotonic() + 20
+    while not h.server.allowlist.is_allowed("mallory"):
+        assert time.monotonic() < deadline, "allowlist directory was not rescanned"
+        time.sleep(0.05)
+    reply = h.client("mallory").request("hello")
+    assert reply.kind == "error" and reply.meta["code"] == "unknown_session"
+
+
+def test_valid_key_with_a_lying_name_is_rejected(h):
+    configure_learning(h, size=4)
+    liar = h.client("bob", as_key="alice")
+    reply = liar.request("hello")
+    assert reply.kind == "error"
+    assert reply.meta["code"] == "identity_mismatch"
+    assert "alice" in reply.meta["message"]
+    assert h.metric("fedattn_aggregator_rejected_total", reason="identity_mismatch") == 1
+    assert "bob" not in h.server.sessions[SESSION].routes
+
+
+def test_participant_may_not_send_control_requests(h):
+    configure_learning(h, size=4)
+    alice = h.client("alice")
+    reply = alice.request("ctl_finish", meta={"reason": "mine"})
+    assert reply.meta["code"] == "unexpected_kind"
+
+
+def test_ctl_allow_and_revoke(h):
+    coord = configure_learning(h, size=4)
+    dave_keys = pki.curve_keypair()
+    h.keys["dave"] = dave_keys
+    assert ctl(
+        coord, h.events, "ctl_allow", meta={"participant": "dave", "public_key": dave_keys.public.decode()}
+    )["ok"]
+    dave = h.client("dave")
+    assert dave.request("hello").meta["code"] == "not_in_session"  # authenticated: the session answers
+    assert ctl(coord, h.events, "ctl_revoke", meta={"participant": "alice"})["ok"]
+    # alice's file is still in the directory, but the revocation wins, for new and live connections
+    late = h.client("alice", timeout=1.5)
+    late.send("hello")
+    with pytest.raises(Timeout):
+        late.recv()
+
+
+# --- malformed input ------------------------------------------------------------------------------
+
+
+def _mutate_header(frames, **changes):
+    header = msgpack.unpackb(bytes(frames[0]), raw=False)
+    for key, value in changes.items():
+        if key.startswith("array_"):
+            header["arrays"][0][key[len("array_") :]] = value
+        else:
+            header[key] = value
+    return [msgpack.packb(header, use_bin_type=True), *frames[1:]]
+
+
+def _update_frames(x: np.ndarray, *, seq: int, round: int = 1):
+    return wire.encode(
+        kind="update",
+        session=SESSION,
+        participant="alice",
+        round=round,
+        seq=seq,
+        meta={"num_examples": 10},
+        arrays=[x],
+    )
+
+
+def test_each_malformed_update_is_named_and_others_are_still_served(h):
+    size = 256
+    coord = configure_learning(h, size=size)
+    alice, bob = join(h, "alice"), join(h, "bob")
+    open_round(h, coord, 1, ["alice", "bob"])
+    assert alice.recv().kind == "model" and bob.recv().kind == "model"
+    good = np.linspace(-1, 1, size, dtype=np.float32)
+    nan = good.copy()
+    nan[3] = np.nan
+    inf = good.copy()
+    inf[7] = -np.inf
+    corrupt = list(_update_frames(good, seq=alice.next_seq()))
+    flipped = bytearray(corrupt[1])
+    flipped[5] ^= 0xFF
+    corrupt[1] = bytes(flipped)
+    cases = {
+        "bad_dtype": _mutate_header(_update_frames(good, seq=alice.next_seq()), array_dtype="complex64"),
+        "length_mismatch": [*_update_frames(good, seq=alice.next_seq())[:1], bytes(corrupt[1])[:-4]],
+        "checksum": corrupt,
+        "non_finite": _update_frames(nan, seq=alice.next_seq()),
+        "oversized": _update_frames(np.zeros(2 * size, np.float32), seq=alice.next_seq()),
+        "shape_mismatch": _update_frames(good[:-1], seq=alice.next_seq()),
+        "malformed_header": [b"\x93not a map", bytes(memoryview(good).cast("B"))],
+        "bad_version": _mutate_header(_update_frames(good, seq=alice.next_seq()), v=99),
+        "frame_count": _update_frames(good, seq=alice.next_seq())[:1],
+    }
+    cases["non_finite_inf"] = _update_frames(inf, seq=alice.next_seq())
+    for code, frames in cases.items():
+        alice.send_frames(frames)
+        reply = alice.recv()
+        assert reply.kind == "error", code
+        assert reply.meta["code"] == code.removesuffix("_inf"), (code, reply.meta)
+        assert reply.meta["message"]
+    # a wrong-dtype float16 vector of the right length is a shape/dtype mismatch for the session
+    assert (
+        alice.request("update", round=1, meta={"num_examples": 3}, arrays=[good.astype(np.float16)]).meta[
+            "code"
+        ]
+        == "shape_mismatch"
+    )
+    assert (
+        alice.request("update", round=1, meta={"num_examples": -3}, arrays=[good]).meta["code"] == "bad_meta"
+    )
+    # bob, in the same round, is served and folded; alice can still contribute after her garbage
+    assert bob.request("update", round=1, meta={"num_examples": 3}, arrays=[-good]).kind == "ack"
+    assert alice.request("update", round=1, meta={"num_examples": 1}, arrays=[good]).kind == "ack"
+    reply = ctl(coord, h.events, "ctl_close_round", round=1)
+    assert reply["ok"] and reply["contributions"] == 2 and reply["weight_total"] == 4.0
+    assert h.metric("fedattn_aggregator_rejected_total", reason="non_finite") == 2
+    assert h.metric("fedattn_aggregator_rejected_total", reason="checksum") == 1
+    assert h.metric("fedattn_aggregator_contributions_accepted_total", kind="update") == 2
+    rejected = [e for e in h.events if e["event"] == "rejected"]
+    assert {e["reason"] for e in rejected} >= {"checksum", "oversized", "non_finite"}
+
+
+def test_frame_above_socket_limit_is_dropped_and_others_keep_going(tmp_path):
+    h = Harness(tmp_path, max_message_bytes=64 * 1024)
+    try:
+        coord = configure_learning(h, size=16)
+        bob = join(h, "bob")
+        big = h.client("alice", timeout=1.5)
+        big.send("hello", arrays=[np.zeros(100_000, np.float32)])  # 400 KB frame > maxmsgsize
+        with pytest.raises(Timeout):  # libzmq drops it and disconnects: no reply is possible
+            big.recv()
+        assert bob.request("bye").kind == "ack"
+        assert ctl(coord, h.events, "ctl_status")["ok"]
+    finally:
+        h.close()
+
+
+# --- learning rounds ------------------------------------------------------------------------------
+
+
+def test_stale_and_duplicate_updates_are_rejected_and_counted(h):
+    size = 32
+    coord = configure_learning(h, size=size)
+    alice, bob = join(h, "alice"), join(h, "bob")
+    open_round(h, coord, 1, ["alice", "bob"])
+    alice.recv(), bob.recv()
+    x = np.ones(size, np.float32)
+    seq = alice.send("update", round=1, meta={"num_examples": 5}, arrays=[x])
+    assert alice.recv().kind == "ack"
+    # same message again (replayed seq), then a fresh message for a round already contributed to
+    alice.send("update", round=1, meta={"num_examples": 5}, arrays=[x], seq=seq)
+    assert alice.recv().meta["code"] == "duplicate"
+    assert alice.request("update", round=1, meta={"num_examples": 5}, arrays=[x]).meta["code"] == "duplicate"
+    assert ctl(coord, h.events, "ctl_close_round", round=1)["ok"]
+    late = bob.request("update", round=1, meta={"num_examples": 5}, arrays=[x])
+    assert late.kind == "error" and late.meta["code"] == "stale_round"
+    assert h.metric("fedattn_aggregator_rejected_total", reason="duplicate") == 2
+    assert h.metric("fedattn_aggregator_rejected_total", reason="stale_round") == 1
+    assert h.metric("fedattn_aggregator_rounds_closed_total") == 1
+
+
+def test_update_from_member_left_out_of_the_round(h):
+    coord = configure_learning(h, size=8, members=("alice", "bob", "carol"))
+    carol = join(h, "carol")
+    open_round(h, coord, 1, ["alice", "bob"])
+    reply = carol.request("update", round=1, meta={"num_examples": 1}, arrays=[np.zeros(8, np.float32)])
+    assert reply.meta["code"] == "not_in_round"
+
+
+def test_fedavg_matches_closed_form_and_reports_accuracy(tmp_path):
+    size = 10_000
+    rng = np.random.default_rng(7)
+    initial = rng.standard_normal(size).astype(np.float32)
+    h = Harness(tmp_path, hooks=Hooks(evaluator=lambda session, spec: lambda p: float(np.mean(p > 0))))
+    try:
+        weights = {"alice": 1.0, "bob": 2.0, "carol": 0.5}
+        coord = configure_learning(h, size=size, weights=weights, initial=initial)
+        clients = {n: join(h, n) for n in weights}
+        expected = initial.astype(np.float64)
+        for r in (1, 2):
+            open_round(h, coord, r, list(weights))
+            updates, w = [], []
+            for name, c in clients.items():
+                model = c.recv()
+                assert model.kind == "model" and model.round == r
+                np.testing.assert_allclose(model.arrays[0], expected, rtol=1e-6, atol=1e-6)
+                examples = int(rng.integers(1, 100))
+                x = (model.arrays[0] + rng.standard_normal(size)).astype(np.float32)
+                assert c.request("update", round=r, meta={"num_examples": examples}, arrays=[x]).kind == "ack"
+                updates.append(x.astype(np.float64))
+                w.append(examples * weights[name])
+            reply = ctl(coord, h.events, "ctl_close_round", round=r)
+            expected = sum(wi * xi for wi, xi in zip(w, updates, strict=True)) / sum(w)
+            assert reply["ok"] and reply["contributions"] == 3
+            assert reply["weight_total"] == pytest.approx(sum(w))
+            assert reply["accuracy"] == pytest.approx(np.mean(expected > 0), abs=1e-3)
+            assert reply["aggregation_seconds"] > 0
+        assert ctl(coord, h.events, "ctl_finish", meta={"reason": "rounds"})["ok"]
+        for c in clients.values():
+            done = c.recv()
+            assert done.kind == "done" and done.meta == {"reason": "rounds"}
+            np.testing.assert_allclose(done.arrays[0], expected, rtol=1e-6, atol=1e-6)
+            assert wire.checksum(done.arrays[0]) == reply["model_checksum"]
+        contributions = [e for e in h.events if e["event"] == "contribution"]
+        while len(contributions) < 6:
+            contributions.append(wait_event(coord, h.events, "contribution"))
+        assert {(e["participant"], e["round"]) for e in contributions} == {
+            (n, r) for n in weights for r in (1, 2)
+        }
+        assert all(e["bytes"] == size * 4 for e in contributions)
+    finally:
+        h.close()
+
+
+def test_model_is_sent_to_a_participant_who_says_hello_after_the_round_opened(h):
+    coord = configure_learning(h, size=8, initial=np.full(8, 0.5, np.float32))
+    open_round(h, coord, 1, ["alice", "bob"])
+    alice = h.client("alice")
+    assert alice.request("hello").kind == "welcome"
+    model = alice.recv()
+    assert model.kind == "model" and model.round == 1 and model.meta["rounds"] == 3
+    np.testing.assert_array_equal(model.arrays[0], np.full(8, 0.5, np.float32))
+
+
+# --- events and probes ----------------------------------------------------------------------------
+
+
+def test_events_wait_for_a_coordinator_that_was_away(h):
+    coord = configure_learning(h, size=8)
+    coord.close()
+    h.clients.remove(coord)
+    time.sleep(0.5)  # NB: let the ROUTER see the disconnect, else the event goes down the dying pipe
+    alice = join(h, "alice")
+    assert alice.request("bye").kind == "ack"
+    assert len(h.server.events) >= 1  # queued, not dropped
+    back = h.client(CONTROL_IDENTITY)
+    events: list[dict] = []
+    status = ctl(back, events, "ctl_status")
+    assert status["sessions"][SESSION]["hello"] == []  # bye removed alice's route
+    hello = wait_event(back, events, "hello", participant="alice")
+    assert hello["session"] == SESSION and hello["event_id"] >= 1
+
+
+def test_probes_and_metrics_over_http(h):
+    coord = configure_learning(h, size=8)
+    assert ctl(coord, h.events, "ctl_status")["ok"]
+    base = f"http://127.0.0.1:{h.server.metrics_port}"
+    with urllib.request.urlopen(f"{base}/healthz") as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"{base}/readyz") as r:
+        assert r.status == 200
+    with urllib.request.urlopen(f"{base}/metrics") as r:
+        text = r.read().decode()
+    received = [
+        line for line in text.splitlines() if line.startswith("fedattn_aggregator_bytes_received_total ")
+    ]
+    assert received and float(received[0].split()[1]) > 0
+    for name in (
+        "bytes_sent_total",
+        "aggregation_seconds_bucket",
+        "sync_latency_seconds_bucket",
+        "rounds_closed_total",
+    ):
+        assert f"fedattn_aggregator_{name}" in text
