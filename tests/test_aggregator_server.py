@@ -114,14 +114,10 @@ def configure_learning(h: Harness, *, size: int, weights=None, initial=None, mem
     return coord
 
 
-def join(h: Harness, name: str) -> AggregatorClient:
+def join(h: Harness, name: str, *, mode: str = "learning") -> AggregatorClient:
     c = h.client(name)
     welcome = c.request("hello")
-    assert (
-        welcome.kind == "welcome"
-        and welcome.meta == {"mode": "learning"}
-        or welcome.meta["mode"] == "attention"
-    )
+    assert welcome.kind == "welcome" and welcome.meta == {"mode": mode}, welcome
     return c
 
 
@@ -407,3 +403,87 @@ def test_probes_and_metrics_over_http(h):
         "rounds_closed_total",
     ):
         assert f"fedattn_aggregator_{name}" in text
+
+
+# --- attention: KV sync barrier -------------------------------------------------------------------
+
+HEADS, DIM = 2, 4
+
+
+def kv_block(positions) -> list[np.ndarray]:
+    """K/V rows that encode their own position, so where a row lands can be checked exactly."""
+    pos = np.asarray(positions, dtype=np.int64)
+    k = (
+        pos[None, :, None] * 100 + np.arange(HEADS)[:, None, None] * 10 + np.arange(DIM)[None, None, :]
+    ).astype(np.float32)
+    return [k, -k, pos]
+
+
+def configure_attention(h: Harness, *, min_participants: int = 3, timeout: int = 300):
+    coord = h.client(CONTROL_IDENTITY)
+    meta = {
+        "mode": "attention",
+        "spec": {"minParticipants": min_participants, "roundTimeoutSeconds": timeout},
+        "participants": dict.fromkeys(MEMBERS, 1.0),
+    }
+    assert ctl(coord, h.events, "ctl_configure", meta=meta)["ok"]
+    return coord
+
+
+def test_kv_union_places_rows_by_global_position_and_hides_later_rows(h):
+    coord = configure_attention(h)
+    own = {"alice": [1, 2, 3, 7, 8], "bob": [4, 5, 6], "carol": [9, 10]}
+    clients = {n: join(h, n, mode="attention") for n in MEMBERS}
+    for name in MEMBERS:
+        clients[name].send("kv", layer=2, arrays=kv_block(own[name]))
+    for name, c in clients.items():
+        msg = c.recv()
+        assert msg.kind == "kv_global" and msg.layer == 2 and msg.meta["participants"] == sorted(MEMBERS)
+        k, v, positions = msg.arrays
+        visible = sorted(p for ps in own.values() for p in ps if p <= max(own[name]))
+        np.testing.assert_array_equal(positions, visible)
+        np.testing.assert_array_equal(k, kv_block(visible)[0])
+        np.testing.assert_array_equal(v, -k)
+    sync = wait_event(coord, h.events, "sync", layer=2)
+    assert sync["bytes"] > 0 and sync["latency_ms"] >= 0
+    assert h.metric("fedattn_aggregator_sync_latency_seconds_count") == 1
+    assert h.metric("fedattn_aggregator_contributions_accepted_total", kind="kv") == 3
+    late = clients["alice"].request("kv", layer=2, arrays=kv_block([11]))
+    assert late.meta["code"] == "stale_round"
+
+
+def test_kv_rejects_overlap_bad_shapes_nan_and_duplicates(h):
+    configure_attention(h)
+    alice, bob = join(h, "alice", mode="attention"), join(h, "bob", mode="attention")
+    alice.send("kv", layer=0, arrays=kv_block([0, 1, 2]))
+    assert bob.request("kv", layer=0, arrays=kv_block([2, 3])).meta["code"] == "bad_kv"  # position 2 taken
+    k, v, pos = kv_block([3, 4])
+    wrong_heads = [np.concatenate([k, k]), np.concatenate([v, v]), pos]
+    assert "heads" in bob.request("kv", layer=0, arrays=wrong_heads).meta["message"]
+    k_nan = k.copy()
+    k_nan[0, 0, 0] = np.nan
+    assert bob.request("kv", layer=0, arrays=[k_nan, v, pos]).meta["code"] == "non_finite"
+    assert bob.request("kv", layer=0, arrays=[k, v]).meta["code"] == "shape_mismatch"
+    assert alice.request("kv", layer=0, arrays=kv_block([5])).meta["code"] == "duplicate"
+    # bob's good block is still taken: 2 of 3 present, barrier waits for carol
+    bob.send("kv", layer=0, arrays=[k, v, pos])
+    with pytest.raises(Timeout):
+        bob.recv(timeout_seconds=0.5)
+    assert sorted(h.server.sessions[SESSION].barriers[0].parts) == ["alice", "bob"]
+
+
+def test_kv_barrier_timeout_serves_quorum_and_reports_the_missing(h):
+    coord = configure_attention(h, min_participants=2, timeout=1)
+    alice, bob = join(h, "alice", mode="attention"), join(h, "bob", mode="attention")
+    alice.send("kv", layer=4, arrays=kv_block([1, 2]))
+    bob.send("kv", layer=4, arrays=kv_block([3]))
+    got = bob.recv(timeout_seconds=10)
+    assert got.kind == "kv_global" and got.meta["participants"] == ["alice", "bob"]
+    np.testing.assert_array_equal(got.arrays[2], [1, 2, 3])
+    assert alice.recv(timeout_seconds=10).kind == "kv_global"
+    missed = wait_event(coord, h.events, "sync_missed", layer=4)
+    assert missed["participants"] == ["carol"]
+    # without quorum the waiting participant is told, and the layer can be retried
+    alice.send("kv", layer=6, arrays=kv_block([1, 2]))
+    err = alice.recv(timeout_seconds=10)
+    assert err.kind == "error" and err.meta["code"] == "sync_timeout"
