@@ -1,0 +1,59 @@
+"""Contribution scores and the eviction rule."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fedattn.aggregator.strategies.scores import (
+    Reliability,
+    cosine,
+    cosine_scores,
+    should_evict,
+    update_reliability,
+)
+
+
+def test_cosine_hand_computed_values():
+    assert cosine(np.array([1.0, 0.0]), np.array([1.0, 1.0])) == pytest.approx(1 / math.sqrt(2))
+    assert cosine(np.array([1.0, 2.0]), np.array([-2.0, -4.0])) == pytest.approx(-1.0)
+    assert cosine(np.array([1.0, 0.0]), np.array([0.0, 3.0])) == 0.0
+    assert cosine(np.zeros(2), np.array([1.0, 1.0])) == 0.0
+
+
+def test_cosine_scores_match_the_scalar_function_row_by_row():
+    rng = np.random.default_rng(0)
+    deltas = rng.normal(size=(6, 40))
+    deltas[3] = 0.0
+    ref = rng.normal(size=40)
+    np.testing.assert_allclose(cosine_scores(deltas, ref), [cosine(d, ref) for d in deltas], atol=1e-12)
+
+
+def test_reliability_is_an_ema_with_penalties():
+    r = Reliability()
+    r = update_reliability(r, similarity=0.5, decay=0.5)  # 0.5*1 + 0.5*0.5
+    assert r.score == pytest.approx(0.75) and (r.rounds, r.accepted) == (1, 1)
+    r = update_reliability(r, rejected=True, decay=0.5)  # 0.5*0.75 - 0.5
+    assert r.score == pytest.approx(-0.125) and r.rejected == 1
+    r = update_reliability(r, decay=0.5)  # late: 0.5 * -0.125
+    assert r.score == pytest.approx(-0.0625) and r.late == 1 and r.rounds == 3
+    with pytest.raises(ValueError, match="rejected update has no similarity"):
+        update_reliability(r, similarity=0.1, rejected=True)
+    with pytest.raises(ValueError, match="finite"):
+        update_reliability(r, similarity=float("nan"))
+
+
+def test_eviction_waits_for_after_rounds_then_applies_min_score():
+    attacker, honest = Reliability(), Reliability()
+    evicted_at, below_at = None, None
+    for rnd in range(1, 9):
+        attacker = update_reliability(attacker, similarity=-0.9)
+        honest = update_reliability(honest, similarity=0.7)
+        assert not should_evict(honest, min_score=0.2, after_rounds=5)
+        if below_at is None and attacker.score < 0.2:
+            below_at = rnd  # 1 -> 0.62, 2 -> 0.316, 3 -> 0.0728
+        if evicted_at is None and should_evict(attacker, min_score=0.2, after_rounds=5):
+            evicted_at = rnd
+    assert (below_at, evicted_at) == (3, 5)
