@@ -41,8 +41,8 @@ def test_partition_is_deterministic_per_seed(digits):
     a = data.dirichlet_partition(digits.train.y, parts=4, alpha=0.5, seed=1)
     b = data.dirichlet_partition(digits.train.y, parts=4, alpha=0.5, seed=1)
     c = data.dirichlet_partition(digits.train.y, parts=4, alpha=0.5, seed=2)
-    assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
 
 
 def test_bad_dataset_arguments_are_explained():

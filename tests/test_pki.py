@@ -35,10 +35,12 @@ def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> tuple[
     thread = threading.Thread(target=serve)
     thread.start()
     try:
-        with socket.create_connection(("127.0.0.1", port)) as raw:
-            with client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
-                assert tls.version() == "TLSv1.3"
-                tls.recv(2)
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            client_ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls,
+        ):
+            assert tls.version() == "TLSv1.3"
+            tls.recv(2)
     except (ssl.SSLError, OSError):
         pass
     thread.join(5)
@@ -47,7 +49,7 @@ def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> tuple[
 
 
 def test_participant_certificate_is_accepted_and_names_the_participant(material):
-    root, ids = material
+    _, ids = material
     server = pki.server_ssl_context(cert=ids["server"].cert, key=ids["server"].key, ca=ids["server"].ca)
     client = pki.client_ssl_context(ca=ids["alice"].ca, cert=ids["alice"].cert, key=ids["alice"].key)
     cn, error = _handshake(server, client)

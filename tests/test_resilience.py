@@ -26,7 +26,7 @@ def test_policy_from_spec_defaults_and_overrides():
 
 def test_transient_failures_are_retried_until_success():
     policy = Policy(retries=3, backoff_seconds=0.001)
-    fn, calls = _flaky(2)
+    fn, _ = _flaky(2)
     assert call(fn, policy=policy, breaker=policy.breaker("t"), what="flaky") == 3
 
 

@@ -196,7 +196,7 @@ def decode_header(frame: Any) -> dict[str, Any]:
     if len(buf) > MAX_HEADER_BYTES:
         raise WireError("oversized", f"header is {len(buf)} bytes, limit {MAX_HEADER_BYTES}")
     try:
-        header = msgpack.unpackb(buf, raw=False, strict_map_key=True, max_buffer_size=MAX_HEADER_BYTES)
+        header = msgpack.unpackb(buf, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types on garbage
         raise WireError("malformed_header", f"header is not valid msgpack ({exc.__class__.__name__})") from None
     if not isinstance(header, dict):

@@ -24,11 +24,15 @@ class TrainConfig:
             epochs=int(training.get("localEpochs", 1)),
             batch_size=int(training.get("batchSize", 32)),
             learning_rate=float(training.get("learningRate", 0.1)),
-            proximal_mu=float(params.get("proximalMu", 0.0)) if (strategy or {}).get("name") == "fedprox" else 0.0,
+            proximal_mu=(
+                float(params.get("proximalMu", 0.0)) if (strategy or {}).get("name") == "fedprox" else 0.0
+            ),
         )
 
 
-def train(arch: Architecture, start: np.ndarray, data: Split, config: TrainConfig, *, seed: int) -> tuple[np.ndarray, float]:
+def train(
+    arch: Architecture, start: np.ndarray, data: Split, config: TrainConfig, *, seed: int
+) -> tuple[np.ndarray, float]:
     """Train from ``start`` on ``data``; returns the new parameters and the mean training loss.
 
     With ``proximal_mu`` > 0 the gradient gains ``mu * (w - start)`` (FedProx), which keeps a client

@@ -9,26 +9,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-import numpy as np
-
+from fedattn.aggregator.client import AggregatorClient, Timeout
 from fedattn.learning import data, models
 from fedattn.learning.centralized import session_architecture, session_dataset
 from fedattn.learning.trainer import TrainConfig, train
-from fedattn.wire import Message
 
 log = logging.getLogger(__name__)
-
-
-class Channel(Protocol):
-    """What a participant needs from its link to the aggregator."""
-
-    def send(self, *, kind: str, round: int = 0, arrays: tuple[np.ndarray, ...] = (),
-             meta: dict[str, Any] | None = None) -> None: ...
-
-    def recv(self, *, timeout_seconds: float) -> Message | None: ...
-
 
 def private_shard(spec: dict[str, Any], *, index: int, parts: int) -> data.Split:
     training = spec.get("training") or {}
@@ -42,7 +30,7 @@ def private_shard(spec: dict[str, Any], *, index: int, parts: int) -> data.Split
 
 
 def run_learning(
-    channel: Channel,
+    channel: AggregatorClient,
     *,
     spec: dict[str, Any],
     name: str,
@@ -61,23 +49,25 @@ def run_learning(
     shard = private_shard(spec, index=index, parts=parts)
     config = TrainConfig.from_spec(spec.get("training") or {}, spec.get("strategy"))
     seed = int((spec.get("training") or {}).get("seed", 0))
-    ctx = {"session": spec.get("_session"), "participant": name}
-    channel.send(kind="hello")
+    ctx = {"session": channel.session, "participant": name}
+    channel.send("hello")
     trained: list[int] = []
     last_loss = None
     idle_since = time.monotonic()
     while True:
-        msg = channel.recv(timeout_seconds=1.0)
-        if msg is None:
+        try:
+            msg = channel.recv(timeout_seconds=1.0)
+        except Timeout:
             if session_over() or time.monotonic() - idle_since > idle_timeout_seconds:
                 return {"rounds": trained, "examples": len(shard), "loss": last_loss, "reason": "session over"}
             continue
         idle_since = time.monotonic()
         if msg.kind == "model":
             started = time.perf_counter()
-            params, last_loss = train(arch, msg.arrays[0], shard, config, seed=seed * 1_000_003 + msg.round * 101 + index)
+            round_seed = seed * 1_000_003 + msg.round * 101 + index
+            params, last_loss = train(arch, msg.arrays[0], shard, config, seed=round_seed)
             channel.send(
-                kind="update",
+                "update",
                 round=msg.round,
                 arrays=(params,),
                 meta={
