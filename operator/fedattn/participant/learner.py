@@ -12,8 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedattn.aggregator.client import AggregatorClient, Timeout
-from fedattn.learning import data, models
-from fedattn.learning.centralized import session_architecture, session_dataset
+from fedattn.learning import data, models, session
 from fedattn.learning.trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
@@ -21,7 +20,7 @@ log = logging.getLogger(__name__)
 def private_shard(spec: dict[str, Any], *, index: int, parts: int) -> data.Split:
     training = spec.get("training") or {}
     return data.participant_split(
-        session_dataset(spec),
+        session.dataset(spec),
         index=index,
         parts=parts,
         alpha=float(training.get("dirichletAlpha", 0.5)),
@@ -45,10 +44,10 @@ def run_learning(
     checksum. A round the aggregator rejects (e.g. ``stale_round`` because we were too slow) is logged
     and skipped, never retried blindly: the next ``model`` message starts the next round.
     """
-    arch: models.Architecture = session_architecture(spec)
+    arch: models.Architecture = session.architecture(spec)
     shard = private_shard(spec, index=index, parts=parts)
     config = TrainConfig.from_spec(spec.get("training") or {}, spec.get("strategy"))
-    seed = int((spec.get("training") or {}).get("seed", 0))
+    seed = session.seed(spec)
     ctx = {"session": channel.session, "participant": name}
     channel.send("hello")
     trained: list[int] = []
@@ -84,7 +83,7 @@ def run_learning(
             final = msg.arrays[0] if msg.arrays else None
             accuracy = None
             if final is not None:
-                ds = session_dataset(spec)
+                ds = session.dataset(spec)
                 accuracy = models.accuracy(arch, final, ds.test.x, ds.test.y)
             return {"rounds": trained, "examples": len(shard), "loss": last_loss,
                     "final_accuracy": accuracy, "reason": msg.meta.get("reason")}
