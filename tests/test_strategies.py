@@ -135,9 +135,11 @@ def _adaptive_reference(name, deltas, *, eta, b1, b2, tau):
 @pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
 def test_adaptive_server_optimizers_follow_reddi_algorithm_2(name):
     eta, b1, b2, tau = 0.3, 0.8, 0.95, 1e-2
-    params = {"serverLearningRate": eta, "beta1": b1, "tau": tau}
-    if name != "fedadagrad":
-        params["beta2"] = b2
+    params = {"serverLearningRate": eta, "tau": tau}
+    if name == "fedadagrad":
+        b1 = 0.0
+    else:
+        params.update(beta1=b1, beta2=b2)
     s = build_strategy(name, params, size=1)
     x = np.zeros(1, dtype=np.float32)
     deltas = []

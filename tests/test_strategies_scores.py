@@ -45,15 +45,15 @@ def test_reliability_is_an_ema_with_penalties():
         update_reliability(r, similarity=float("nan"))
 
 
-def test_eviction_waits_for_after_rounds_then_applies_min_score():
-    attacker, honest = Reliability(), Reliability()
-    evicted_at, below_at = None, None
-    for rnd in range(1, 9):
-        attacker = update_reliability(attacker, similarity=-0.9)
-        honest = update_reliability(honest, similarity=0.7)
-        assert not should_evict(honest, min_score=0.2, after_rounds=5)
-        if below_at is None and attacker.score < 0.2:
-            below_at = rnd  # 1 -> 0.62, 2 -> 0.316, 3 -> 0.0728
-        if evicted_at is None and should_evict(attacker, min_score=0.2, after_rounds=5):
-            evicted_at = rnd
-    assert (below_at, evicted_at) == (3, 5)
+def test_eviction_needs_after_rounds_consecutive_low_rounds():
+    r = Reliability()
+    history = [-0.5, -0.5, 0.6, -0.2, None, -0.9]  # None = late (scores 0)
+    streaks, evicted = [], []
+    for sim in history:
+        r = update_reliability(r, similarity=sim, min_score=0.1)
+        streaks.append(r.low_streak)
+        evicted.append(should_evict(r, after_rounds=3))
+    assert streaks == [1, 2, 0, 1, 2, 3]  # a good round resets the streak
+    assert evicted == [False] * 5 + [True]
+    r = update_reliability(Reliability(), rejected=True, min_score=-1.0)
+    assert r.low_streak == 0  # -1 is not below -1

@@ -183,7 +183,7 @@ class FedAdagrad(FedAdam):
     name = "fedadagrad"
     PARAMS: Table = {
         "serverLearningRate": _lr(0.1),
-        "beta1": _beta("beta1", 0.0, "first-moment decay (beta_1; 0 = plain Adagrad)"),
         "tau": _tau(1e-9),
     }
     second_moment = staticmethod(adagrad_second_moment)
+    beta1 = 0.0  # NB: as Flower's FedAdagrad: no first-moment averaging, the step uses delta itself

@@ -3,9 +3,10 @@
 A participant's contribution in a round is the cosine similarity of its delta (local model - global)
 to a reference direction: the round's aggregate delta when the rule keeps every update (robust
 rules), or the previous round's global step when it streams (FedAvg and the server optimizers
-keep O(P) memory, so they score each update as it is folded). Its reliability is an exponential
-moving average of those similarities, where a rejected update counts -1 and a late or missing one 0;
-a participant whose reliability stays below ``minScore`` after ``afterRounds`` rounds is evicted.
+keep O(P) memory, so they score each update as it is folded). A rejected update scores -1, a late
+or missing one 0. A participant whose round score is below ``minScore`` for ``afterRounds``
+consecutive rounds is evicted; its reliability (an exponential moving average of the round scores)
+is what status and metrics report.
 """
 
 from __future__ import annotations
@@ -41,12 +42,21 @@ class Reliability:
     accepted: int = 0
     rejected: int = 0
     late: int = 0
+    low_streak: int = 0
 
 
 def update_reliability(
-    record: Reliability, *, similarity: float | None = None, rejected: bool = False, decay: float = 0.8
+    record: Reliability,
+    *,
+    similarity: float | None = None,
+    rejected: bool = False,
+    min_score: float = 0.0,
+    decay: float = 0.8,
 ) -> Reliability:
-    """The record after one round: ``similarity`` of an accepted update, ``rejected``, or neither (late)."""
+    """The record after one round: ``similarity`` of an accepted update, ``rejected``, or neither (late).
+
+    ``low_streak`` counts consecutive rounds scoring below ``min_score``.
+    """
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"decay must be in [0, 1), got {decay}")
     if rejected and similarity is not None:
@@ -60,10 +70,14 @@ def update_reliability(
     else:
         value, counts = float(np.clip(similarity, -1.0, 1.0)), {"accepted": record.accepted + 1}
     return replace(
-        record, score=decay * record.score + (1 - decay) * value, rounds=record.rounds + 1, **counts
+        record,
+        score=decay * record.score + (1 - decay) * value,
+        rounds=record.rounds + 1,
+        low_streak=record.low_streak + 1 if value < min_score else 0,
+        **counts,
     )
 
 
-def should_evict(record: Reliability, *, min_score: float, after_rounds: int) -> bool:
-    """True once the participant has been scored ``after_rounds`` times and sits below ``min_score``."""
-    return record.rounds >= after_rounds and record.score < min_score
+def should_evict(record: Reliability, *, after_rounds: int) -> bool:
+    """True once the participant has scored low ``after_rounds`` rounds in a row."""
+    return record.low_streak >= after_rounds
