@@ -10,11 +10,15 @@ from scipy import optimize, stats
 
 from fedattn.aggregator.strategies import build_strategy
 from fedattn.learning.privacy import (
+    AdaptiveClipping,
     DifferentiallyPrivate,
+    DPSettings,
     PrivacyBudget,
     PrivacyError,
+    adapt_clip_norm,
     clip_inplace,
     epsilon_after,
+    split_noise_multiplier,
 )
 
 
@@ -152,3 +156,83 @@ def test_budget_too_small_for_one_round():
     assert budget.max_rounds() == 0 and not budget.check_next_round().allowed
     with pytest.raises(PrivacyError, match="targetEpsilon"):
         PrivacyBudget(target_epsilon=0, delta=1e-5, noise_multiplier=1.0)
+
+
+# --- adaptive clipping and settings ----------------------------------------------------------------------
+
+
+def test_split_noise_multiplier_keeps_the_overall_gaussian_multiplier():
+    z, sigma_b = 1.0, 1.0
+    z_delta = split_noise_multiplier(z, count_noise_std=sigma_b)
+    assert z_delta == pytest.approx(1 / math.sqrt(0.75))
+    assert z_delta**-2 + (2 * sigma_b) ** -2 == pytest.approx(z**-2)
+    with pytest.raises(PrivacyError, match="must exceed"):
+        split_noise_multiplier(2.0, count_noise_std=1.0)
+
+
+def test_adapt_clip_norm_closed_form():
+    assert adapt_clip_norm(2.0, unclipped_fraction=0.5, target_quantile=0.5, learning_rate=0.2) == 2.0
+    assert adapt_clip_norm(2.0, unclipped_fraction=1.0, target_quantile=0.5, learning_rate=0.2) == pytest.approx(
+        2.0 * math.exp(-0.1)
+    )
+    assert adapt_clip_norm(2.0, unclipped_fraction=0.0, target_quantile=0.5, learning_rate=0.2) > 2.0
+
+
+def test_adaptive_clip_norm_converges_to_the_target_quantile_of_update_norms():
+    rng = np.random.default_rng(7)
+    size, n = 16, 40
+    s = DifferentiallyPrivate(
+        build_strategy("fedavg", size=size),
+        size=size,
+        clip_norm=0.5,
+        noise_multiplier=1e-6,
+        rng=np.random.default_rng(8),
+        adaptive=AdaptiveClipping(target_quantile=0.5, learning_rate=0.2, count_noise_std=1e-6),
+    )
+    g = np.zeros(size, np.float32)
+    history = []
+    for r in range(150):
+        directions = rng.normal(size=(n, size))
+        norms = rng.uniform(1.0, 9.0, size=n)  # median 5
+        ups = directions / np.linalg.norm(directions, axis=1, keepdims=True) * norms[:, None]
+        s.begin_round(round=r, global_params=g)
+        for u in ups:
+            s.fold(u.astype(np.float32), 1.0)
+        s.finish()
+        history.append(s.clip_norm)
+    assert 4.0 < np.mean(history[-50:]) < 6.0
+    state = s.state_dict()
+    assert float(state["clip_norm"]) == s.clip_norm
+    fresh = _dp(size=size)
+    fresh.load_state_dict(state)
+    assert fresh.clip_norm == s.clip_norm
+
+
+def test_settings_from_manifest():
+    dp = DPSettings.from_manifest({"noiseMultiplier": 1.1, "clipNorm": 0.5, "targetEpsilon": 8, "delta": 1e-6})
+    assert (dp.noise_multiplier, dp.clip_norm, dp.target_epsilon, dp.delta, dp.adaptive) == (1.1, 0.5, 8, 1e-6, None)
+    assert dp.budget().check_next_round().allowed
+    wrapped = dp.wrap(build_strategy("fedavg", size=3), size=3, rng=np.random.default_rng(0))
+    assert wrapped.clip_norm == 0.5 and wrapped.sum_noise_multiplier == 1.1
+    adaptive = DPSettings.from_manifest({"noiseMultiplier": 1.0, "adaptiveClipping": {"targetQuantile": 0.7}})
+    assert adaptive.adaptive == AdaptiveClipping(target_quantile=0.7)
+    assert (
+        adaptive.wrap(build_strategy("fedavg", size=3), size=3, rng=np.random.default_rng(0)).sum_noise_multiplier > 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("dp", "match"),
+    [
+        ({"mechanism": "laplace"}, "mechanism 'laplace'"),
+        ({"epsilon": 1.0}, r"does not take \['epsilon'\]"),
+        ({"noiseMultiplier": 0}, "noiseMultiplier"),
+        ({"clipNorm": "1"}, "clipNorm"),
+        ({"delta": 1.0}, "delta"),
+        ({"adaptiveClipping": {"targetQuantile": 1.0}}, "targetQuantile"),
+        ({"adaptiveClipping": {"quantile": 0.5}}, "adaptiveClipping"),
+    ],
+)
+def test_settings_reject_bad_manifests(dp, match):
+    with pytest.raises(PrivacyError, match=match):
+        DPSettings.from_manifest(dp)
