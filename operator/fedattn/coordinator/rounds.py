@@ -272,9 +272,7 @@ class SessionMachine:
         outstanding = (current.members & live) - current.contributed
         got = len(current.contributed)
         if got + len(outstanding) < quorum:
-            return self._quorum_lost(
-                f"round {current.number} can get at most {got + len(outstanding)} updates"
-            )
+            return self._quorum_lost(f"round {current.number} can get at most {got + len(outstanding)} updates")
         timed_out = now >= current.opened_at + self.settings.round_timeout
         waited = current.quorum_at is not None and now >= current.quorum_at + self.settings.wait_after_min
         if not outstanding or waited or (timed_out and got >= quorum):
@@ -299,7 +297,5 @@ class SessionMachine:
                 commands.append(Start())
             return [*commands, OpenRound(round=number, participants=tuple(sorted(live)))]
         if self.waiting_since is not None and now >= self.waiting_since + self.settings.round_timeout:
-            return self._quorum_lost(
-                f"only {len(ready)} participants were ready for round {self.rounds_closed + 1}"
-            )
+            return self._quorum_lost(f"only {len(ready)} participants were ready for round {self.rounds_closed + 1}")
         return []

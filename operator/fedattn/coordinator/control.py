@@ -1,0 +1,152 @@
+"""The coordinator's control link to the aggregator: an asyncio ZMQ DEALER with Curve client keys.
+
+NB: :class:`fedattn.aggregator.client.AggregatorClient` is blocking and its ``request`` takes the
+next message as the reply; this link also receives ``ctl_event`` pushes at any time and runs in
+the coordinator's event loop, so it reads continuously and hands each message to whoever waits for
+it. One request is in flight at a time (the aggregator's ``ctl_reply`` does not echo a request id),
+and a reply must name the request's session and round, so a reply that comes after its request
+timed out is dropped rather than taken for the next one's.
+
+A periodic ``ctl_status`` keeps ``up`` current (and tells the aggregator where to push events);
+when the link comes back after being down, ``on_up`` runs so the coordinator can re-configure its
+sessions at an aggregator that may have restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import zmq
+import zmq.asyncio
+
+from fedattn import wire
+
+log = logging.getLogger(__name__)
+
+IDENTITY = "coordinator-client"
+
+
+class ControlError(RuntimeError):
+    """The aggregator refused a control request (``ok: false`` or an ``error`` reply)."""
+
+
+class ControlTimeout(ControlError, TimeoutError):
+    """No reply in time: the aggregator is down, unreachable, or does not accept our key."""
+
+
+class ControlLink:
+    def __init__(
+        self,
+        *,
+        endpoint: str,
+        server_public: bytes,
+        public: bytes,
+        secret: bytes,
+        on_event: Callable[[dict[str, Any]], None],
+        on_up: Callable[[], Awaitable[None]] | None = None,
+        timeout_seconds: float = 5.0,
+        ping_seconds: float = 2.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout_seconds = timeout_seconds
+        self.ping_seconds = ping_seconds
+        self.up = False
+        self._on_event = on_event
+        self._on_up = on_up
+        self._ctx = zmq.asyncio.Context()
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.curve_serverkey = server_public.strip()
+        sock.curve_publickey = public.strip()
+        sock.curve_secretkey = secret.strip()
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
+        self._sock = sock
+        self._seq = 0
+        self._lock = asyncio.Lock()
+        self._waiting: tuple[str, int, asyncio.Future[wire.Message]] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._sock.connect(self.endpoint)
+        self._tasks = [
+            asyncio.create_task(self._read(), name="control-read"),
+            asyncio.create_task(self._ping(), name="control-ping"),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._sock.close(linger=0)
+        self._ctx.term()
+
+    async def request(
+        self,
+        kind: str,
+        *,
+        session: str,
+        round: int = 0,
+        meta: dict[str, Any] | None = None,
+        timeout_seconds: float | None = None,
+    ) -> dict[str, Any]:
+        """Send one ``ctl_*`` request and return the reply's meta; raises ControlError/ControlTimeout."""
+        timeout = self.timeout_seconds if timeout_seconds is None else timeout_seconds
+        async with self._lock:
+            future: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
+            self._waiting = (session, round, future)
+            self._seq += 1
+            frames = wire.encode(
+                kind=kind, session=session, participant=IDENTITY, round=round, seq=self._seq, meta=meta
+            )
+            try:
+                await asyncio.wait_for(self._sock.send_multipart(frames), timeout)
+                reply = await asyncio.wait_for(future, timeout)
+            except TimeoutError:
+                raise ControlTimeout(f"{kind} for {session}: no reply from {self.endpoint} in {timeout:g} s") from None
+            finally:
+                self._waiting = None
+        if reply.kind == "error":
+            raise ControlError(f"{kind} rejected: {reply.meta.get('code')}: {reply.meta.get('message')}")
+        if not reply.meta.get("ok"):
+            raise ControlError(f"{kind} for {session} failed: {reply.meta.get('error', 'no reason given')}")
+        return reply.meta
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self._sock.recv_multipart(copy=False)
+            try:
+                msg = wire.decode(frames)
+            except wire.WireError as exc:
+                log.warning("dropping a malformed message from the aggregator: %s", exc)
+                continue
+            if msg.kind == "ctl_event":
+                try:
+                    self._on_event(msg.meta)
+                except Exception:  # one bad event must not stop the link
+                    log.exception("handling ctl_event failed", extra={"session": msg.session})
+                continue
+            waiting = self._waiting
+            if waiting and (msg.session, msg.round) == waiting[:2] and not waiting[2].done():
+                waiting[2].set_result(msg)
+            else:
+                log.warning("dropping an unexpected %s from the aggregator (late reply?)", msg.kind)
+
+    async def _ping(self) -> None:
+        while True:
+            try:
+                await self.request("ctl_status", session="-", timeout_seconds=self.ping_seconds * 2)
+                came_up = not self.up
+                self.up = True
+                if came_up:
+                    log.info("control link to %s is up", self.endpoint)
+                    if self._on_up is not None:
+                        await self._on_up()
+            except ControlError as exc:
+                if self.up:
+                    log.warning("control link to %s is down: %s", self.endpoint, exc)
+                self.up = False
+            await asyncio.sleep(self.ping_seconds)

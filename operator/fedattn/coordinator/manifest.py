@@ -1,0 +1,89 @@
+"""Turn a ``POST /v1/sessions`` body into a validated session definition; pure, no I/O.
+
+Defaults and validation are the CRD schema's own (:func:`fedattn.api.apply_defaults_and_validate`),
+then the cross-object rules only the coordinator can check: participants point at this session,
+names are unique, there are enough of them for the quorum, the publisher is one of them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fedattn.api import ManifestError, apply_defaults_and_validate
+from fedattn.coordinator.rounds import Settings
+
+
+class InvalidSession(ValueError):
+    """Valid JSON that does not describe a runnable session (HTTP 422); the text says what to fix."""
+
+
+@dataclass(frozen=True)
+class SessionDefinition:
+    name: str
+    mode: str
+    spec: dict[str, Any]
+    #: participant name -> aggregation weight, in the order given (a participant's ``index``)
+    weights: dict[str, float]
+
+    @property
+    def fingerprint(self) -> str:
+        """Same fingerprint = same session (a retried create is idempotent, another one conflicts)."""
+        doc = json.dumps({"spec": self.spec, "weights": self.weights}, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def _validated(kind: str, obj: Any, *, where: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise InvalidSession(f"{where} must be a {kind} object")
+    try:
+        return apply_defaults_and_validate(kind, obj)
+    except ManifestError as exc:
+        raise InvalidSession(str(exc)) from None
+
+
+def parse_create(body: dict[str, Any]) -> SessionDefinition:
+    """The session a ``{manifest, participants}`` body describes; raises :class:`InvalidSession`."""
+    manifest = _validated("FedSession", body.get("manifest"), where="manifest")
+    name = manifest["metadata"]["name"]
+    spec = manifest["spec"]
+    raw = body.get("participants")
+    if not isinstance(raw, list) or not raw:
+        raise InvalidSession("participants must be a non-empty list of FedParticipant objects")
+    weights: dict[str, float] = {}
+    for i, obj in enumerate(raw):
+        p = _validated("FedParticipant", obj, where=f"participants[{i}]")
+        pname = p["metadata"]["name"]
+        if p["spec"]["sessionRef"] != name:
+            raise InvalidSession(
+                f"participants[{i}] ({pname}): sessionRef is {p['spec']['sessionRef']!r}, not {name!r}"
+            )
+        if pname in weights:
+            raise InvalidSession(f"participants[{i}]: {pname} is listed twice")
+        if pname == "operator":
+            raise InvalidSession(f"participants[{i}]: 'operator' is the administrator's identity, not a participant")
+        weights[pname] = float(p["spec"]["weight"])
+    quorum = int(spec["minParticipants"])
+    if quorum > len(weights):
+        raise InvalidSession(f"spec.minParticipants is {quorum} but only {len(weights)} participants are listed")
+    if spec["mode"] == "attention" and spec.get("publisher") not in weights:
+        raise InvalidSession(f"spec.publisher {spec.get('publisher')!r} must be one of {sorted(weights)}")
+    return SessionDefinition(name=name, mode=spec["mode"], spec=spec, weights=weights)
+
+
+def settings_for(definition: SessionDefinition) -> Settings:
+    """The state machine's settings from a defaulted spec."""
+    spec = definition.spec
+    deadline = spec.get("activeDeadlineSeconds")
+    return Settings(
+        mode=definition.mode,
+        participants=tuple(definition.weights),
+        min_participants=int(spec["minParticipants"]),
+        rounds=int(spec.get("rounds", 0)) if definition.mode == "learning" else 0,
+        round_timeout=float(spec["roundTimeoutSeconds"]),
+        wait_after_min=float(spec["waitAfterMinSeconds"]),
+        heartbeat_timeout=float(spec["resilience"]["timeoutSeconds"]),
+        active_deadline=None if deadline is None else float(deadline),
+    )

@@ -1,0 +1,504 @@
+"""The coordinator's sessions: feeds the state machines, carries out their commands, records it all.
+
+Each session has a :class:`~fedattn.coordinator.rounds.SessionMachine` (pure) and one driver task
+that executes its commands in order through the control link (configure, open/close rounds,
+finish) with the session's retry policy. State changes a caller is told about (create, join, leave,
+evict) are committed to the store before the answer; heartbeats and aggregator events are queued
+to the store (ordered, retried, never dropped silently, see :mod:`fedattn.store.writer`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import tenacity
+
+from fedattn.coordinator import rounds
+from fedattn.coordinator.control import ControlError, ControlLink
+from fedattn.coordinator.manifest import SessionDefinition, settings_for
+from fedattn.coordinator.metrics import Metrics
+from fedattn.resilience import Policy
+from fedattn.store import Contribution, Event, Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+#: participant name used for attention-mode sync rows (a sync belongs to the whole session)
+SYNC_PARTICIPANT = "*"
+PHASES = (rounds.PENDING, rounds.RUNNING, rounds.SUCCEEDED, rounds.FAILED)
+
+
+class ApiError(Exception):
+    """An answer other than success: HTTP ``status``, machine ``code``, human ``message``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@dataclass(frozen=True)
+class Configure:
+    """Driver-only command: (re)configure the session at the aggregator."""
+
+
+@dataclass(frozen=True)
+class Revoke:
+    participant: str
+
+
+@dataclass
+class Activity:
+    """Per participant: what status shows beyond the machine's phase."""
+
+    last_heartbeat: float | None = None
+    contributions: int = 0
+    last_latency_ms: float | None = None
+    result: dict[str, Any] | None = None
+
+
+@dataclass
+class Session:
+    definition: SessionDefinition
+    machine: rounds.SessionMachine
+    policy: Policy
+    created_at: float
+    started_at: float | None = None
+    completed_at: float | None = None
+    activity: dict[str, Activity] = field(default_factory=dict)
+    round_log: dict[int, dict[str, Any]] = field(default_factory=dict)
+    syncs: int = 0
+    sync_latency_ms_total: float = 0.0
+    commands: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
+    driver: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.definition.name
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Coordinator:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        metrics: Metrics,
+        aggregator: dict[str, str],
+        clock: Callable[[], float] = time.time,
+        ack_timeout_seconds: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.aggregator = aggregator  # {endpoint, public_key} handed to participants on join
+        self.link: ControlLink | None = None
+        self.clock = clock
+        self.ack_timeout_seconds = ack_timeout_seconds
+        self.sessions: dict[str, Session] = {}
+        self._seen_events: deque[tuple[str, int]] = deque(maxlen=10_000)
+
+    # -- life cycle -------------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        tasks = [s.driver for s in self.sessions.values() if s.driver]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def tick(self) -> None:
+        """Run every session's machine clock (timeouts, heartbeats, deadlines)."""
+        now = self.clock()
+        for session in self.sessions.values():
+            self._dispatch(session, session.machine.tick(now=now))
+
+    async def reconfigure(self) -> None:
+        """The control link came (back) up: make sure the aggregator knows every live session."""
+        for session in self.sessions.values():
+            if not session.machine.finished:
+                session.commands.put_nowait(Configure())
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _get(self, name: str) -> Session:
+        session = self.sessions.get(name)
+        if session is None:
+            raise ApiError(404, "not_found", f"no session named {name!r}")
+        return session
+
+    @staticmethod
+    def _member(session: Session, participant: str) -> None:
+        if participant not in session.definition.weights:
+            raise ApiError(404, "not_found", f"{participant!r} is not a participant of session {session.name!r}")
+
+    async def _durable(self, *writes: asyncio.Future[None]) -> None:
+        """Wait until the writes are committed; 503 (retry later) if the store cannot take them now."""
+        try:
+            await asyncio.wait_for(asyncio.shield(asyncio.gather(*writes)), self.ack_timeout_seconds)
+        except (TimeoutError, StoreUnavailable) as exc:
+            raise ApiError(503, "store_unavailable", f"not stored yet, retry: {exc or 'store is slow'}") from None
+
+    def _update_gauges(self) -> None:
+        counts = dict.fromkeys(PHASES, 0)
+        for s in self.sessions.values():
+            counts[s.machine.phase] = counts.get(s.machine.phase, 0) + 1
+        for phase, n in counts.items():
+            self.metrics.sessions.labels(phase=phase).set(n)
+
+    def _dispatch(self, session: Session, commands: list[Any]) -> None:
+        for command in commands:
+            session.commands.put_nowait(command)
+        if commands:
+            self._update_gauges()
+
+    # -- API --------------------------------------------------------------------------------------
+
+    async def create_session(self, definition: SessionDefinition) -> bool:
+        """Create (True) or find the identical session (False); 409 when the name holds another."""
+        existing = self.sessions.get(definition.name)
+        if existing is not None:
+            if existing.definition.fingerprint != definition.fingerprint:
+                raise ApiError(409, "conflict", f"session {definition.name!r} exists with a different spec")
+            return False
+        now = self.clock()
+        session = Session(
+            definition=definition,
+            machine=rounds.SessionMachine(settings_for(definition), now=now),
+            policy=Policy.from_spec(definition.spec.get("resilience")),
+            created_at=now,
+            activity={name: Activity() for name in definition.weights},
+        )
+        self.sessions[definition.name] = session
+        writes = [
+            self.store.create_session(
+                name=definition.name, mode=definition.mode, spec=definition.spec, phase=rounds.PENDING, created_at=now
+            )
+        ]
+        writes += [
+            self.store.upsert_participant(definition.name, name, weight=weight, phase=rounds.P_PENDING)
+            for name, weight in definition.weights.items()
+        ]
+        session.commands.put_nowait(Configure())
+        session.driver = asyncio.create_task(self._drive(session), name=f"session-{definition.name}")
+        self._update_gauges()
+        log.info("session created", extra={"session": definition.name})
+        await self._durable(*writes)
+        return True
+
+    async def join(self, name: str, participant: str) -> dict[str, Any]:
+        session = self._get(name)
+        self._member(session, participant)
+        machine = session.machine
+        if machine.members[participant].phase == rounds.P_EVICTED:
+            raise ApiError(403, "evicted", f"{participant} was evicted from session {name!r}")
+        if machine.finished:
+            raise ApiError(409, "finished", f"session {name!r} is {machine.phase}: {machine.message}")
+        now = self.clock()
+        self._dispatch(session, machine.join(participant, now=now))
+        session.activity[participant].last_heartbeat = now
+        phase = machine.members[participant].phase
+        write = self.store.update_participant(name, participant, phase=phase, joined_at=now, last_heartbeat=now)
+        event = self.store.record_event(Event(name, "join", participant=participant, at=now))
+        log.info("participant joined", extra={"session": name, "participant": participant})
+        await self._durable(write, event)
+        names = list(session.definition.weights)
+        return {
+            "session": name,
+            "spec": session.definition.spec,
+            "aggregator": self.aggregator,
+            "index": names.index(participant),
+            "participants": names,
+        }
+
+    async def heartbeat(self, name: str, participant: str) -> dict[str, Any]:
+        session = self._get(name)
+        self._member(session, participant)
+        machine = session.machine
+        member = machine.members[participant]
+        if member.phase == rounds.P_EVICTED:
+            raise ApiError(403, "evicted", f"{participant} was evicted from session {name!r}")
+        now = self.clock()
+        if member.phase in rounds.LIVE:
+            machine.heartbeat(participant, now=now)
+            session.activity[participant].last_heartbeat = now
+            # NB: not awaited: a heartbeat needs no durability, and must not fail while the store is down.
+            self.store.update_participant(name, participant, phase=member.phase, last_heartbeat=now)
+        return {"phase": member.phase, "round": self._round_number(session), "session_phase": machine.phase}
+
+    async def leave(self, name: str, participant: str, result: dict[str, Any] | None) -> dict[str, Any]:
+        session = self._get(name)
+        self._member(session, participant)
+        now = self.clock()
+        self._dispatch(session, session.machine.leave(participant, now=now))
+        if result is not None:
+            session.activity[participant].result = result
+        phase = session.machine.members[participant].phase
+        write = self.store.update_participant(name, participant, phase=phase, result=result)
+        event = self.store.record_event(Event(name, "leave", participant=participant, data=result, at=now))
+        log.info("participant left", extra={"session": name, "participant": participant})
+        await self._durable(write, event)
+        return {}
+
+    async def evict(self, name: str, participant: str, reason: str) -> dict[str, Any]:
+        session = self._get(name)
+        self._member(session, participant)
+        now = self.clock()
+        self._dispatch(session, session.machine.evict(participant, now=now))
+        session.commands.put_nowait(Revoke(participant))
+        write = self.store.update_participant(name, participant, phase=rounds.P_EVICTED)
+        event = self.store.record_event(Event(name, "evict", participant=participant, reason=reason, at=now))
+        log.warning("participant evicted: %s", reason, extra={"session": name, "participant": participant})
+        await self._durable(write, event)
+        return {}
+
+    def round_info(self, name: str) -> dict[str, Any]:
+        session = self._get(name)
+        current = session.machine.round
+        state = "none"
+        if current is not None:
+            state = "closing" if current.closing else "open"
+        elif session.machine.rounds_closed:
+            state = "closed"
+        return {"round": self._round_number(session), "state": state, "deadline": _iso(session.machine.deadline())}
+
+    @staticmethod
+    def _round_number(session: Session) -> int:
+        current = session.machine.round
+        return current.number if current is not None else session.machine.rounds_closed
+
+    async def status(self, name: str) -> dict[str, Any]:
+        session = self._get(name)
+        machine = session.machine
+        try:
+            recorded: int | None = await self.store.contributions_recorded(name)
+        except StoreUnavailable:
+            recorded = None
+        members = machine.members
+        participant_status = {
+            p: {
+                "phase": members[p].phase,
+                "last_heartbeat": _iso(a.last_heartbeat),
+                "contributions": a.contributions,
+                "last_latency_ms": a.last_latency_ms,
+            }
+            for p, a in session.activity.items()
+        }
+        live = machine.ready() if session.definition.mode == "learning" else machine.live()
+        return {
+            "name": name,
+            "mode": session.definition.mode,
+            "phase": machine.phase,
+            "message": machine.message,
+            "round": self._round_number(session),
+            "rounds_total": machine.settings.rounds,
+            "started_at": _iso(session.started_at),
+            "completed_at": _iso(session.completed_at),
+            "participants": {
+                "joined": sum(m.phase != rounds.P_PENDING for m in members.values()),
+                "ready": len(live),
+                "total": len(members),
+            },
+            "participant_status": participant_status,
+            "rounds": [session.round_log[r] for r in sorted(session.round_log)],
+            "syncs": session.syncs,
+            "avg_sync_latency_ms": session.sync_latency_ms_total / session.syncs if session.syncs else None,
+            "contributions_recorded": recorded,
+            "results": {p: a.result for p, a in session.activity.items() if a.result is not None},
+            "store": self.store.health(),
+        }
+
+    async def list_status(self) -> list[dict[str, Any]]:
+        return [await self.status(name) for name in self.sessions]
+
+    # -- aggregator events ------------------------------------------------------------------------
+
+    def on_event(self, meta: dict[str, Any]) -> None:
+        """One ``ctl_event`` from the aggregator (see docs/protocol.md, control link)."""
+        name, kind = str(meta.get("session", "")), str(meta.get("event", ""))
+        event_id = meta.get("event_id")
+        if isinstance(event_id, int):
+            if (name, event_id) in self._seen_events:
+                return
+            self._seen_events.append((name, event_id))
+        session = self.sessions.get(name)
+        if session is None:
+            log.warning("ctl_event %s for unknown session", kind, extra={"session": name})
+            return
+        now = self.clock()
+        participant = meta.get("participant")
+        round_ = int(meta.get("round") or 0)
+        ids = {"session": name, "participant": participant, "round": round_}
+        if kind == "contribution" and participant in session.activity:
+            self._on_contribution(session, meta, participant, round_, now)
+        elif kind == "sync":
+            self._on_sync(session, meta, round_, now)
+        elif kind == "hello" and participant in session.activity:
+            self._dispatch(session, session.machine.hello(participant, now=now))
+            self.store.record_event(Event(name, "hello", participant=participant, round=round_, at=now))
+        else:
+            if kind == "rejected":
+                self.metrics.contributions_rejected.labels(reason=str(meta.get("reason", "unknown"))).inc()
+                log.info("aggregator rejected a message: %s", meta.get("message"), extra=ids)
+            data = {k: v for k, v in meta.items() if k not in ("session", "event", "participant", "round")}
+            self.store.record_event(
+                Event(
+                    name,
+                    kind or "unknown",
+                    participant=participant if isinstance(participant, str) else None,
+                    round=round_,
+                    reason=str(meta.get("reason", "")),
+                    message=str(meta.get("message", "")),
+                    data=data,
+                    at=now,
+                )
+            )
+
+    def _on_contribution(self, session: Session, meta: dict[str, Any], participant: str, round_: int, now: float):
+        verdict, commands = session.machine.contribution(participant, round_, now=now)
+        if verdict != rounds.Verdict.ACCEPTED:
+            # NB: the aggregator accepted it (it is in the aggregate), so it is recorded regardless.
+            log.warning(
+                "contribution the round logic did not expect (%s)",
+                verdict,
+                extra={"session": session.name, "participant": participant, "round": round_},
+            )
+        self._dispatch(session, commands)
+        activity = session.activity[participant]
+        activity.contributions += 1
+        activity.last_latency_ms = meta.get("latency_ms")
+        self.metrics.contributions_recorded.inc()
+        self.store.record_contribution(
+            Contribution(
+                session.name,
+                participant,
+                round_,
+                bytes=int(meta.get("bytes") or 0),
+                latency_ms=meta.get("latency_ms"),
+                weight=meta.get("weight"),
+                checksum=meta.get("checksum"),
+                recorded_at=now,
+            )
+        )
+
+    def _on_sync(self, session: Session, meta: dict[str, Any], round_: int, now: float) -> None:
+        layer = int(meta.get("layer", -1))
+        latency = float(meta.get("latency_ms") or 0.0)
+        session.syncs += 1
+        session.sync_latency_ms_total += latency
+        self.metrics.sync_latency_seconds.observe(latency / 1000)
+        self.metrics.contributions_recorded.inc()
+        self.store.record_contribution(
+            Contribution(
+                session.name,
+                SYNC_PARTICIPANT,
+                round_,
+                layer_start=layer,
+                layer_end=layer,
+                bytes=int(meta.get("bytes") or 0),
+                latency_ms=latency,
+                recorded_at=now,
+            )
+        )
+
+    # -- the driver: carries out a session's commands in order --------------------------------------
+
+    async def _control(self, session: Session, kind: str, *, round: int = 0, meta: dict[str, Any] | None = None):
+        """One control request with the session's retries and backoff; raises ControlError at the end."""
+        if self.link is None:
+            raise ControlError("no control link to the aggregator")
+        link, policy = self.link, session.policy
+        retrying = tenacity.AsyncRetrying(
+            stop=tenacity.stop_after_attempt(policy.retries + 1),
+            wait=tenacity.wait_exponential(multiplier=policy.backoff_seconds, max=60),
+            retry=tenacity.retry_if_exception_type(ControlError),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await link.request(
+                    kind, session=session.name, round=round, meta=meta, timeout_seconds=policy.timeout_seconds
+                )
+        raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+    async def _drive(self, session: Session) -> None:
+        while True:
+            command = await session.commands.get()
+            ids = {"session": session.name, "round": getattr(command, "round", None)}
+            try:
+                await self._execute(session, command)
+            except ControlError as exc:
+                log.error("aggregator did not carry out %s: %s", command, exc, extra=ids)
+                if not isinstance(command, rounds.Finish | rounds.Fail | Revoke):
+                    self._dispatch(session, session.machine.fail("AggregatorUnavailable", str(exc)))
+            except Exception:
+                log.exception("executing %s failed", command, extra=ids)
+                self._dispatch(session, session.machine.fail("InternalError", f"executing {command} failed"))
+
+    async def _execute(self, session: Session, command: Any) -> None:
+        name, now, spec = session.name, self.clock(), session.definition.spec
+        machine = session.machine
+        match command:
+            case Configure():
+                meta = {"mode": session.definition.mode, "spec": spec, "participants": session.definition.weights}
+                await self._control(session, "ctl_configure", meta=meta)
+            case rounds.Start():
+                session.started_at = now
+                self.store.update_session(name, phase=rounds.RUNNING, message="", round=0, started_at=now)
+                log.info("session running", extra={"session": name})
+            case rounds.OpenRound(round=r, participants=members):
+                session.round_log[r] = {"round": r, "state": "Open", "participants": len(members), "contributions": 0}
+                self.store.open_round(name, r, participants=len(members), opened_at=now)
+                self.store.update_session(name, phase=machine.phase, message="", round=r)
+                await self._control(session, "ctl_open_round", round=r, meta={"participants": list(members)})
+                log.info("round opened with %d participants", len(members), extra={"session": name, "round": r})
+            case rounds.CloseRound(round=r):
+                reply = await self._control(session, "ctl_close_round", round=r)
+                summary = {
+                    "round": r,
+                    "state": "Closed",
+                    "contributions": int(reply.get("contributions", 0)),
+                    "accuracy": reply.get("accuracy"),
+                    "weight_total": reply.get("weight_total"),
+                    "aggregation_seconds": reply.get("aggregation_seconds"),
+                }
+                session.round_log[r] = {**session.round_log.get(r, {}), **summary}
+                self.store.close_round(
+                    name,
+                    r,
+                    state="Closed",
+                    closed_at=self.clock(),
+                    contributions=summary["contributions"],
+                    weight_total=summary["weight_total"],
+                    aggregation_seconds=summary["aggregation_seconds"],
+                    accuracy=summary["accuracy"],
+                    model_checksum=reply.get("model_checksum"),
+                )
+                self.metrics.rounds.inc()
+                log.info("round closed: %s", summary, extra={"session": name, "round": r})
+                self._dispatch(session, machine.round_closed(r, now=self.clock()))
+            case rounds.Finish(reason=reason) | rounds.Fail(reason=reason):
+                session.completed_at = now
+                self.store.update_session(
+                    name,
+                    phase=machine.phase,
+                    message=machine.message,
+                    round=self._round_number(session),
+                    completed_at=now,
+                )
+                log.info("session %s: %s", machine.phase, machine.message, extra={"session": name})
+                await self._control(session, "ctl_finish", meta={"reason": reason})
+            case rounds.MarkFailed(participant=p, reason=reason):
+                self.store.update_participant(name, p, phase=rounds.P_FAILED)
+                self.store.record_event(Event(name, "failed", participant=p, reason="HeartbeatTimeout", message=reason))
+                log.warning("participant failed: %s", reason, extra={"session": name, "participant": p})
+            case Revoke(participant=p):
+                await self._control(session, "ctl_revoke", meta={"participant": p})
