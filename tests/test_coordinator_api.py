@@ -421,3 +421,35 @@ async def test_evicted_participant_is_revoked_and_refused(coordinator, pki_dir, 
     await wait_for(revoked, "bob revoked at the aggregator")
     status = (await operator.call("GET", "/v1/sessions/ev"))[1]
     assert status["participant_status"]["bob"]["phase"] == "Evicted"
+
+
+async def test_silent_participant_is_marked_failed_and_recorded(coordinator, pki_dir):
+    operator = as_(coordinator, pki_dir, "operator")
+    body = manifests("hb", resilience={"timeoutSeconds": 1})
+    assert (await operator.call("POST", "/v1/sessions", body))[0] == 201
+    apis = {name: as_(coordinator, pki_dir, name) for name in PARTICIPANTS}
+    for name, api in apis.items():
+        await api.call("POST", f"/v1/sessions/hb/participants/{name}/join", {})
+    beats = [asyncio.create_task(heartbeats(apis[n], "hb", n)) for n in ("alice", "bob")]
+    try:
+
+        async def carol_failed() -> bool:
+            status = (await operator.call("GET", "/v1/sessions/hb"))[1]
+            return status["participant_status"]["carol"]["phase"] == "Failed"
+
+        await wait_for(carol_failed, "carol marked failed")
+        status = (await operator.call("GET", "/v1/sessions/hb"))[1]
+        assert {p: s["phase"] for p, s in status["participant_status"].items()} == {
+            "alice": "Joined",
+            "bob": "Joined",
+            "carol": "Failed",
+        }
+        reply = await apis["carol"].call("POST", "/v1/sessions/hb/participants/carol/heartbeat", {})
+        assert reply[0] == 200 and reply[1]["phase"] == "Failed"  # it learns it must join again
+    finally:
+        for task in beats:
+            task.cancel()
+    store = coordinator.coordinator.store
+    await store.writes.flush()
+    [event] = await store.list_events("hb", kind="failed")
+    assert (event.participant, event.reason) == ("carol", "HeartbeatTimeout")
