@@ -32,22 +32,16 @@ async def store(dsn: str):
 
 
 async def _session(store: Store, name: str = "s1") -> None:
-    await store.create_session(
-        name=name, mode="learning", spec={"mode": "learning"}, phase="Pending", created_at=1.0
-    )
+    await store.create_session(name=name, mode="learning", spec={"mode": "learning"}, phase="Pending", created_at=1.0)
 
 
 def _failures(store: Store, reason: str) -> float:
-    got = store.writes.metrics.registry.get_sample_value(
-        "fedattn_store_write_failures_total", {"reason": reason}
-    )
+    got = store.writes.metrics.registry.get_sample_value("fedattn_store_write_failures_total", {"reason": reason})
     return got or 0.0
 
 
 def test_split_statements_drops_comments_and_blank_parts():
-    sql = (
-        "-- a comment; with a semicolon\nCREATE TABLE a (x INT);\n\n  -- another\nCREATE INDEX i ON a (x);\n"
-    )
+    sql = "-- a comment; with a semicolon\nCREATE TABLE a (x INT);\n\n  -- another\nCREATE INDEX i ON a (x);\n"
     assert split_statements(sql) == ("CREATE TABLE a (x INT)", "CREATE INDEX i ON a (x)")
 
 
@@ -71,6 +65,35 @@ async def test_migrations_are_idempotent(dsn: str):
         await second.close()
 
 
+async def test_an_older_schema_is_upgraded_in_place_and_a_newer_one_refused(dsn: str):
+    old = backend_for(dsn)
+    await old.open()
+    try:
+        assert await old.migrate(load_migrations()[:1]) == [1]
+        await old.execute(
+            [
+                (
+                    "INSERT INTO sessions (name, mode, spec, phase, created_at) VALUES (%s, %s, %s, %s, %s)",
+                    ("s1", "learning", "{}", "Running", 1.0),
+                ),
+                ("INSERT INTO participants (session, name, phase) VALUES (%s, %s, %s)", ("s1", "alice", "Joined")),
+            ]
+        )
+    finally:
+        await old.close()
+    store = await open_store(dsn)
+    try:
+        [alice] = await store.list_participants("s1")
+        assert (alice.name, alice.phase, alice.position) == ("alice", "Joined", 0)
+        await store.backend.execute(
+            [("INSERT INTO schema_migrations (version, name, applied_at) VALUES (%s, %s, %s)", (99, "future", 0.0))]
+        )
+    finally:
+        await store.close()
+    with pytest.raises(RuntimeError, match=r"schema versions \[99\] this fedattn does not know"):
+        await open_store(dsn)
+
+
 async def test_concurrent_migrations_apply_each_version_once(dsn: str):
     stores = [Store(backend_for(dsn)) for _ in range(4)]
     applied = await asyncio.gather(*(s.start() for s in stores))
@@ -87,20 +110,15 @@ async def test_session_participant_round_round_trip(store: Store):
     spec = {"mode": "learning", "rounds": 3, "resilience": {"timeoutSeconds": 30}}
     await store.create_session(name="s1", mode="learning", spec=spec, phase="Pending", created_at=10.0)
     # NB: creating again is a no-op, not an error (idempotent retry), and keeps the first spec.
-    await store.create_session(
-        name="s1", mode="learning", spec={"other": 1}, phase="Pending", created_at=11.0
-    )
+    await store.create_session(name="s1", mode="learning", spec={"other": 1}, phase="Pending", created_at=11.0)
     await store.update_session("s1", phase="Running", message="", round=1, started_at=12.0)
-    await store.update_session(
-        "s1", phase="Succeeded", message="done", round=3, started_at=99.0, completed_at=20.0
-    )
-    await store.upsert_participant("s1", "alice", weight=2.0, phase="Pending")
+    await store.update_session("s1", phase="Succeeded", message="done", round=3, started_at=99.0, completed_at=20.0)
+    await store.upsert_participant("s1", "alice", weight=2.0, phase="Pending", position=1)
+    await store.upsert_participant("s1", "bob", weight=1.0, phase="Pending", position=0)
     await store.update_participant("s1", "alice", phase="Joined", joined_at=13.0, last_heartbeat=13.0)
     await store.update_participant("s1", "alice", phase="Done", result={"accuracy": 0.9})
     await store.open_round("s1", 1, participants=2, opened_at=14.0)
-    await store.close_round(
-        "s1", 1, state="Closed", closed_at=15.0, contributions=2, weight_total=3.0, accuracy=0.5
-    )
+    await store.close_round("s1", 1, state="Closed", closed_at=15.0, contributions=2, weight_total=3.0, accuracy=0.5)
 
     session = await store.get_session("s1")
     assert session is not None
@@ -108,7 +126,8 @@ async def test_session_participant_round_round_trip(store: Store):
     assert (session.created_at, session.started_at, session.completed_at) == (10.0, 12.0, 20.0)
     assert await store.get_session("nope") is None
     assert [s.name for s in await store.list_sessions()] == ["s1"]
-    [alice] = await store.list_participants("s1")
+    bob, alice = await store.list_participants("s1")  # by position
+    assert (bob.name, bob.position, alice.position) == ("bob", 0, 1)
     assert (alice.weight, alice.phase, alice.joined_at, alice.last_heartbeat) == (2.0, "Done", 13.0, 13.0)
     assert alice.result == {"accuracy": 0.9}
     [r1] = await store.list_rounds("s1")
@@ -145,9 +164,7 @@ async def test_contribution_recording_is_idempotent_and_counted(store: Store):
 
 async def test_events_are_idempotent_on_their_id(store: Store):
     await _session(store)
-    event = Event(
-        "s1", "rejected", participant="bob", round=2, reason="duplicate", message="again", data={"seq": 4}
-    )
+    event = Event("s1", "rejected", participant="bob", round=2, reason="duplicate", message="again", data={"seq": 4})
     await store.record_event(event)
     await store.record_event(event)
     await store.record_event(Event("s1", "hello", participant="alice"))

@@ -64,6 +64,7 @@ class ParticipantRow:
     joined_at: float | None
     last_heartbeat: float | None
     result: dict[str, Any] | None
+    position: int = 0
 
 
 @dataclass(frozen=True)

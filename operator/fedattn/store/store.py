@@ -52,7 +52,11 @@ class Store:
     async def start(self) -> list[int]:
         """Connect, migrate, start the writer; returns the migration versions applied now."""
         await self.backend.open()
-        applied = await self.backend.migrate(load_migrations())
+        try:
+            applied = await self.backend.migrate(load_migrations())
+        except BaseException:
+            await self.backend.close()
+            raise
         if applied:
             log.info("store %s migrated to versions %s", self.backend.name, applied)
         self.writes.start()
@@ -84,9 +88,7 @@ class Store:
 
     # -- writes ---------------------------------------------------------------------------------
 
-    def create_session(
-        self, *, name: str, mode: str, spec: dict[str, Any], phase: str, created_at: float
-    ) -> Pending:
+    def create_session(self, *, name: str, mode: str, spec: dict[str, Any], phase: str, created_at: float) -> Pending:
         return self.writes.submit(
             f"session {name}",
             (
@@ -117,13 +119,13 @@ class Store:
             ),
         )
 
-    def upsert_participant(self, session: str, name: str, *, weight: float, phase: str) -> Pending:
+    def upsert_participant(self, session: str, name: str, *, weight: float, phase: str, position: int = 0) -> Pending:
         return self.writes.submit(
             f"participant {session}/{name}",
             (
-                "INSERT INTO participants (session, name, weight, phase) VALUES (%s, %s, %s, %s) "
-                "ON CONFLICT (session, name) DO UPDATE SET weight = excluded.weight",
-                (session, name, weight, phase),
+                "INSERT INTO participants (session, name, weight, phase, position) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (session, name) DO UPDATE SET weight = excluded.weight, position = excluded.position",
+                (session, name, weight, phase, position),
             ),
         )
 
@@ -244,11 +246,11 @@ class Store:
 
     async def list_participants(self, session: str) -> list[ParticipantRow]:
         rows = await self._fetch(
-            "SELECT session, name, weight, phase, joined_at, last_heartbeat, result FROM participants "
-            "WHERE session = %s ORDER BY name",
+            "SELECT session, name, weight, phase, joined_at, last_heartbeat, result, position FROM participants "
+            "WHERE session = %s ORDER BY position, name",
             (session,),
         )
-        return [ParticipantRow(*r[:6], _unjson(r[6])) for r in rows]
+        return [ParticipantRow(*r[:6], _unjson(r[6]), r[7]) for r in rows]
 
     async def list_rounds(self, session: str) -> list[RoundRow]:
         rows = await self._fetch(

@@ -42,9 +42,7 @@ class StoreMetrics:
         self.write_retries = Counter(
             "fedattn_store_write_retries", "Write batches retried after a transient error", registry=r
         )
-        self.buffered = Gauge(
-            "fedattn_store_buffered_writes", "Writes waiting in memory to be committed", registry=r
-        )
+        self.buffered = Gauge("fedattn_store_buffered_writes", "Writes waiting in memory to be committed", registry=r)
         self.batch_seconds = Histogram(
             "fedattn_store_write_batch_seconds", "Time to commit one batch of writes", registry=r
         )
@@ -103,9 +101,7 @@ class WriteQueue:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_consume)
         if len(self._queue) >= self._capacity:
-            self._fail(
-                [_Write(what, op, future)], reason="buffer_full", detail=f"{self._capacity} writes queued"
-            )
+            self._fail([_Write(what, op, future)], reason="buffer_full", detail=f"{self._capacity} writes queued")
             return future
         self._queue.append(_Write(what, op, future))
         self.metrics.buffered.set(len(self._queue))
@@ -139,9 +135,7 @@ class WriteQueue:
                 await self._backend.execute([w.op for w in writes])
                 self.metrics.batch_seconds.observe(time.perf_counter() - started)
         if self.retrying_since is not None:
-            log.warning(
-                "store is back after %.1f s; buffered writes landed", time.time() - self.retrying_since
-            )
+            log.warning("store is back after %.1f s; buffered writes landed", time.time() - self.retrying_since)
             self.retrying_since = None
 
     def _note_retry(self, state: tenacity.RetryCallState) -> None:
