@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from scipy import stats
 
+from fedattn import wire
 from fedattn.aggregator.strategy import FedAvg
 from fedattn.learning.secagg import (
     ClientKeys,
@@ -19,6 +20,8 @@ from fedattn.learning.secagg import (
     decode_fixed,
     encode_fixed,
     pack_weighted,
+    reveal_from_meta,
+    reveal_to_meta,
     shamir_combine,
     shamir_split,
     unpack_weighted,
@@ -29,9 +32,7 @@ FRAC = 16
 
 def _keys(i: int) -> ClientKeys:
     """Deterministic keys, so the statistical tests below are reproducible."""
-    return ClientKeys(
-        private=X25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32), self_seed=bytes([100 + i]) * 32
-    )
+    return ClientKeys(private=X25519PrivateKey.from_private_bytes(bytes([i + 1]) * 32), self_seed=bytes([100 + i]) * 32)
 
 
 def _setup(n=5, *, threshold=3, session="s1", round=1):
@@ -97,8 +98,7 @@ def _run_round(n, drop, *, size=64, threshold=3, seed=0):
     params = {name: rng.normal(size=size) for name in names}
     weights = {name: float(w) for name, w in zip(names, rng.uniform(0.1, 1.0, size=n), strict=True)}
     fixed = {
-        name: encode_fixed(pack_weighted(params[name], weights[name]), frac_bits=FRAC, n_summands=n)
-        for name in names
+        name: encode_fixed(pack_weighted(params[name], weights[name]), frac_bits=FRAC, n_summands=n) for name in names
     }
     for name in names:
         if name not in drop:
@@ -202,6 +202,33 @@ def test_fixed_point_refuses_values_whose_sum_could_wrap():
     with pytest.raises(SecAggError, match="finite"):
         encode_fixed(np.array([np.nan]), frac_bits=16, n_summands=2)
     x = np.array([-1.5, 0.0, 3.25, -0.0001])
+    np.testing.assert_allclose(decode_fixed(encode_fixed(x, frac_bits=16, n_summands=1), frac_bits=16), x, atol=2**-17)
+
+
+def test_revealed_shares_survive_the_wire_and_malformed_ones_are_refused():
+    names, clients, pubs = _setup(4)
+    server = SecAggServer(session="s1", round=1, public_keys=pubs, threshold=3, size=16)
+    x = encode_fixed(np.linspace(-1, 1, 16), frac_bits=FRAC, n_summands=4)
+    for name in names[:3]:
+        server.add(name, clients[name].mask(x))
+    survivors, dropped = server.close()
+    reveals = {}
+    for s in survivors:
+        meta = {"shares": reveal_to_meta(clients[s].reveal(survivors=survivors, dropped=dropped))}
+        frames = wire.encode(kind="update", session="s1", participant=s, round=1, meta=meta)
+        reveals[s] = reveal_from_meta(wire.decode([bytes(f) for f in frames]).meta["shares"])
     np.testing.assert_allclose(
-        decode_fixed(encode_fixed(x, frac_bits=16, n_summands=1), frac_bits=16), x, atol=2**-17
+        decode_fixed(server.unmask(reveals), frac_bits=FRAC), 3 * np.linspace(-1, 1, 16), atol=1e-4
     )
+    good = reveal_to_meta(clients["p0"].reveal(survivors=survivors, dropped=dropped))
+    owner = next(iter(good))
+    for bad in (
+        [],
+        {owner: ["seed", 1]},
+        {owner: ["secret", 1, good[owner][2]]},
+        {owner: [good[owner][0], 0, good[owner][2]]},
+        {owner: [good[owner][0], True, good[owner][2]]},
+        {owner: [good[owner][0], 1, good[owner][2][:-1]]},
+    ):
+        with pytest.raises(SecAggError, match=r"revealed share|must be a map"):
+            reveal_from_meta(bad)

@@ -263,9 +263,7 @@ class SecAggClient:
         """``{owner: (kind, x, y)}``: seed shares of survivors, private-key shares of the dropped."""
         survivors, dropped = set(survivors), set(dropped)
         if survivors & dropped:
-            raise SecAggError(
-                f"participants cannot be both survivors and dropped: {sorted(survivors & dropped)}"
-            )
+            raise SecAggError(f"participants cannot be both survivors and dropped: {sorted(survivors & dropped)}")
         if len(survivors) < self.threshold:
             raise SecAggError(f"only {len(survivors)} survivors, below the threshold {self.threshold}")
         unknown = (survivors | dropped) - set(self.peers)
@@ -280,15 +278,40 @@ class SecAggClient:
         return out
 
 
+def reveal_to_meta(reveal: Mapping[str, tuple[str, int, int]]) -> dict[str, list]:
+    """A :meth:`SecAggClient.reveal` result as msgpack-safe meta (field elements as 66-byte strings)."""
+    return {owner: [kind, x, y.to_bytes(_SHARE_BYTES, "big")] for owner, (kind, x, y) in reveal.items()}
+
+
+def reveal_from_meta(raw: object) -> dict[str, tuple[str, int, int]]:
+    """Inverse of :func:`reveal_to_meta`; anything malformed raises :class:`SecAggError`."""
+    if not isinstance(raw, Mapping):
+        raise SecAggError("revealed shares must be a map of owner -> [kind, x, y]")
+    out = {}
+    for owner, entry in raw.items():
+        if not (
+            isinstance(owner, str)
+            and isinstance(entry, list | tuple)
+            and len(entry) == 3
+            and entry[0] in ("seed", "key")
+            and isinstance(entry[1], int)
+            and not isinstance(entry[1], bool)
+            and 0 < entry[1] < 2**16
+            and isinstance(entry[2], bytes)
+            and len(entry[2]) == _SHARE_BYTES
+        ):
+            raise SecAggError(f"malformed revealed share for {owner!r}")
+        out[owner] = (entry[0], entry[1], int.from_bytes(entry[2], "big"))
+    return out
+
+
 # --- aggregator ---------------------------------------------------------------------------------------
 
 
 class SecAggServer:
     """Sums masked vectors as they arrive (O(P)) and removes the masks from shares revealed after."""
 
-    def __init__(
-        self, *, session: str, round: int, public_keys: Mapping[str, bytes], threshold: int, size: int
-    ):
+    def __init__(self, *, session: str, round: int, public_keys: Mapping[str, bytes], threshold: int, size: int):
         self.session, self.round, self.size = session, round, size
         self.public_keys = dict(public_keys)
         self.threshold = threshold
@@ -304,9 +327,7 @@ class SecAggServer:
         if name in self.received:
             raise SecAggError(f"duplicate masked input from {name}")
         if masked.dtype != np.uint32 or masked.shape != (self.size,):
-            raise SecAggError(
-                f"masked input must be uint32[{self.size}], got {masked.dtype}{list(masked.shape)}"
-            )
+            raise SecAggError(f"masked input must be uint32[{self.size}], got {masked.dtype}{list(masked.shape)}")
         self._sum += masked
         self.received.add(name)
 
@@ -331,18 +352,14 @@ class SecAggServer:
             for owner, (kind, x, y) in shares.items():
                 expected = "seed" if owner in survivors else "key" if owner in dropped else None
                 if kind != expected:
-                    raise SecAggError(
-                        f"{revealer} revealed a {kind!r} share of {owner!r}; expected {expected!r}"
-                    )
+                    raise SecAggError(f"{revealer} revealed a {kind!r} share of {owner!r}; expected {expected!r}")
                 by_owner.setdefault(owner, []).append((x, y))
         total = self._sum.copy()
         for owner in survivors:
             seed = shamir_combine(by_owner.get(owner, []), threshold=self.threshold)
             total -= self_mask(seed, session=self.session, round=self.round, size=self.size)
         for owner in dropped:
-            key = X25519PrivateKey.from_private_bytes(
-                shamir_combine(by_owner.get(owner, []), threshold=self.threshold)
-            )
+            key = X25519PrivateKey.from_private_bytes(shamir_combine(by_owner.get(owner, []), threshold=self.threshold))
             for survivor in survivors:
                 m = pair_mask(
                     pair_secret(key, self.public_keys[survivor]),
