@@ -7,7 +7,8 @@ import signal
 from pathlib import Path
 
 from fedattn import logs
-from fedattn.aggregator.server import DEFAULT_MAX_MESSAGE_BYTES, Aggregator
+from fedattn.aggregator.server import DEFAULT_MAX_MESSAGE_BYTES, Aggregator, Hooks
+from fedattn.learning import session as learning_session
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
+        hooks=Hooks(initial_params=learning_session.initial_params, evaluator=learning_session.evaluator),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: aggregator.stop())

@@ -43,4 +43,4 @@ class Heartbeat:
 
     @property
     def session_over(self) -> bool:
-        return self.last.get("phase") in ("Succeeded", "Failed")
+        return self.last.get("session_phase") in ("Succeeded", "Failed")

@@ -79,6 +79,10 @@ def run_learning(
             log.info("trained round %d loss %.4f", msg.round, last_loss, extra={**ctx, "round": msg.round})
         elif msg.kind == "error":
             log.warning("aggregator rejected: %s", msg.meta, extra={**ctx, "round": msg.round})
+            if msg.meta.get("code") == "unknown_session" and not trained:
+                # NB: we raced the coordinator's configure of this session; say hello again shortly.
+                time.sleep(1.0)
+                channel.send("hello")
         elif msg.kind == "done":
             final = msg.arrays[0] if msg.arrays else None
             accuracy = None

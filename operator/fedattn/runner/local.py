@@ -54,8 +54,16 @@ def _write_allowlist(root: Path, identities: dict[str, pki.Paths], names: list[s
     return allow
 
 
-def start(bundle: Bundle, *, workdir: Path, supervisor: Supervisor, store_dsn: str | None = None) -> LocalSession:
-    """Mint the PKI, start aggregator and coordinator, create the session, start the participants."""
+def start(
+    bundle: Bundle,
+    *,
+    workdir: Path,
+    supervisor: Supervisor,
+    store_dsn: str | None = None,
+    participants: list[str] | None = None,
+) -> LocalSession:
+    """Mint the PKI, start aggregator and coordinator, create the session, start the participants
+    (all of them, or only ``participants``: tests drive the others by hand)."""
     pki_dir = workdir / "pki"
     identities = pki.write_session_pki(
         pki_dir, session=bundle.name, participants=bundle.participant_names, server_names=["127.0.0.1", "localhost"]
@@ -110,7 +118,7 @@ def start(bundle: Bundle, *, workdir: Path, supervisor: Supervisor, store_dsn: s
     )
     admin.create_session(bundle.session, bundle.participants)
     session = LocalSession(bundle, workdir, supervisor, endpoints, admin, store_dsn)
-    for name in bundle.participant_names:
+    for name in bundle.participant_names if participants is None else participants:
         start_participant(session, name)
     return session
 
@@ -163,7 +171,10 @@ def wait_participants(session: LocalSession, *, timeout_seconds: float = 60.0) -
     deadline = time.monotonic() + timeout_seconds
     codes: dict[str, int | None] = {}
     for name in session.bundle.participant_names:
-        proc = session.supervisor.children[f"participant-{name}"].popen
+        child = session.supervisor.children.get(f"participant-{name}")
+        if child is None:
+            continue
+        proc = child.popen
         try:
             codes[name] = proc.wait(max(0.0, deadline - time.monotonic()))
         except Exception:

@@ -6,7 +6,7 @@ from typing import Any
 
 
 def learning_summary(status: dict[str, Any], *, centralized: float | None, store: str) -> dict[str, Any]:
-    rounds = [r for r in status.get("rounds", []) if r.get("state") == "closed"]
+    rounds = [r for r in status.get("rounds", []) if r.get("state") == "Closed"]
     accuracy = [r.get("accuracy") for r in rounds]
     return {
         "session": status.get("name"),
