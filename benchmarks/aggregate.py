@@ -1,0 +1,212 @@
+"""Streaming FedAvg vs a plain memory copy vs Flower's ``aggregate``: throughput and peak memory.
+
+Every measurement runs in a fresh subprocess (``--worker METHOD``) so its peak memory is its own.
+Throughput is update bytes folded per second (N x P float32 in, best of ``--repeats``), both per CPU
+second of the process (``gbps``, the headline: every method here is single-threaded, and CPU time
+stays meaningful on a shared, loaded machine) and per wall second (``wall_gbps``). Peak memory is
+what the aggregation allocates on top of its inputs (tracemalloc, which numpy reports to), so
+"memory independent of N" shows as the same peak for N=4 and N=16.
+
+Methods: ``ours`` (fedattn.aggregator.strategy.FedAvg: chunked fold into float64), ``copy``
+(``np.copyto`` of the same bytes: the memory-bandwidth ceiling for touching every input once),
+``flower`` (flwr.server.strategy.aggregate.aggregate, which keeps all N weighted copies), and the
+alternatives the fold was chosen over: ``f64_fullsize`` (multiply into a full-size float64
+temporary, then add), ``f64_daxpy`` (our chunks, BLAS daxpy with OpenBLAS pinned to one thread by
+threadpoolctl), ``f32_kahan`` (float32 accumulator with Kahan compensation, chunked).
+
+    .venv/bin/python benchmarks/aggregate.py --params 10000000 --n 4 16 [--json]
+
+Flower is not a dependency of fedattn: install it into the venv (or any directory, then pass
+``--flower-path DIR``) to include it; without it the row says so and ``flower_gbps`` is null.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+
+import numpy as np
+
+METHODS = ("ours", "copy", "flower", "f64_fullsize", "f64_daxpy", "f32_kahan")
+CHUNK = 1 << 17
+
+
+def make_inputs(n: int, size: int) -> tuple[list[np.ndarray], list[int]]:
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal(size, dtype=np.float32)
+    return [base + np.float32(i) for i in range(n)], [int(e) for e in rng.integers(10, 1000, n)]
+
+
+def ours(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    from fedattn.aggregator.strategy import FedAvg
+
+    strategy = FedAvg(size=xs[0].size)
+    strategy.begin_round(round=1, global_params=xs[0])
+    for x, w in zip(xs, weights, strict=True):
+        strategy.fold(x, w)
+    return strategy.finish()
+
+
+def copy(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    out = np.empty_like(xs[0])
+    for x in xs:
+        np.copyto(out, x)
+    return out
+
+
+def flower(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    from flwr.server.strategy.aggregate import aggregate
+
+    return aggregate([([x], w) for x, w in zip(xs, weights, strict=True)])[0]
+
+
+def f64_fullsize(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    acc, tmp = np.zeros(xs[0].size), np.empty(xs[0].size)
+    for x, w in zip(xs, weights, strict=True):
+        np.multiply(x, float(w), out=tmp)
+        np.add(acc, tmp, out=acc)
+    return (acc / sum(weights)).astype(np.float32)
+
+
+def f64_daxpy(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    from scipy.linalg import blas
+    from threadpoolctl import threadpool_limits
+
+    size = xs[0].size
+    acc, tmp = np.zeros(size), np.empty(CHUNK)
+    with threadpool_limits(1, user_api="blas"):
+        for x, w in zip(xs, weights, strict=True):
+            for start in range(0, size, CHUNK):
+                stop = min(start + CHUNK, size)
+                np.copyto(tmp[: stop - start], x[start:stop])
+                blas.daxpy(tmp[: stop - start], acc[start:stop], a=float(w))
+    return (acc / sum(weights)).astype(np.float32)
+
+
+def f32_kahan(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    size = xs[0].size
+    acc, comp = np.zeros(size, np.float32), np.zeros(size, np.float32)
+    y, t = np.empty(CHUNK, np.float32), np.empty(CHUNK, np.float32)
+    for x, w in zip(xs, weights, strict=True):
+        for start in range(0, size, CHUNK):
+            stop = min(start + CHUNK, size)
+            yv, tv, a, c = y[: stop - start], t[: stop - start], acc[start:stop], comp[start:stop]
+            np.multiply(x[start:stop], np.float32(w), out=yv)
+            np.subtract(yv, c, out=yv)
+            np.add(a, yv, out=tv)
+            np.subtract(tv, a, out=c)
+            np.subtract(c, yv, out=c)
+            np.copyto(a, tv)
+    return acc / np.float32(sum(weights))
+
+
+def worker(method: str, *, n: int, size: int, repeats: int) -> dict:
+    """Run one method in this process: best time of ``repeats``, then one traced run for the peak."""
+    fn: Callable[[list[np.ndarray], list[int]], np.ndarray] = globals()[method]
+    xs, weights = make_inputs(n, size)
+    result = fn(xs, weights)  # warm-up (page faults, imports)
+    best = best_wall = float("inf")
+    for _ in range(repeats):
+        start, start_wall = time.process_time(), time.perf_counter()
+        result = fn(xs, weights)
+        best = min(best, time.process_time() - start)
+        best_wall = min(best_wall, time.perf_counter() - start_wall)
+    del result
+    tracemalloc.start()
+    result = fn(xs, weights)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    out = {"method": method, "n": n, "params": size, "cpu_seconds": best, "wall_seconds": best_wall}
+    out["gbps"] = n * size * 4 / best / 1e9
+    out["wall_gbps"] = n * size * 4 / best_wall / 1e9
+    out["peak_mb"] = peak / 2**20
+    if method != "copy":
+        reference = sum(w * x.astype(np.float64) for x, w in zip(xs, weights, strict=True)) / sum(weights)
+        out["max_abs_error"] = float(np.max(np.abs(result - reference)))
+    return out
+
+
+def run_worker(method: str, *, n: int, size: int, repeats: int, flower_path: str | None) -> dict:
+    env = dict(os.environ)
+    if flower_path:
+        env["FEDATTN_BENCH_EXTRA_PATH"] = flower_path
+    cmd = [sys.executable, __file__, "--worker", method, "--n", str(n), "--params", str(size)]
+    proc = subprocess.run([*cmd, "--repeats", str(repeats)], capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+        return {"method": method, "n": n, "error": last}
+    return json.loads(proc.stdout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--params", type=float, default=1e7, help="P, float32 parameters per update")
+    parser.add_argument("--n", type=int, nargs="+", default=[4, 16], help="numbers of updates")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--flower-path", default=os.environ.get("FEDATTN_FLOWER_PATH"))
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    size = int(args.params)
+    if args.worker:
+        extra = os.environ.get("FEDATTN_BENCH_EXTRA_PATH")
+        if extra:
+            sys.path.append(extra)  # NB: appended, so the venv's numpy wins over any copy in there
+        print(json.dumps(worker(args.worker, n=args.n[0], size=size, repeats=args.repeats)))
+        return 0
+    rows = [
+        run_worker(m, n=n, size=size, repeats=args.repeats, flower_path=args.flower_path)
+        for n in args.n
+        for m in args.methods
+    ]
+    by = {(r["method"], r["n"]): r for r in rows}
+    big = max(args.n)
+
+    def get(method: str, key: str, n: int = big) -> float | None:
+        row = by.get((method, n), {})
+        return row.get(key)
+
+    summary = {
+        "params": size,
+        "n": big,
+        "ours_gbps": get("ours", "gbps"),
+        "copy_gbps": get("copy", "gbps"),
+        "flower_gbps": get("flower", "gbps"),
+        "ours_peak_mb": get("ours", "peak_mb"),
+        "flower_peak_mb": get("flower", "peak_mb"),
+        "ours_peak_mb_by_n": {n: get("ours", "peak_mb", n) for n in args.n},
+        "flower_peak_mb_by_n": {n: get("flower", "peak_mb", n) for n in args.n},
+        "rows": rows,
+    }
+    if summary["ours_gbps"] and summary["flower_gbps"]:
+        summary["speedup_vs_flower"] = summary["ours_gbps"] / summary["flower_gbps"]
+    if summary["ours_gbps"] and summary["copy_gbps"]:
+        summary["fraction_of_copy"] = summary["ours_gbps"] / summary["copy_gbps"]
+    if args.json:
+        print(json.dumps(summary))
+        return 0
+    print(f"P = {size:,} float32, best of {args.repeats}; GB/s of updates per CPU s (and per wall s);")
+    print("peak = allocations on top of the inputs")
+    print(f"{'method':<14}{'N':>4}{'GB/s':>9}{'wall GB/s':>11}{'peak MB':>10}{'max |err|':>12}")
+    for r in rows:
+        if "error" in r:
+            hint = " (install flwr or pass --flower-path)" if r["method"] == "flower" else ""
+            print(f"{r['method']:<14}{r['n']:>4}  unavailable: {r['error']}{hint}")
+            continue
+        err = f"{r['max_abs_error']:.1e}" if "max_abs_error" in r else "-"
+        print(f"{r['method']:<14}{r['n']:>4}{r['gbps']:>9.2f}{r['wall_gbps']:>11.2f}{r['peak_mb']:>10.1f}{err:>12}")
+    for key in ("speedup_vs_flower", "fraction_of_copy"):
+        if key in summary:
+            print(f"{key}: {summary[key]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
