@@ -25,6 +25,7 @@ if [ ! -f "$stamp" ]; then
     if [ "$want_test" = 1 ]; then
         # Test-only independent reference for the numpy forward pass (torch CPU build lies on disk).
         pip_q "torch==2.13.0" "transformers>=4.45" "accelerate>=0.30"
+        pip_q --ignore-requires-python "helm-sdkpy==0.1.32"  # Helm v4 engine for tests/k8s (declares 3.12, runs on 3.11)
     fi
     touch "$stamp"
 fi
@@ -38,4 +39,5 @@ if [ "$want_test" = 1 ]; then
         apt-get update -qq
         apt-get install -y -qq postgresql >/dev/null
     fi
+    bash scripts/k8s/build.sh >/dev/null  # kube-apiserver + controller manager for tests/k8s, cached by version
 fi

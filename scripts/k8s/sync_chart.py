@@ -38,9 +38,7 @@ def _annotated(crd_yaml: str, *, source: str) -> str:
             raise ValueError(f"{source}: expected CustomResourceDefinition, got {doc.get('kind')!r}")
         metadata = doc.setdefault("metadata", {})
         # NB: the chart's own app.kubernetes.io/* labels replace these (a key twice is invalid YAML).
-        own = {
-            k: v for k, v in (metadata.get("labels") or {}).items() if not k.startswith("app.kubernetes.io/")
-        }
+        own = {k: v for k, v in (metadata.get("labels") or {}).items() if not k.startswith("app.kubernetes.io/")}
         metadata["labels"] = {**own, LABELS_MARK: ""}
         metadata["annotations"] = {**(metadata.get("annotations") or {}), "helm.sh/resource-policy": "keep"}
     text = "---\n".join(yaml.safe_dump(doc, sort_keys=False, width=100) for doc in docs)
@@ -65,21 +63,19 @@ def crd_template(crd_yaml: str, legacy_yaml: str, *, source: str) -> str:
     )
 
 
-def rbac_rules_file(*, namespaced: list[dict], cluster_wide: list[dict], source: str) -> str:
-    """The rules file the chart's rbac.yaml reads: ``namespaced`` rules and the extra ``clusterWide`` ones."""
-    body = yaml.safe_dump({"namespaced": namespaced, "clusterWide": cluster_wide}, sort_keys=False, width=100)
-    return HEADER.format(source=source) + body
+def rbac_rules_file(rules: list[dict], *, source: str) -> str:
+    """The rules file the chart's rbac.yaml binds (in a Role, or a ClusterRole when cluster-wide)."""
+    return HEADER.format(source=source) + yaml.safe_dump(rules, sort_keys=False, width=100)
 
 
-def operator_rules() -> tuple[list[dict], list[dict]] | None:
-    """The operator's (namespaced, cluster-wide extra) RBAC rules from its own module; None while the
-    operator has none yet."""
+def operator_rules() -> list[dict] | None:
+    """The operator's RBAC rules from its own module; None while the operator has none yet."""
     sys.path.insert(0, str(REPO / "operator"))
     try:
         from fedattn.operator import rbac  # the operator's single source of truth
     except ImportError:
         return None
-    return list(rbac.NAMESPACED_RULES), list(getattr(rbac, "CLUSTER_WIDE_RULES", []))
+    return rbac.rules()
 
 
 def expected_files() -> dict[Path, str]:
@@ -92,9 +88,7 @@ def expected_files() -> dict[Path, str]:
         )
     rules = operator_rules()
     if rules is not None:
-        files[RBAC_FILE] = rbac_rules_file(
-            namespaced=rules[0], cluster_wide=rules[1], source="operator/fedattn/operator/rbac.py"
-        )
+        files[RBAC_FILE] = rbac_rules_file(rules, source="operator/fedattn/operator/rbac.yaml")
     return files
 
 

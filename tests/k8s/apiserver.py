@@ -84,9 +84,7 @@ def kubeconfig(
     return {
         "apiVersion": "v1",
         "kind": "Config",
-        "clusters": [
-            {"name": "local", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}
-        ],
+        "clusters": [{"name": "local", "cluster": {"server": server, "certificate-authority-data": b64(ca_pem)}}],
         "users": [{"name": user, "user": creds}],
         "contexts": [{"name": user, "context": {"cluster": "local", "user": user, "namespace": namespace}}],
         "current-context": user,
@@ -261,9 +259,7 @@ class ControlPlane:
     def token_kubeconfig(self, name: str, token: str, *, namespace: str) -> Path:
         """A kubeconfig file that authenticates with ``token`` (e.g. a ServiceAccount's)."""
         assert self.ca is not None
-        cfg = kubeconfig(
-            server=self.server, ca_pem=self.ca.cert_pem, user=name, token=token, namespace=namespace
-        )
+        cfg = kubeconfig(server=self.server, ca_pem=self.ca.cert_pem, user=name, token=token, namespace=namespace)
         return self.write_kubeconfig(name, cfg)
 
     def log_tail(self, name: str, lines: int = 40) -> str:

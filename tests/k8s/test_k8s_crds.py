@@ -47,9 +47,7 @@ def _session(name: str, **spec) -> dict:
 def test_crds_are_served_with_short_names_and_status_subresource(
     sessions, admin_client: kubernetes.client.ApiClient
 ) -> None:
-    crd = kubernetes.client.ApiextensionsV1Api(admin_client).read_custom_resource_definition(
-        "fedsessions.fedattn.io"
-    )
+    crd = kubernetes.client.ApiextensionsV1Api(admin_client).read_custom_resource_definition("fedsessions.fedattn.io")
     assert crd.spec.names.short_names == ["fs"]
     (version,) = crd.spec.versions
     assert version.name == "v1alpha1" and version.subresources.status is not None

@@ -57,9 +57,7 @@ def operator_process(control_plane: ControlPlane, chart_release: Release) -> Ite
 
         def healthy() -> bool:
             if proc.poll() is not None:
-                pytest.fail(
-                    f"fedattn operator exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}"
-                )
+                pytest.fail(f"fedattn operator exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
                     return reply.status == 200
@@ -78,9 +76,7 @@ def operator_process(control_plane: ControlPlane, chart_release: Release) -> Ite
 
 
 @pytest.fixture(scope="module")
-def learning_session(
-    operator_process: Path, chart_release: Release, admin_client: kubernetes.client.ApiClient
-):
+def learning_session(operator_process: Path, chart_release: Release, admin_client: kubernetes.client.ApiClient):
     client = dynamic(admin_client)
     created = create_all(
         client, load_manifests(REPO / "examples" / "learning-digits.yaml"), namespace=chart_release.namespace
@@ -118,17 +114,12 @@ def test_operator_creates_every_child_with_owner_references(learning_session, ch
     assert {p.metadata.uid for p in participants} <= job_owners | {session.metadata.uid}
 
 
-def test_status_conditions_are_written_through_the_status_subresource(
-    learning_session, chart_release: Release
-) -> None:
+def test_status_conditions_are_written_through_the_status_subresource(learning_session, chart_release: Release) -> None:
     client, session, _ = learning_session
     fs = client.resources.get(api_version="fedattn.io/v1alpha1", kind="FedSession")
 
     def conditions() -> list[dict] | None:
-        status = (
-            fs.get(name=session.metadata.name, namespace=chart_release.namespace).to_dict().get("status")
-            or {}
-        )
+        status = fs.get(name=session.metadata.name, namespace=chart_release.namespace).to_dict().get("status") or {}
         return status.get("conditions") or None
 
     conds = wait_for(conditions, what="FedSession status.conditions", timeout_s=120)
@@ -161,7 +152,5 @@ def test_deleting_the_session_garbage_collects_its_children(learning_session, ch
 
 def test_operator_never_got_a_403(operator_process: Path, learning_session) -> None:
     # NB: runs after the tests above (file order), so the log holds their whole history.
-    lines = [
-        line for line in operator_process.read_text(errors="replace").splitlines() if FORBIDDEN.search(line)
-    ]
+    lines = [line for line in operator_process.read_text(errors="replace").splitlines() if FORBIDDEN.search(line)]
     assert lines == [], "the chart's RBAC is missing rules:\n" + "\n".join(lines[:20])
