@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import threading
 from pathlib import Path
 
 import aiohttp
@@ -264,8 +265,13 @@ def dealer(pki_dir: Path, aggregator: Aggregator, session: str, name: str) -> Ag
     )
 
 
-def train(pki_dir: Path, aggregator: Aggregator, session: str, name: str, value: float) -> list[str]:
-    """A participant's data-plane life: hello, one update per model received, until done."""
+def train(
+    pki_dir: Path, aggregator: Aggregator, session: str, name: str, value: float, *, gate: threading.Event | None = None
+) -> list[str]:
+    """A participant's data-plane life: hello, one update per model received, until done.
+
+    With ``gate``, updates after round 1 wait until it is set.
+    """
     kinds = []
     with dealer(pki_dir, aggregator, session, name) as client:
         client.send("hello")
@@ -273,6 +279,8 @@ def train(pki_dir: Path, aggregator: Aggregator, session: str, name: str, value:
             msg = client.recv()
             kinds.append(msg.kind)
             if msg.kind == "model":
+                if gate is not None and msg.round > 1:
+                    gate.wait()
                 update = np.full(P_SIZE, value, dtype=np.float32)
                 client.send("update", round=msg.round, arrays=[update], meta={"num_examples": 10})
             elif msg.kind == "done":
@@ -453,3 +461,66 @@ async def test_silent_participant_is_marked_failed_and_recorded(coordinator, pki
     await store.writes.flush()
     [event] = await store.list_events("hb", kind="failed")
     assert (event.participant, event.reason) == ("carol", "HeartbeatTimeout")
+
+
+async def test_a_restarted_coordinator_resumes_the_open_round_from_the_store(pki_dir, aggregator, tmp_path):
+    cfg = config(pki_dir, aggregator, f"sqlite:///{tmp_path / 'store.db'}")
+    first = await serve(cfg)
+    operator = as_(first, pki_dir, "operator")
+    await operator.call("POST", "/v1/sessions", manifests("again", minParticipants=3))
+    for name in PARTICIPANTS:
+        await as_(first, pki_dir, name).call("POST", f"/v1/sessions/again/participants/{name}/join", {})
+    gate = threading.Event()
+    training = asyncio.gather(
+        *(asyncio.to_thread(train, pki_dir, aggregator, "again", n, 1.0, gate=gate) for n in PARTICIPANTS)
+    )
+    try:
+
+        async def round_two_open() -> bool:
+            return (await operator.call("GET", "/v1/sessions/again/round"))[1] == {
+                "round": 2,
+                "state": "open",
+                "deadline": ANY_DEADLINE,
+            }
+
+        await wait_for(round_two_open, "round 2 open")
+        await first.stop()
+        second = await serve(cfg)
+        try:
+            operator = as_(second, pki_dir, "operator")
+            status = (await operator.call("GET", "/v1/sessions/again"))[1]
+            assert (status["phase"], status["round"]) == ("Running", 2)
+            assert status["participant_status"]["alice"] == {
+                "phase": "Contributing",
+                "last_heartbeat": status["participant_status"]["alice"]["last_heartbeat"],
+                "contributions": 1,
+                "last_latency_ms": status["participant_status"]["alice"]["last_latency_ms"],
+            }
+            gate.set()
+            kinds = await training
+
+            async def finished() -> bool:
+                return (await operator.call("GET", "/v1/sessions/again"))[1]["phase"] == "Succeeded"
+
+            await wait_for(finished, "finished after the restart")
+            assert all(k[-1] == "done" for k in kinds)
+            await second.coordinator.store.writes.flush()
+            status = (await operator.call("GET", "/v1/sessions/again"))[1]
+            assert [(r["round"], r["state"], r["contributions"]) for r in status["rounds"]] == [
+                (1, "Closed", 3),
+                (2, "Closed", 3),
+            ]
+            assert status["contributions_recorded"] == 6
+        finally:
+            await second.stop()
+    finally:
+        gate.set()
+        await asyncio.gather(training, return_exceptions=True)
+
+
+class _AnyDeadline:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and other.endswith("Z")
+
+
+ANY_DEADLINE = _AnyDeadline()

@@ -125,6 +125,39 @@ class SessionMachine:
         self.rounds_closed = 0
         self.waiting_since: float | None = None  # learning, between rounds, below quorum
 
+    @classmethod
+    def resume(
+        cls,
+        settings: Settings,
+        *,
+        created_at: float,
+        phase: str,
+        message: str,
+        member_phases: dict[str, str],
+        rounds_closed: int,
+        open_round: tuple[int, float, set[str]] | None,
+        now: float,
+    ) -> SessionMachine:
+        """A machine rebuilt from stored state after a coordinator restart.
+
+        Live participants get a fresh heartbeat grace period from ``now``; who is ready (said hello)
+        is learnt again from the aggregator. ``open_round`` is (number, opened_at, contributed).
+        """
+        machine = cls(settings, now=created_at)
+        machine.phase, machine.message, machine.rounds_closed = phase, message, rounds_closed
+        for name, member_phase in member_phases.items():
+            if name in machine.members:
+                machine.members[name] = Member(phase=member_phase, last_seen=now)
+        if open_round is not None and not machine.finished:
+            number, opened_at, contributed = open_round
+            members = frozenset(machine.live()) | frozenset(contributed)
+            machine.round = Round(number=number, members=members, opened_at=opened_at, contributed=set(contributed))
+            if len(contributed) >= settings.min_participants:
+                machine.round.quorum_at = now
+        elif phase == RUNNING and settings.mode == "learning":
+            machine.waiting_since = now
+        return machine
+
     # -- queries ----------------------------------------------------------------------------------
 
     @property

@@ -132,6 +132,7 @@ async def serve(config: Config) -> Running:
         timeout_seconds=config.control_timeout_seconds,
     )
     coordinator.link = link
+    await coordinator.restore()
     metrics.control_link_up.set_function(lambda: 1 if link.up else 0)
     await link.start()
     ssl_context = pki.server_ssl_context(cert=config.tls_cert, key=config.tls_key, ca=config.tls_ca)

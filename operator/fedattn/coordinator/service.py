@@ -177,22 +177,93 @@ class Coordinator:
             created_at=now,
             activity={name: Activity() for name in definition.weights},
         )
-        self.sessions[definition.name] = session
         writes = [
             self.store.create_session(
                 name=definition.name, mode=definition.mode, spec=definition.spec, phase=rounds.PENDING, created_at=now
             )
         ]
         writes += [
-            self.store.upsert_participant(definition.name, name, weight=weight, phase=rounds.P_PENDING)
-            for name, weight in definition.weights.items()
+            self.store.upsert_participant(definition.name, name, weight=weight, phase=rounds.P_PENDING, position=i)
+            for i, (name, weight) in enumerate(definition.weights.items())
         ]
-        session.commands.put_nowait(Configure())
-        session.driver = asyncio.create_task(self._drive(session), name=f"session-{definition.name}")
-        self._update_gauges()
+        self._adopt(session)
         log.info("session created", extra={"session": definition.name})
         await self._durable(*writes)
         return True
+
+    def _adopt(self, session: Session) -> None:
+        """Start driving a session: configure it at the aggregator, then carry out its commands."""
+        self.sessions[session.name] = session
+        session.commands.put_nowait(Configure())
+        session.driver = asyncio.create_task(self._drive(session), name=f"session-{session.name}")
+        self._update_gauges()
+
+    async def restore(self) -> int:
+        """Rebuild the sessions a previous coordinator process left in the store; returns how many.
+
+        Finished sessions come back read-only (status); unfinished ones resume: the round that was
+        open stays open with the contributions already recorded, participants get a fresh heartbeat
+        grace period, and the aggregator is re-configured (its reply says who has said hello).
+        """
+        now = self.clock()
+        for row in await self.store.list_sessions():
+            members = await self.store.list_participants(row.name)
+            round_rows = await self.store.list_rounds(row.name)
+            contributions = await self.store.list_contributions(row.name)
+            definition = SessionDefinition(
+                name=row.name, mode=row.mode, spec=row.spec, weights={m.name: m.weight for m in members}
+            )
+            open_rows = [r for r in round_rows if r.state == "Open"]
+            open_round = None
+            if open_rows:
+                number = open_rows[-1].round
+                contributed = {c.participant for c in contributions if c.round == number}
+                open_round = (number, open_rows[-1].opened_at, contributed)
+            machine = rounds.SessionMachine.resume(
+                settings_for(definition),
+                created_at=row.created_at,
+                phase=row.phase,
+                message=row.message,
+                member_phases={m.name: m.phase for m in members},
+                rounds_closed=max((r.round for r in round_rows if r.state == "Closed"), default=0),
+                open_round=open_round,
+                now=now,
+            )
+            session = Session(
+                definition=definition,
+                machine=machine,
+                policy=Policy.from_spec(row.spec.get("resilience")),
+                created_at=row.created_at,
+                started_at=row.started_at,
+                completed_at=row.completed_at,
+                activity={m.name: Activity(last_heartbeat=m.last_heartbeat, result=m.result) for m in members},
+                round_log={
+                    r.round: {
+                        "round": r.round,
+                        "state": r.state,
+                        "participants": r.participants,
+                        "contributions": r.contributions,
+                        "accuracy": r.accuracy,
+                        "weight_total": r.weight_total,
+                        "aggregation_seconds": r.aggregation_seconds,
+                    }
+                    for r in round_rows
+                },
+            )
+            for c in contributions:
+                if c.participant == SYNC_PARTICIPANT:
+                    session.syncs += 1
+                    session.sync_latency_ms_total += c.latency_ms or 0.0
+                elif c.participant in session.activity:
+                    session.activity[c.participant].contributions += 1
+                    session.activity[c.participant].last_latency_ms = c.latency_ms
+            if machine.finished:
+                self.sessions[row.name] = session
+            else:
+                self._adopt(session)
+            log.info("session restored (%s)", row.phase, extra={"session": row.name})
+        self._update_gauges()
+        return len(self.sessions)
 
     async def join(self, name: str, participant: str) -> dict[str, Any]:
         session = self._get(name)
@@ -363,7 +434,11 @@ class Coordinator:
             )
 
     def _on_contribution(self, session: Session, meta: dict[str, Any], participant: str, round_: int, now: float):
+        before = session.machine.members[participant].phase
         verdict, commands = session.machine.contribution(participant, round_, now=now)
+        after = session.machine.members[participant].phase
+        if after != before:
+            self.store.update_participant(session.name, participant, phase=after)
         if verdict != rounds.Verdict.ACCEPTED:
             # NB: the aggregator accepted it (it is in the aggregate), so it is recorded regardless.
             log.warning(
@@ -449,7 +524,11 @@ class Coordinator:
         match command:
             case Configure():
                 meta = {"mode": session.definition.mode, "spec": spec, "participants": session.definition.weights}
-                await self._control(session, "ctl_configure", meta=meta)
+                reply = await self._control(session, "ctl_configure", meta=meta)
+                # NB: after a coordinator restart this is how we learn who is connected already.
+                for participant in reply.get("hello") or []:
+                    if participant in machine.members and not machine.members[participant].ready:
+                        self._dispatch(session, machine.hello(participant, now=self.clock()))
             case rounds.Start():
                 session.started_at = now
                 self.store.update_session(name, phase=rounds.RUNNING, message="", round=0, started_at=now)
