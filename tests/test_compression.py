@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedattn import wire
 from fedattn.learning.compression import (
@@ -148,3 +150,28 @@ def test_spec_from_manifest_validates():
     for bad in ({"quantizeBits": 4}, {"topK": 1.5}, {"topK": -0.1}):
         with pytest.raises(ValueError, match=r"quantizeBits|topK"):
             CompressionSpec.from_manifest(bad)
+
+
+_DTYPES = ["float32", "int8", "int32", "int64", "uint8"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    meta=st.fixed_dictionaries(
+        {"codec": st.sampled_from(["dense", "int8", "topk", "topk+int8", "lz4"])},
+        optional={
+            "size": st.one_of(st.integers(-2, 40), st.booleans(), st.text(max_size=2)),
+            "k": st.one_of(st.integers(-2, 40), st.none()),
+            "chunk": st.one_of(st.integers(-1, 40), st.floats()),
+        },
+    ),
+    arrays=st.lists(st.tuples(st.sampled_from(_DTYPES), st.integers(0, 40), st.integers(0, 2**31)), max_size=4),
+)
+def test_decode_of_arbitrary_payloads_returns_a_model_sized_vector_or_a_wire_error(meta, arrays):
+    built = [np.random.default_rng(seed).integers(-50, 50, size=n).astype(dt) for dt, n, seed in arrays]
+    try:
+        out = decode(built, meta, size=32)
+    except wire.WireError as exc:
+        assert exc.code == "bad_encoding"
+    else:
+        assert out.dtype == np.float32 and out.shape == (32,)
