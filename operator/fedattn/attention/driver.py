@@ -1,0 +1,42 @@
+"""Run every participant of a prompt in one process: one thread each, syncing through MemoryExchange."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fedattn.attention.exchange import Exchange, MemoryExchange, run_threads
+from fedattn.attention.gguf_model import LlamaModel
+from fedattn.attention.layout import PromptLayout
+from fedattn.attention.participant import PrefillResult, participant_prefill
+from fedattn.attention.reference import FedAttnPlan
+
+
+def run_prefill(
+    model: LlamaModel,
+    layout: PromptLayout,
+    *,
+    plan: FedAttnPlan,
+    wrap_exchange: Callable[[int, Exchange], Exchange] | None = None,
+) -> list[PrefillResult]:
+    """Every participant's prefill, in participant order.
+
+    ``wrap_exchange(participant, exchange)`` may decorate each participant's exchange (to record
+    what it sends, or to route it over another transport).
+    """
+    hub = MemoryExchange(layout.n_participants)
+
+    def task(participant: int):
+        exchange = hub.endpoint(participant)
+        if wrap_exchange is not None:
+            exchange = wrap_exchange(participant, exchange)
+        return lambda: participant_prefill(
+            model,
+            participant=participant,
+            own_ids=layout.ids_of(participant),
+            own_positions=layout.positions_of(participant),
+            prefix_ids=layout.prefix_ids,
+            plan=plan,
+            exchange=exchange,
+        )
+
+    return run_threads([task(p) for p in range(layout.n_participants)], on_error=hub.abort)
