@@ -84,12 +84,14 @@ class Release:
     namespace: str
     service_account: str
     operator_kubeconfig: Path
+    #: what Helm returned: manifest, hooks, notes (info), ...
+    installed: dict
 
 
 @pytest.fixture(scope="session")
 def chart_release(control_plane: ControlPlane, admin_client: kubernetes.client.ApiClient) -> Release:
     assert control_plane.admin_kubeconfig is not None
-    helm.install(kubeconfig=control_plane.admin_kubeconfig, namespace=NAMESPACE, release=RELEASE)
+    installed = helm.install(kubeconfig=control_plane.admin_kubeconfig, namespace=NAMESPACE, release=RELEASE)
     sa = RELEASE  # fullname of release "fedattn" is "fedattn"
     token = service_account_token(admin_client, namespace=NAMESPACE, name=sa)
     return Release(
@@ -97,4 +99,5 @@ def chart_release(control_plane: ControlPlane, admin_client: kubernetes.client.A
         namespace=NAMESPACE,
         service_account=sa,
         operator_kubeconfig=control_plane.token_kubeconfig("operator", token, namespace=NAMESPACE),
+        installed=installed,
     )

@@ -119,6 +119,22 @@ def test_dashboard_is_valid_grafana_json(chart_release: Release, admin_client: k
         assert topic in titles, f"dashboard has no {topic} panel"
 
 
+def test_helm_test_hook_checks_the_operator_healthz(chart_release: Release) -> None:
+    (hook,) = [h for h in chart_release.installed["hooks"] if h["kind"] == "Pod"]
+    pod = yaml.safe_load(hook["manifest"])
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["command"][-1]
+    assert f"http://fedattn-operator.{chart_release.namespace}.svc:8080/healthz" in script
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_notes_tell_the_user_what_to_do_next(chart_release: Release) -> None:
+    notes = chart_release.installed["info"]["notes"]
+    assert "helm test fedattn -n fedattn" in notes
+    assert "kubectl apply -n fedattn -f examples/learning-digits.yaml" in notes
+    assert "No database configured" in notes
+
+
 def _can(
     api: kubernetes.client.ApiClient,
     user: str,
