@@ -98,7 +98,9 @@ class Message:
 
 def checksum(buf: Any) -> int:
     """CRC-32 of a buffer (array, bytes or memoryview) without copying it."""
-    return zlib.crc32(memoryview(buf).cast("B")) & 0xFFFFFFFF
+    view = memoryview(buf)
+    # NB: memoryview cannot cast a view with a zero in its shape; an empty buffer's CRC is 0 anyway.
+    return zlib.crc32(view.cast("B")) & 0xFFFFFFFF if view.nbytes else 0
 
 
 def _spec_of(array: np.ndarray) -> dict[str, Any]:
@@ -128,7 +130,8 @@ def encode(
     """Build the frames of one message; array frames are the arrays' own buffers (zero copy)."""
     if kind not in KINDS:
         raise WireError("unknown_kind", f"kind {kind!r} is not one of {sorted(KINDS)}")
-    contiguous = [np.ascontiguousarray(a) for a in arrays]
+    # NB: np.ascontiguousarray would turn a 0-d array into shape (1,); np.require keeps the shape.
+    contiguous = [np.require(a, requirements="C") for a in arrays]
     header = {
         "v": VERSION,
         "session": session,
@@ -170,7 +173,7 @@ def _array_spec(raw: Any, index: int) -> ArraySpec:
     if not isinstance(raw, Mapping):
         raise WireError("malformed_header", f"arrays[{index}] must be a map")
     dtype = raw.get("dtype")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         raise WireError("bad_dtype", f"arrays[{index}].dtype {dtype!r} is not one of {sorted(DTYPES)}")
     shape = raw.get("shape")
     if (
@@ -206,7 +209,7 @@ def decode_header(frame: Any) -> dict[str, Any]:
         raise WireError("malformed_header", f"unknown header fields {sorted(unknown)}")
     if header.get("v") != VERSION:
         raise WireError("bad_version", f"protocol version {header.get('v')!r} is not supported (want {VERSION})")
-    if header.get("kind") not in KINDS:
+    if not isinstance(header.get("kind"), str) or header["kind"] not in KINDS:
         raise WireError("unknown_kind", f"kind {header.get('kind')!r} is not one of {sorted(KINDS)}")
     _str(header, "session")
     _str(header, "participant")
