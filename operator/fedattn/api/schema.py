@@ -350,7 +350,7 @@ def session_spec() -> Schema:
                 "source": string(
                     "Attention: where the GGUF comes from (pypi:PACKAGE or a path).", max_length=1024
                 ),
-                "hiddenUnits": integer("Learning mlp: hidden units.", default=64, minimum=1, maximum=65536),
+                "hiddenUnits": integer("Learning mlp: hidden units.", default=64, minimum=1, maximum=1048576),
             },
             required=["name"],
         ),
