@@ -20,12 +20,35 @@ def test_fold_weighted_matches_float64_reference_across_chunk_edges():
     acc = np.zeros(size)
     xs = [rng.standard_normal(size).astype(np.float32) for _ in range(5)]
     ws = [0.5, 3.0, 1e-3, 7.25, 1.0]
-    for x, w in zip(xs, ws, strict=True):
-        fold_weighted(acc, x, w, scratch=np.empty(64))
+    fold_weighted(acc, xs[:2], ws[:2], scratch=np.empty(64))  # a group
+    for x, w in zip(xs[2:], ws[2:], strict=True):  # and one by one
+        fold_weighted(acc, [x], [w], scratch=np.empty(64))
     reference = sum(w * x.astype(np.float64) for x, w in zip(xs, ws, strict=True))
     np.testing.assert_allclose(acc, reference, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="does not match"):
-        fold_weighted(acc, xs[0][:-1], 1.0, scratch=np.empty(64))
+        fold_weighted(acc, [xs[0][:-1]], [1.0], scratch=np.empty(64))
+    with pytest.raises(ValueError, match="float64"):
+        fold_weighted(acc.astype(np.float32), [xs[0]], [1.0], scratch=np.empty(64))
+
+
+def test_fold_many_equals_folding_one_by_one_and_checks_everything_first():
+    rng = np.random.default_rng(3)
+    size = 3000
+    xs = [rng.standard_normal(size).astype(np.float32) for _ in range(9)]  # > FOLD_GROUP
+    ws = list(rng.uniform(0.1, 10, 9))
+    one, many = FedAvg(size=size), FedAvg(size=size)
+    for s in (one, many):
+        s.begin_round(round=1, global_params=np.zeros(size, np.float32))
+    for x, w in zip(xs, ws, strict=True):
+        one.fold(x, w)
+    many.fold_many(xs, ws)
+    np.testing.assert_allclose(many.finish(), one.finish(), rtol=1e-6)
+    assert many.folded == 9 and many.weight_total == pytest.approx(sum(ws))
+    with pytest.raises(ValueError, match="weight"):
+        many.fold_many(xs[:2], [1.0, -1.0])
+    with pytest.raises(ValueError, match="shape"):
+        many.fold_many([xs[0], xs[1][:-1]], [1.0, 1.0])
+    assert many.folded == 9  # nothing of a rejected batch was folded
 
 
 def test_fedavg_is_the_weighted_mean_and_resets_each_round():

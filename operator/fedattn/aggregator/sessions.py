@@ -17,7 +17,7 @@ import numpy as np
 from fedattn import wire
 from fedattn.aggregator.kv import Barrier, KVPart, union_kv
 from fedattn.aggregator.strategies import build_strategy
-from fedattn.aggregator.strategy import Strategy
+from fedattn.aggregator.strategy import FOLD_GROUP, Strategy, fold_all
 
 Evaluate = Callable[[np.ndarray], float]
 
@@ -75,9 +75,7 @@ class LearningSession(Session):
         initial = np.ascontiguousarray(initial, dtype=np.float32).reshape(-1)
         if initial.size == 0 or not np.isfinite(initial).all():
             raise ValueError("the initial model must be a non-empty finite vector")
-        super().__init__(
-            name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=initial.nbytes
-        )
+        super().__init__(name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=initial.nbytes)
         strategy = dict(spec.get("strategy") or {})
         self.strategy: Strategy = build_strategy(
             str(strategy.get("name", "fedavg")), size=initial.size, params=strategy.get("params") or {}
@@ -90,6 +88,7 @@ class LearningSession(Session):
         self.contributed: dict[str, float] = {}
         self.opened_at = 0.0
         self.fold_seconds = 0.0
+        self._pending: list[tuple[np.ndarray, float]] = []
 
     @property
     def size(self) -> int:
@@ -107,13 +106,15 @@ class LearningSession(Session):
         self.strategy.begin_round(round=round, global_params=self.global_params)
         self.round, self.open, self.members = round, True, frozenset(participants)
         self.contributed = {}
+        self._pending = []
         self.opened_at = time.monotonic()
         self.fold_seconds = 0.0
 
-    def accept(
-        self, *, participant: str, round: int, arrays: list[np.ndarray], meta: Mapping[str, Any]
-    ) -> float:
-        """Fold one update; returns its aggregation weight. Raises WireError with the rejection code."""
+    def accept(self, *, participant: str, round: int, arrays: list[np.ndarray], meta: Mapping[str, Any]) -> float:
+        """Take one update (folded now, or with the rest of its socket burst); returns its weight.
+
+        Raises WireError with the rejection code; everything is checked before the update is held.
+        """
         if not self.open or round != self.round:
             state = f"round {self.round} is open" if self.open else f"no round is open (last {self.round})"
             raise wire.WireError("stale_round", f"update for round {round}, but {state}")
@@ -123,27 +124,44 @@ class LearningSession(Session):
             raise wire.WireError("duplicate", f"{participant} already contributed to round {round}")
         if len(arrays) != 1 or arrays[0].dtype != np.float32 or arrays[0].shape != (self.size,):
             got = [f"{a.dtype}{list(a.shape)}" for a in arrays]
-            raise wire.WireError(
-                "shape_mismatch", f"update must be one float32[{self.size}] array, got {got}"
-            )
+            raise wire.WireError("shape_mismatch", f"update must be one float32[{self.size}] array, got {got}")
         examples = meta.get("num_examples")
         if isinstance(examples, bool) or not isinstance(examples, int | float) or not 0 < examples < math.inf:
             raise wire.WireError("bad_meta", f"num_examples must be a number > 0, got {examples!r}")
         weight = float(examples) * self.weights[participant]
-        start = time.perf_counter()
-        self.strategy.fold(arrays[0], weight)
-        self.fold_seconds += time.perf_counter() - start
+        if hasattr(self.strategy, "fold_many"):
+            # NB: held (a view of the received frame, no copy) until fold_pending at the end of the socket
+            # burst or when FOLD_GROUP are waiting, so updates that arrive together share one pass.
+            self._pending.append((arrays[0], weight))
+            if len(self._pending) >= FOLD_GROUP:
+                self.fold_pending()
+        else:
+            self._timed_fold([arrays[0]], [weight])
         self.contributed[participant] = weight
         return weight
+
+    def fold_pending(self) -> None:
+        """Fold the updates accepted but not folded yet (the server calls this after each burst)."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._timed_fold([u for u, _ in pending], [w for _, w in pending])
+
+    def _timed_fold(self, updates: list[np.ndarray], weights: list[float]) -> None:
+        start = time.perf_counter()
+        try:
+            fold_all(self.strategy, updates, weights)
+        except ValueError as exc:  # a strategy's own checks (robust rules' buffers, parameters)
+            raise wire.WireError("rejected_by_strategy", str(exc)) from None
+        finally:
+            self.fold_seconds += time.perf_counter() - start
 
     def close_round(self, round: int) -> RoundResult:
         """Finish the open round: the strategy's result becomes the global model."""
         if not self.open or round != self.round:
-            raise ValueError(
-                f"round {round} is not the open round (open: {self.round if self.open else None})"
-            )
+            raise ValueError(f"round {round} is not the open round (open: {self.round if self.open else None})")
         if not self.contributed:
             raise ValueError(f"round {round} has no contributions; keep it open or finish the session")
+        self.fold_pending()
         start = time.perf_counter()
         self.global_params = self.strategy.finish()
         seconds = self.fold_seconds + time.perf_counter() - start
@@ -174,12 +192,8 @@ class Release:
 class AttentionSession(Session):
     """KV sync barriers, one per sync layer, over the session's participants."""
 
-    def __init__(
-        self, *, name: str, spec: Mapping[str, Any], weights: dict[str, float], max_payload_bytes: int
-    ):
-        super().__init__(
-            name=name, mode="attention", spec=spec, weights=weights, max_payload_bytes=max_payload_bytes
-        )
+    def __init__(self, *, name: str, spec: Mapping[str, Any], weights: dict[str, float], max_payload_bytes: int):
+        super().__init__(name=name, mode="attention", spec=spec, weights=weights, max_payload_bytes=max_payload_bytes)
         self.barriers: dict[int, Barrier] = {}
         self.released: set[int] = set()
         self.syncs = 0
