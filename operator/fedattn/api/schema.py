@@ -210,6 +210,11 @@ def _learning() -> dict[str, Schema]:
                 "learningRate": number(
                     "Local learning rate.", default=0.1, minimum=0, exclusive_minimum=True
                 ),
+                "evaluate": boolean(
+                    "Evaluate the global model on the held-out split after every round (server side, "
+                    "like Flower's evaluate_fn); false skips it, e.g. for transport benchmarks.",
+                    default=True,
+                ),
             },
             default={},
         ),

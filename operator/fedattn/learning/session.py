@@ -38,7 +38,10 @@ def initial_params(session: str, spec: Mapping[str, Any]) -> np.ndarray:
     return models.init_params(architecture(spec), seed=seed(spec))
 
 
-def evaluator(session: str, spec: Mapping[str, Any]) -> Callable[[np.ndarray], float]:
-    """Held-out accuracy of a global model on the session's test split (never trained on)."""
+def evaluator(session: str, spec: Mapping[str, Any]) -> Callable[[np.ndarray], float] | None:
+    """Held-out accuracy of a global model on the session's test split (never trained on), unless the
+    session turned server-side evaluation off (``training.evaluate: false``)."""
+    if not (spec.get("training") or {}).get("evaluate", True):
+        return None
     ds, arch = dataset(spec), architecture(spec)
     return lambda params: models.accuracy(arch, params, ds.test.x, ds.test.y)
