@@ -9,9 +9,10 @@ The math is plain functions over the filled rows:
   ``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` (an N x N product) rather than N^2 vector differences.
   Multi-Krum averages the ``m`` best-scored updates, weighted by their weights as Flower does.
 - Trimmed mean (Yin et al. 2018): per coordinate, drop the ``floor(beta n)`` smallest and largest
-  values and average the rest; median: per coordinate. Both partition the buffer in place
-  (``ndarray.partition`` along axis 0) and ignore weights, since weighting would let one
-  participant claiming many examples move the result -- the thing these rules exist to stop.
+  values and average the rest; median: per coordinate. Both reorder the buffer in place along
+  axis 0 (median: one ``partition``; trimmed mean: ``sort``, see there why) and ignore weights,
+  since weighting would let one participant claiming many examples move the result -- the thing
+  these rules exist to stop.
 
 Distances, ranks and order statistics do not change when the same global model is subtracted from
 every row, so the rules run on the local models as received.
@@ -58,25 +59,33 @@ def krum_select(x: np.ndarray, *, byzantine: int, selected: int) -> np.ndarray:
 
 
 def trimmed_mean_inplace(x: np.ndarray, *, beta: float) -> np.ndarray:
-    """Coordinate-wise mean after cutting ``floor(beta n)`` values at each end; reorders ``x``'s columns."""
+    """Coordinate-wise mean after cutting ``floor(beta n)`` values at each end; reorders ``x``'s columns.
+
+    NB: an in-place sort along axis 0 is faster here than ``partition([cut, n - cut - 1])``: numpy's
+    multi-kth partition along a strided axis ran 4x slower than the sort for N=20, P=1e6 (0.40 s vs
+    0.10 s CPU) and still 2x slower as two single-kth partitions.
+    """
     n = x.shape[0]
     cut = int(beta * n)
     if n - 2 * cut < 1:
         raise StrategyError(f"trimming {cut} of {n} updates at each end leaves none")
     if cut:
-        x.partition([cut, n - cut - 1], axis=0)
+        x.sort(axis=0)
     return x[cut : n - cut].mean(axis=0)
 
 
 def median_inplace(x: np.ndarray) -> np.ndarray:
-    """Coordinate-wise median (mean of the two middle values for even n); reorders ``x``'s columns."""
+    """Coordinate-wise median (mean of the two middle values for even n); reorders ``x``'s columns.
+
+    One single-kth partition in place; for even n the lower middle is the largest value below it
+    (a max over half the rows), which is ~4x cheaper than partitioning at two kth at once.
+    """
     n = x.shape[0]
     mid = n // 2
+    x.partition(mid, axis=0)
     if n % 2:
-        x.partition(mid, axis=0)
         return x[mid].copy()
-    x.partition([mid - 1, mid], axis=0)
-    return 0.5 * (x[mid - 1] + x[mid])
+    return 0.5 * (x[:mid].max(axis=0) + x[mid])
 
 
 class _Buffered:
