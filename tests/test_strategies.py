@@ -12,7 +12,9 @@ from fedattn.aggregator.strategies import (
     PARAMS,
     STRATEGIES,
     StrategyError,
+    build_session_strategy,
     build_strategy,
+    check_learning_spec,
     check_quorum,
     params_schema,
 )
@@ -23,6 +25,7 @@ from fedattn.aggregator.strategies.robust import (
     pairwise_sq_distances,
     trimmed_mean_inplace,
 )
+from fedattn.learning.privacy import DifferentiallyPrivate
 
 
 def run_round(strategy, global_params, updates, weights=None, *, round=1):
@@ -146,9 +149,7 @@ def test_adaptive_server_optimizers_follow_reddi_algorithm_2(name):
     for r, d in enumerate([0.5, -0.2, 0.7], start=1):
         deltas.append(d)
         x = run_round(s, x, [[x[0] + d]], round=r)
-        assert x[0] == pytest.approx(
-            _adaptive_reference(name, deltas, eta=eta, b1=b1, b2=b2, tau=tau), abs=1e-5
-        )
+        assert x[0] == pytest.approx(_adaptive_reference(name, deltas, eta=eta, b1=b1, b2=b2, tau=tau), abs=1e-5)
 
 
 def test_fedadam_first_step_closed_form():
@@ -287,9 +288,7 @@ def test_check_quorum_for_krum():
 def test_params_schema_mirrors_the_table():
     schema = params_schema("fedadam")
     assert schema["additionalProperties"] is False
-    assert (
-        set(schema["properties"]) == set(PARAMS["fedadam"]) == {"serverLearningRate", "beta1", "beta2", "tau"}
-    )
+    assert set(schema["properties"]) == set(PARAMS["fedadam"]) == {"serverLearningRate", "beta1", "beta2", "tau"}
     beta1 = schema["properties"]["beta1"]
     assert (beta1["minimum"], beta1["maximum"], beta1["exclusiveMaximum"], beta1["default"]) == (
         0.0,
@@ -298,3 +297,46 @@ def test_params_schema_mirrors_the_table():
         0.9,
     )
     assert params_schema("krum")["properties"]["byzantine"]["type"] == "integer"
+
+
+# --- session-level checks -------------------------------------------------------------------------------
+
+
+def _spec(**over):
+    spec = {"mode": "learning", "minParticipants": 5, "strategy": {"name": "fedavg", "params": {}}}
+    spec.update(over)
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("spec", "match"),
+    [
+        (_spec(strategy={"name": "fedsgd"}), "unknown strategy"),
+        (_spec(strategy={"name": "krum", "params": {"byzantine": 2}}), "minParticipants >= 7"),
+        (_spec(strategy={"name": "median"}, privacy={"dp": {"noiseMultiplier": 1.0}}), "privacy.dp needs"),
+        (_spec(strategy={"name": "krum"}, privacy={"secureAggregation": {"enabled": True}}), "only the sum"),
+        (
+            _spec(privacy={"secureAggregation": {"enabled": True}}, compression={"quantizeBits": 8, "topK": 1.0}),
+            "cannot also be compressed",
+        ),
+        (_spec(privacy={"secureAggregation": {"enabled": True}}, compression={"topK": 0.1}), "compressed"),
+    ],
+)
+def test_learning_spec_conflicts_are_named(spec, match):
+    with pytest.raises(StrategyError, match=match):
+        check_learning_spec(spec)
+
+
+def test_compatible_learning_specs_pass():
+    check_learning_spec(_spec(privacy={"secureAggregation": {"enabled": True}}, compression={"quantizeBits": 0}))
+    check_learning_spec(_spec(strategy={"name": "krum", "params": {"byzantine": 1}}, compression={"topK": 0.1}))
+
+
+def test_session_strategy_wraps_dp_around_the_rule():
+    rng = np.random.default_rng(0)
+    plain = build_session_strategy(_spec(strategy={"name": "fedadam", "params": {}}), size=4, rng=rng)
+    assert plain.name == "fedadam"
+    dp_spec = _spec(strategy={"name": "fedadam"}, privacy={"dp": {"noiseMultiplier": 0.7, "clipNorm": 2.0}})
+    wrapped = build_session_strategy(dp_spec, size=4, rng=rng)
+    assert isinstance(wrapped, DifferentiallyPrivate)
+    assert wrapped.inner.name == "fedadam" and (wrapped.clip_norm, wrapped.noise_multiplier) == (2.0, 0.7)

@@ -29,6 +29,10 @@ import numpy as np
 
 from fedattn.aggregator.strategy import Strategy
 
+#: rules whose result depends on the updates only through their mean: noising the mean privatises
+#: them; robust rules (Krum, median, trimmed mean) are not means and are refused
+MEAN_BASED = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"})
+
 
 class PrivacyError(ValueError):
     """Invalid DP settings or a rule DP cannot wrap; the text says which."""
@@ -248,8 +252,6 @@ class DifferentiallyPrivate:
     shape as every rule (:class:`fedattn.aggregator.strategy.Strategy`).
     """
 
-    #: robust rules are not means: one noised mean in, one model out would silently change them
-    REFUSED = frozenset({"krum", "multikrum", "trimmedmean", "median"})
 
     def __init__(
         self,
@@ -262,8 +264,8 @@ class DifferentiallyPrivate:
         adaptive: AdaptiveClipping | None = None,
     ) -> None:
         name = getattr(inner, "name", type(inner).__name__.lower())
-        if name in self.REFUSED:
-            raise PrivacyError(f"differential privacy cannot wrap {name}; use a mean-based strategy")
+        if name not in MEAN_BASED:
+            raise PrivacyError(f"differential privacy cannot wrap {name}; use one of {sorted(MEAN_BASED)}")
         self.inner, self.size = inner, size
         self.clip_norm = _positive("clipNorm", clip_norm)
         self.noise_multiplier = _positive("noiseMultiplier", noise_multiplier)

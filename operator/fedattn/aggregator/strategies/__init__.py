@@ -7,11 +7,24 @@ the aggregator's life cycle (:class:`fedattn.aggregator.strategy.Strategy`).
 
 from fedattn.aggregator.strategies.params import StrategyError
 from fedattn.aggregator.strategies.registry import (
+    MEAN_BASED,
     PARAMS,
     STRATEGIES,
+    build_session_strategy,
     build_strategy,
+    check_learning_spec,
     check_quorum,
     params_schema,
 )
 
-__all__ = ["PARAMS", "STRATEGIES", "StrategyError", "build_strategy", "check_quorum", "params_schema"]
+__all__ = [
+    "MEAN_BASED",
+    "PARAMS",
+    "STRATEGIES",
+    "StrategyError",
+    "build_session_strategy",
+    "build_strategy",
+    "check_learning_spec",
+    "check_quorum",
+    "params_schema",
+]

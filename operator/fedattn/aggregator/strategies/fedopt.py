@@ -90,9 +90,7 @@ class _ServerOptimizer(FedAvg):
     def begin_round(self, *, round: int, global_params: np.ndarray) -> None:
         super().begin_round(round=round, global_params=global_params)
         if global_params.shape != (self.size,):
-            raise StrategyError(
-                f"global model has shape {global_params.shape}, strategy expects ({self.size},)"
-            )
+            raise StrategyError(f"global model has shape {global_params.shape}, strategy expects ({self.size},)")
         np.copyto(self._global, global_params)
 
     def finish(self) -> np.ndarray:
@@ -111,9 +109,7 @@ class _ServerOptimizer(FedAvg):
     def load_state_dict(self, state: Mapping[str, np.ndarray]) -> None:
         """Restore :meth:`state_dict`'s output; rejects missing keys, wrong shapes and non-finite values."""
         if set(state) != set(self.STATE_KEYS):
-            raise StrategyError(
-                f"{self.name} state needs keys {sorted(self.STATE_KEYS)}, got {sorted(state)}"
-            )
+            raise StrategyError(f"{self.name} state needs keys {sorted(self.STATE_KEYS)}, got {sorted(state)}")
         for key in self.STATE_KEYS:
             value = np.asarray(state[key])
             if value.shape != (self.size,) or not np.all(np.isfinite(value)):

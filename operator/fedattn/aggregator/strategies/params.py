@@ -38,25 +38,15 @@ class Param:
             raise StrategyError(f"strategy param {name} must be finite, got {value!r}")
         if self.kind is int and not float(value).is_integer():
             raise StrategyError(f"strategy param {name} must be an integer, got {value!r}")
-        low = self.minimum is not None and (
-            value <= self.minimum if self.exclusive_minimum else value < self.minimum
-        )
-        high = self.maximum is not None and (
-            value >= self.maximum if self.exclusive_maximum else value > self.maximum
-        )
+        low = self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum)
+        high = self.maximum is not None and (value >= self.maximum if self.exclusive_maximum else value > self.maximum)
         if low or high:
             raise StrategyError(f"strategy param {name}={value} must be in {self.interval()}")
         return self.kind(value)
 
     def interval(self) -> str:
-        low = (
-            "(-inf"
-            if self.minimum is None
-            else ("(" if self.exclusive_minimum else "[") + f"{self.minimum:g}"
-        )
-        high = (
-            "inf)" if self.maximum is None else f"{self.maximum:g}" + (")" if self.exclusive_maximum else "]")
-        )
+        low = "(-inf" if self.minimum is None else ("(" if self.exclusive_minimum else "[") + f"{self.minimum:g}"
+        high = "inf)" if self.maximum is None else f"{self.maximum:g}" + (")" if self.exclusive_maximum else "]")
         return f"{low}, {high}"
 
 
@@ -68,9 +58,7 @@ def parse_params(table: Table, params: Mapping[str, Any] | None, *, strategy: st
     params = dict(params or {})
     unknown = sorted(set(params) - set(table))
     if unknown:
-        raise StrategyError(
-            f"strategy {strategy} does not take params {unknown}; it takes {sorted(table) or 'none'}"
-        )
+        raise StrategyError(f"strategy {strategy} does not take params {unknown}; it takes {sorted(table) or 'none'}")
     return {p.attr: p.check(key, params[key]) if key in params else p.default for key, p in table.items()}
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from fedattn.aggregator.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from fedattn.aggregator.strategies.params import Param, StrategyError, Table, parse_params, schema_of
 from fedattn.aggregator.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
 from fedattn.aggregator.strategy import FedAvg, FedProx, Strategy
+from fedattn.learning.privacy import MEAN_BASED, DPSettings
 
 _RULES = (FedAvgM, FedAdam, FedYogi, FedAdagrad, Krum, MultiKrum, TrimmedMean, Median)
 
@@ -31,13 +34,17 @@ PARAMS: dict[str, Table] = {
 }
 
 
-def build_strategy(name: str, params: Mapping[str, Any] | None = None, *, size: int) -> Strategy:
-    """A fresh rule for ``spec.strategy``; unknown names and unknown or out-of-range params raise."""
+def _check_params(name: str, params: Mapping[str, Any] | None) -> None:
     if name not in STRATEGIES:
         raise StrategyError(f"unknown strategy {name!r}; choose one of {sorted(STRATEGIES)}")
+    parse_params(PARAMS[name], params, strategy=name)
+
+
+def build_strategy(name: str, params: Mapping[str, Any] | None = None, *, size: int) -> Strategy:
+    """A fresh rule for ``spec.strategy``; unknown names and unknown or out-of-range params raise."""
+    _check_params(name, params)
     if size < 1:
         raise StrategyError(f"model size must be >= 1, got {size}")
-    parse_params(PARAMS[name], params, strategy=name)
     return STRATEGIES[name](size=size, params=params)
 
 
@@ -48,9 +55,7 @@ def check_quorum(name: str, params: Mapping[str, Any] | None, *, min_participant
     values = parse_params(PARAMS[name], params, strategy=name)
     f = int(values["byzantine"])
     if min_participants < 2 * f + 3:
-        raise StrategyError(
-            f"{name} with byzantine={f} needs minParticipants >= {2 * f + 3}, got {min_participants}"
-        )
+        raise StrategyError(f"{name} with byzantine={f} needs minParticipants >= {2 * f + 3}, got {min_participants}")
     if values.get("selected", 1) > min_participants:
         raise StrategyError(
             f"{name} selects {values['selected']} updates but a round may close with only "
@@ -61,3 +66,35 @@ def check_quorum(name: str, params: Mapping[str, Any] | None, *, min_participant
 def params_schema(name: str) -> dict[str, Any]:
     """The OpenAPI v3 fragment for ``spec.strategy.params`` of one rule (for the CRD generator)."""
     return schema_of(PARAMS[name])
+
+
+def check_learning_spec(spec: Mapping[str, Any]) -> None:
+    """Cross-field rules of a learning ``FedSession.spec`` (defaults applied); raises naming the conflict."""
+    name, params = _strategy_of(spec)
+    _check_params(name, params)
+    check_quorum(name, params, min_participants=int(spec.get("minParticipants", 2)))
+    privacy = spec.get("privacy") or {}
+    secure = bool((privacy.get("secureAggregation") or {}).get("enabled", False))
+    if privacy.get("dp") and name not in MEAN_BASED:
+        raise StrategyError(f"privacy.dp needs a mean-based strategy ({sorted(MEAN_BASED)}), not {name}")
+    if secure and name not in MEAN_BASED:
+        raise StrategyError(f"secureAggregation reveals only the sum, which {name} cannot aggregate")
+    compression = spec.get("compression") or {}
+    quantized = bool(compression.get("quantizeBits", 0))
+    sparse = 0 < compression.get("topK", 1.0) < 1
+    if secure and (quantized or sparse):
+        raise StrategyError("secureAggregation masks every value uniformly, so updates cannot also be compressed")
+
+
+def _strategy_of(spec: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
+    strategy = spec.get("strategy") or {}
+    return str(strategy.get("name", "fedavg")), strategy.get("params") or {}
+
+
+def build_session_strategy(spec: Mapping[str, Any], *, size: int, rng: np.random.Generator) -> Strategy:
+    """The rule a learning session runs: ``spec.strategy``, wrapped in central DP when ``privacy.dp`` is set."""
+    check_learning_spec(spec)
+    name, params = _strategy_of(spec)
+    strategy = build_strategy(name, params, size=size)
+    dp = (spec.get("privacy") or {}).get("dp")
+    return DPSettings.from_manifest(dp).wrap(strategy, size=size, rng=rng) if dp else strategy
