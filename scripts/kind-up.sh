@@ -27,9 +27,7 @@ bash scripts/build-images.sh "$TAG"
 for c in operator coordinator aggregator participant; do
     kind load docker-image --name "$CLUSTER" "fedattn-$c:$TAG"
 done
-# NB: the operator's builders default to one image, fedattn:TAG; the participant image is the superset
-# (it carries the model), so it stands in for that name too.
-docker tag "fedattn-participant:$TAG" "fedattn:$TAG"
+# NB: fedattn:TAG (tagged by build-images.sh) is the operator's default image for the children.
 kind load docker-image --name "$CLUSTER" "fedattn:$TAG"
 
 bash scripts/sync-chart.sh --check
