@@ -1,18 +1,20 @@
 """Streaming FedAvg vs a plain memory copy vs Flower's ``aggregate``: throughput and peak memory.
 
 Every measurement runs in a fresh subprocess (``--worker METHOD``) so its peak memory is its own.
-Throughput is update bytes folded per second (N x P float32 in, best of ``--repeats``), both per CPU
+Throughput is update bytes folded per second (N x P float32 in, best of ``--repeats``; our FedAvg is
+allocated once per session and reused across rounds, as in the aggregator), both per CPU
 second of the process (``gbps``, the headline: every method here is single-threaded, and CPU time
 stays meaningful on a shared, loaded machine) and per wall second (``wall_gbps``). Peak memory is
 what the aggregation allocates on top of its inputs (tracemalloc, which numpy reports to), so
 "memory independent of N" shows as the same peak for N=4 and N=16.
 
-Methods: ``ours`` (fedattn.aggregator.strategy.FedAvg: chunked fold into float64), ``copy``
-(``np.copyto`` of the same bytes: the memory-bandwidth ceiling for touching every input once),
-``flower`` (flwr.server.strategy.aggregate.aggregate, which keeps all N weighted copies), and the
-alternatives the fold was chosen over: ``f64_fullsize`` (multiply into a full-size float64
-temporary, then add), ``f64_daxpy`` (our chunks, BLAS daxpy with OpenBLAS pinned to one thread by
-threadpoolctl), ``f32_kahan`` (float32 accumulator with Kahan compensation, chunked).
+Methods: ``ours`` (fedattn.aggregator.strategy.FedAvg.fold_many: updates that arrive in one socket
+burst, folded in groups of FOLD_GROUP), ``ours_one_by_one`` (FedAvg.fold per update, as when they
+arrive spread out), ``copy`` (``np.copyto`` of the same bytes: the memory-bandwidth ceiling for
+touching every input once), ``flower`` (flwr.server.strategy.aggregate.aggregate, which keeps all N
+weighted copies), and the alternatives the fold was chosen over: ``numpy_chunked`` (same chunks,
+numpy widen + multiply + add instead of daxpy), ``f64_fullsize`` (multiply into a full-size float64
+temporary, then add), ``f32_kahan`` (float32 accumulator with Kahan compensation, chunked).
 
     .venv/bin/python benchmarks/aggregate.py --params 10000000 --n 4 16 [--json]
 
@@ -33,7 +35,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-METHODS = ("ours", "copy", "flower", "f64_fullsize", "f64_daxpy", "f32_kahan")
+METHODS = ("ours", "ours_one_by_one", "copy", "flower", "numpy_chunked", "f64_fullsize", "f32_kahan")
 CHUNK = 1 << 17
 
 
@@ -43,10 +45,27 @@ def make_inputs(n: int, size: int) -> tuple[list[np.ndarray], list[int]]:
     return [base + np.float32(i) for i in range(n)], [int(e) for e in rng.integers(10, 1000, n)]
 
 
-def ours(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+_SESSION: dict[int, object] = {}
+
+
+def _fedavg(size: int):
+    """The session's FedAvg: preallocated once and reused every round, as the aggregator does."""
     from fedattn.aggregator.strategy import FedAvg
 
-    strategy = FedAvg(size=xs[0].size)
+    if size not in _SESSION:
+        _SESSION[size] = FedAvg(size=size)
+    return _SESSION[size]
+
+
+def ours(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    strategy = _fedavg(xs[0].size)
+    strategy.begin_round(round=1, global_params=xs[0])
+    strategy.fold_many(xs, weights)
+    return strategy.finish()
+
+
+def ours_one_by_one(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    strategy = _fedavg(xs[0].size)
     strategy.begin_round(round=1, global_params=xs[0])
     for x, w in zip(xs, weights, strict=True):
         strategy.fold(x, w)
@@ -74,18 +93,16 @@ def f64_fullsize(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
     return (acc / sum(weights)).astype(np.float32)
 
 
-def f64_daxpy(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
-    from scipy.linalg import blas
-    from threadpoolctl import threadpool_limits
-
+def numpy_chunked(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
     size = xs[0].size
     acc, tmp = np.zeros(size), np.empty(CHUNK)
-    with threadpool_limits(1, user_api="blas"):
-        for x, w in zip(xs, weights, strict=True):
-            for start in range(0, size, CHUNK):
-                stop = min(start + CHUNK, size)
-                np.copyto(tmp[: stop - start], x[start:stop])
-                blas.daxpy(tmp[: stop - start], acc[start:stop], a=float(w))
+    for x, w in zip(xs, weights, strict=True):
+        for start in range(0, size, CHUNK):
+            stop = min(start + CHUNK, size)
+            t, dst = tmp[: stop - start], acc[start:stop]
+            np.copyto(t, x[start:stop])
+            np.multiply(t, float(w), out=t)
+            np.add(dst, t, out=dst)
     return (acc / sum(weights)).astype(np.float32)
 
 
@@ -118,6 +135,7 @@ def worker(method: str, *, n: int, size: int, repeats: int) -> dict:
         best = min(best, time.process_time() - start)
         best_wall = min(best_wall, time.perf_counter() - start_wall)
     del result
+    _SESSION.clear()  # NB: the traced run allocates the accumulator too, so the peak includes it
     tracemalloc.start()
     result = fn(xs, weights)
     _, peak = tracemalloc.get_traced_memory()

@@ -81,12 +81,19 @@ def _one_blas_thread() -> Iterator[None]:
 
 
 def fold_weighted(
-    acc: np.ndarray, updates: Sequence[np.ndarray], weights: Sequence[float], *, scratch: np.ndarray
+    acc: np.ndarray,
+    updates: Sequence[np.ndarray],
+    weights: Sequence[float],
+    *,
+    scratch: np.ndarray,
+    overwrite: bool = False,
 ) -> None:
     """``acc += sum_i weights[i] * updates[i]`` in place, chunk by chunk, without full-size temporaries.
 
     ``acc`` is float64 and contiguous; each update may be any float dtype (float32 on the wire) of the
-    same length; ``scratch`` is a float64 buffer of at least one chunk, reused across calls.
+    same length; ``scratch`` is a float64 buffer of at least one chunk, reused across calls. With
+    ``overwrite`` the old content of ``acc`` is ignored (``acc = sum ...``), which spares a round
+    the full pass that zeroing the accumulator would cost.
     """
     if acc.ndim != 1 or not acc.flags.c_contiguous or acc.dtype != np.float64:
         raise ValueError("the accumulator must be a contiguous float64 vector")
@@ -94,12 +101,20 @@ def fold_weighted(
         if update.shape != acc.shape:
             raise ValueError(f"update shape {update.shape} does not match accumulator {acc.shape}")
     pairs = [(u, float(w)) for u, w in zip(updates, weights, strict=True)]
+    if not pairs:
+        return
     chunk = scratch.shape[0]
     with _one_blas_thread():
         for start in range(0, acc.shape[0], chunk):
             stop = min(start + chunk, acc.shape[0])
             tmp, dst = scratch[: stop - start], acc[start:stop]
-            for update, w in pairs:  # NB: dst stays in cache across the group: one DRAM pass for all
+            rest = pairs
+            if overwrite:
+                first, w0 = pairs[0]
+                np.copyto(dst, first[start:stop])
+                blas.dscal(w0, dst)  # in place, like daxpy below
+                rest = pairs[1:]
+            for update, w in rest:  # NB: dst stays in cache across the group: one DRAM pass for all
                 np.copyto(tmp, update[start:stop])
                 blas.daxpy(tmp, dst, a=w)  # in place: dst is a contiguous float64 view
 
@@ -115,7 +130,7 @@ class FedAvg:
         self.folded = 0
 
     def begin_round(self, *, round: int, global_params: np.ndarray) -> None:
-        self._acc.fill(0.0)
+        # NB: no zeroing pass: the round's first fold overwrites the accumulator (``folded == 0``).
         self.weight_total = 0.0
         self.folded = 0
 
@@ -136,6 +151,7 @@ class FedAvg:
                 updates[start : start + FOLD_GROUP],
                 weights[start : start + FOLD_GROUP],
                 scratch=self._scratch,
+                overwrite=self.folded == 0 and start == 0,
             )
         self.weight_total += float(sum(weights))
         self.folded += len(updates)
