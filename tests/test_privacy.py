@@ -229,6 +229,7 @@ def test_settings_from_manifest():
         ({"noiseMultiplier": 0}, "noiseMultiplier"),
         ({"clipNorm": "1"}, "clipNorm"),
         ({"delta": 1.0}, "delta"),
+        ({"delta": "1e-5"}, "delta"),
         ({"adaptiveClipping": {"targetQuantile": 1.0}}, "targetQuantile"),
         ({"adaptiveClipping": {"quantile": 0.5}}, "adaptiveClipping"),
     ],

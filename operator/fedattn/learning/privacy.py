@@ -46,9 +46,9 @@ def _positive(name: str, value: float) -> float:
 
 def _check_accounting(*, noise_multiplier: float, sampling_rate: float, delta: float) -> None:
     _positive("noiseMultiplier", noise_multiplier)
-    if not 0 < sampling_rate <= 1:
+    if not _positive("sampling rate", sampling_rate) <= 1:
         raise PrivacyError(f"sampling rate must be in (0, 1], got {sampling_rate!r}")
-    if not 0 < delta < 1:
+    if not _positive("delta", delta) < 1:
         raise PrivacyError(f"delta must be in (0, 1), got {delta!r}")
 
 
