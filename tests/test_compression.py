@@ -147,7 +147,15 @@ def test_spec_from_manifest_validates():
     assert CompressionSpec.from_manifest({"quantizeBits": 8, "topK": 0.1}).codec == "topk+int8"
     assert CompressionSpec.from_manifest(None).codec == "dense"
     assert CompressionSpec.from_manifest({"topK": 1.0}).codec == "dense"
-    for bad in ({"quantizeBits": 4}, {"topK": 1.5}, {"topK": -0.1}):
+    for bad in (
+        {"quantizeBits": 4},
+        {"quantizeBits": 8.5},
+        {"quantizeBits": True},
+        {"topK": 1.5},
+        {"topK": -0.1},
+        {"topK": "0.1"},
+        {"bits": 8},
+    ):
         with pytest.raises(ValueError, match=r"quantizeBits|topK"):
             CompressionSpec.from_manifest(bad)
 

@@ -48,8 +48,16 @@ class CompressionSpec:
 
     @classmethod
     def from_manifest(cls, compression: Mapping[str, Any] | None) -> CompressionSpec:
-        c = compression or {}
-        return cls(quantize_bits=int(c.get("quantizeBits", 0)), top_k=float(c.get("topK", 0.0)))
+        c = dict(compression or {})
+        unknown = sorted(set(c) - {"quantizeBits", "topK"})
+        if unknown:
+            raise ValueError(f"compression does not take {unknown}; it takes ['quantizeBits', 'topK']")
+        bits, top_k = c.get("quantizeBits", 0), c.get("topK", 0.0)
+        if isinstance(bits, bool) or not isinstance(bits, int):
+            raise ValueError(f"quantizeBits must be 8 or 0 (off), got {bits!r}")
+        if isinstance(top_k, bool) or not isinstance(top_k, int | float):
+            raise ValueError(f"topK must be a share in [0, 1] (0 = off), got {top_k!r}")
+        return cls(quantize_bits=bits, top_k=float(top_k))
 
     @property
     def codec(self) -> str:
@@ -137,9 +145,7 @@ def _expect(arrays: Sequence[np.ndarray], layout: Sequence[tuple[Sequence[str], 
         raise _bad(f"expected {len(layout)} arrays, got {len(arrays)}")
     for i, (array, (dtypes, length)) in enumerate(zip(arrays, layout, strict=True)):
         if array.dtype.name not in dtypes or array.shape != (length,):
-            raise _bad(
-                f"arrays[{i}] is {array.dtype.name}{list(array.shape)}, expected {'|'.join(dtypes)}[{length}]"
-            )
+            raise _bad(f"arrays[{i}] is {array.dtype.name}{list(array.shape)}, expected {'|'.join(dtypes)}[{length}]")
 
 
 def _meta_int(meta: Mapping[str, Any], key: str, *, low: int, high: int) -> int:
