@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from threadpoolctl import threadpool_limits
+
 from fedattn.attention.exchange import Exchange, MemoryExchange, run_threads
 from fedattn.attention.gguf_model import LlamaModel
 from fedattn.attention.layout import PromptLayout
@@ -39,4 +41,6 @@ def run_prefill(
             exchange=exchange,
         )
 
-    return run_threads([task(p) for p in range(layout.n_participants)], on_error=hub.abort)
+    # NB: participants already run in parallel; BLAS threads on top of them oversubscribe the cores.
+    with threadpool_limits(limits=1 if layout.n_participants > 1 else None, user_api="blas"):
+        return run_threads([task(p) for p in range(layout.n_participants)], on_error=hub.abort)

@@ -23,7 +23,9 @@ def union_kv(parts: Sequence[KV]) -> KV:
     shape = parts[0][0].shape
     for k, v, positions in parts:
         if k.ndim != 3 or k.shape[0] != shape[0] or k.shape[2] != shape[2] or v.shape != k.shape:
-            raise ValueError(f"K/V shapes {k.shape}/{v.shape} do not match (n_kv_heads, T, head_dim) = {shape}")
+            raise ValueError(
+                f"K/V shapes {k.shape}/{v.shape} do not match (n_kv_heads, T, head_dim) = {shape}"
+            )
         if positions.shape != (k.shape[1],):
             raise ValueError(f"positions shape {positions.shape} does not match {k.shape[1]} K/V rows")
     positions = np.concatenate([p for _, _, p in parts]).astype(np.int64)

@@ -85,7 +85,7 @@ def project_qkv(
 
 
 def attend(cfg: LlamaConfig, q: np.ndarray, context: LayerKV, mask: np.ndarray) -> np.ndarray:
-    """Grouped-query attention of q (n_heads, T, hd) over context with a (T, S) boolean mask -> (T, n_heads*hd)."""
+    """Grouped-query attention of q (n_heads, T, hd) over context under a (T, S) mask -> (T, n_heads*hd)."""
     n_heads, t, hd = q.shape
     if mask.shape != (t, len(context)):
         raise ValueError(f"mask shape {mask.shape} does not match (queries, keys) = {(t, len(context))}")
@@ -131,7 +131,9 @@ def prefill(
     positions default to 0..T-1.
     """
     h = embed(model, token_ids)
-    positions = np.arange(h.shape[0], dtype=np.int64) if positions is None else np.asarray(positions, np.int64)
+    positions = (
+        np.arange(h.shape[0], dtype=np.int64) if positions is None else np.asarray(positions, np.int64)
+    )
     causal = causal_mask(positions, positions)
     cache = []
     for layer in range(model.config.n_layers):
@@ -153,7 +155,9 @@ def decode_step(
     for layer, context in enumerate(cache):
         q, k, v = project_qkv(model, layer, h, pos)
         context = context.extended(k, v, pos)
-        h = finish_layer(model, layer, h, attend(model.config, q, context, causal_mask(pos, context.positions)))
+        h = finish_layer(
+            model, layer, h, attend(model.config, q, context, causal_mask(pos, context.positions))
+        )
         new_cache.append(context)
     return output_logits(model, h)[0], new_cache
 

@@ -99,7 +99,9 @@ def metadata_value(reader: gguf.GGUFReader, key: str, default=None):
 def read_config(reader: gguf.GGUFReader) -> LlamaConfig:
     arch = metadata_value(reader, "general.architecture")
     if arch not in SUPPORTED_ARCHITECTURES:
-        raise ValueError(f"unsupported GGUF architecture {arch!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}")
+        raise ValueError(
+            f"unsupported GGUF architecture {arch!r}; supported: {sorted(SUPPORTED_ARCHITECTURES)}"
+        )
 
     def need(name: str):
         value = metadata_value(reader, f"{arch}.{name}")
@@ -151,7 +153,9 @@ def _load_model_at(path: Path) -> LlamaModel:
     cfg = read_config(reader)
     tensors = {t.name: t for t in reader.tensors}
     if "rope_freqs.weight" in tensors:
-        raise ValueError("GGUF uses RoPE frequency scaling (rope_freqs), which this forward pass does not implement")
+        raise ValueError(
+            "GGUF uses RoPE frequency scaling (rope_freqs), which this forward pass does not implement"
+        )
     d, hd, f = cfg.hidden_size, cfg.head_dim, cfg.ffn_size
     q_out, kv_out = cfg.n_heads * hd, cfg.n_kv_heads * hd
 
@@ -184,7 +188,9 @@ def _load_model_at(path: Path) -> LlamaModel:
                 w_down=mat(p + "ffn_down.weight", d, f),
             )
         )
-    embedding = _check_shape("token_embd.weight", _dequantized(tensors, "token_embd.weight"), (cfg.vocab_size, d))
+    embedding = _check_shape(
+        "token_embd.weight", _dequantized(tensors, "token_embd.weight"), (cfg.vocab_size, d)
+    )
     lm_head = (
         _check_shape("output.weight", _dequantized(tensors, "output.weight"), (cfg.vocab_size, d))
         if "output.weight" in tensors

@@ -95,4 +95,6 @@ def chat_layout(tokenizer: ChatTokenizer, texts: list[str], *, shared_prefix: Sh
     pieces[0] = head[n_prefix:] + pieces[0]
     pieces[-1] = pieces[-1] + tail
     boundaries = np.cumsum([n_prefix] + [len(p) for p in pieces[:-1]])[1:].tolist()
-    return split_layout(head[:n_prefix] + [t for p in pieces for t in p], n_prefix=n_prefix, boundaries=boundaries)
+    return split_layout(
+        head[:n_prefix] + [t for p in pieces for t in p], n_prefix=n_prefix, boundaries=boundaries
+    )

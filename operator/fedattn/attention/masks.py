@@ -50,7 +50,9 @@ def sync_layers(
     if layers is not None:
         bad = [layer for layer in layers if not 0 <= layer < n_layers]
         if bad or not layers:
-            raise ValueError(f"explicit sync layers must be a non-empty list in [0, {n_layers}), got {layers}")
+            raise ValueError(
+                f"explicit sync layers must be a non-empty list in [0, {n_layers}), got {layers}"
+            )
         return frozenset(int(layer) for layer in layers)
     if policy is None:
         return frozenset(range(0, n_layers, interval))

@@ -59,7 +59,8 @@ def _checked_global(kv, *, layer: int, n_kv_heads: int, head_dim: int, n_prefix:
         raise ValueError(f"layer {layer}: exchange returned NaN or Inf in K/V")
     if t and (positions.min() < n_prefix or (np.diff(positions) <= 0).any()):
         raise ValueError(
-            f"layer {layer}: exchange positions must be strictly increasing and >= {n_prefix} (the shared prefix)"
+            f"layer {layer}: exchange positions must be strictly increasing "
+            f"and >= {n_prefix} (the shared prefix)"
         )
     return k, v, positions.astype(np.int64)
 
