@@ -19,6 +19,7 @@ from fedattn.learning.secagg import (
     SecAggServer,
     decode_fixed,
     encode_fixed,
+    expand_mask,
     pack_weighted,
     reveal_from_meta,
     reveal_to_meta,
@@ -232,3 +233,25 @@ def test_revealed_shares_survive_the_wire_and_malformed_ones_are_refused():
     ):
         with pytest.raises(SecAggError, match=r"revealed share|must be a map"):
             reveal_from_meta(bad)
+
+
+def _philox4x64_10(counter: int, key: tuple[int, int]) -> list[int]:
+    """Random123's Philox4x64-10 block, written from the spec (Salmon et al., SC'11)."""
+    mask = (1 << 64) - 1
+    c, k = [counter, 0, 0, 0], list(key)
+    for _ in range(10):
+        p0, p1 = 0xD2E7470EE14C6C93 * c[0], 0xCA5A826395121157 * c[2]
+        c = [(p1 >> 64) ^ c[1] ^ k[0], p1 & mask, (p0 >> 64) ^ c[3] ^ k[1], p0 & mask]
+        k = [(k[0] + 0x9E3779B97F4A7C15) & mask, (k[1] + 0xBB67AE8584CAA73B) & mask]
+    return c
+
+
+def test_mask_expansion_is_the_philox_reference_stream():
+    # participants and the aggregator may run different numpy builds: the mask words must be exactly
+    # Philox4x64-10 keyed by the seed's first 16 bytes (counter from 1), low 32 bits of each word first
+    seed = bytes(range(32))
+    key_int = int.from_bytes(seed[:16], "little")
+    key = (key_int & (2**64 - 1), key_int >> 64)
+    words = [w for block in (1, 2, 3) for w in _philox4x64_10(block, key)]
+    expected = [half for w in words for half in (w & 0xFFFFFFFF, w >> 32)]
+    np.testing.assert_array_equal(expand_mask(seed, 23), np.array(expected[:23], dtype=np.uint32))
