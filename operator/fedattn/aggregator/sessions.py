@@ -95,11 +95,13 @@ class LearningSession(Session):
         return int(self.global_params.size)
 
     def open_round(self, round: int, participants: list[str]) -> None:
-        """Start round ``round`` (must follow the last one) for ``participants`` (session members)."""
+        """Start round ``round`` (any number above the last one) for ``participants`` (session members)."""
         if self.open:
             raise ValueError(f"round {self.round} is still open")
-        if round != self.round + 1:
-            raise ValueError(f"next round is {self.round + 1}, not {round}")
+        if round <= self.round:
+            # NB: later rounds may be skipped: after an aggregator restart the coordinator continues
+            # with its own round number (from the initial model until checkpoints exist).
+            raise ValueError(f"round {round} was already opened (last {self.round})")
         unknown = sorted(set(participants) - self.weights.keys())
         if unknown or not participants:
             raise ValueError(f"participants must be non-empty session members; unknown: {unknown}")
