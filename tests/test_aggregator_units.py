@@ -10,7 +10,7 @@ import pytest
 from fedattn import pki
 from fedattn.aggregator.allowlist import Allowlist, read_key_dir
 from fedattn.aggregator.events import EventQueue
-from fedattn.aggregator.kv import Barrier, union_kv, visible_prefix
+from fedattn.aggregator.kv import Barrier, check_part
 from fedattn.aggregator.strategy import FedAvg, FedProx, fold_weighted
 
 
@@ -96,31 +96,19 @@ def block(positions, heads=2, dim=3):
     return k, k + 0.5, pos
 
 
-def test_union_kv_sorts_rows_by_position_and_prefix_is_a_view():
-    k, v, pos = union_kv([block([5, 1, 9]), block([2, 3]), block([])])
-    np.testing.assert_array_equal(pos, [1, 2, 3, 5, 9])
-    np.testing.assert_array_equal(k[0, :, 0], pos)  # every row travelled with its position
-    np.testing.assert_array_equal(v[1, :, 2], pos + 0.5)
-    pk, _, ppos = visible_prefix((k, v, pos), max_position=4)
-    np.testing.assert_array_equal(ppos, [1, 2, 3])
-    assert np.shares_memory(pk, k)
-    assert visible_prefix((k, v, pos), max_position=0)[2].size == 0
-
-
 @pytest.mark.parametrize(
-    ("parts", "match"),
+    ("part", "match"),
     [
-        ([block([1, 2]), block([2, 3])], "more than one participant"),
-        ([block([1]), block([2], heads=3)], "disagree"),
-        ([block([1]), block([2], dim=4)], "disagree"),
-        ([block([1, 1])], "repeat"),
-        ([block([-1])], ">= 0"),
-        ([], "no KV"),
+        (block([1, 1]), "repeat"),
+        (block([-1]), ">= 0"),
+        ((np.zeros((2, 3, 4), np.float32), np.zeros((2, 3, 5), np.float32), np.arange(3)), "share a shape"),
+        ((np.zeros((2, 3, 4), np.float32),) * 2 + (np.arange(2),), r"shape \(3,\)"),
+        ((np.zeros((2, 3, 4), np.float32),) * 2 + (np.arange(3.0),), "integers"),
     ],
 )
-def test_union_kv_rejects_inconsistent_parts(parts, match):
+def test_check_part_rejects_malformed_blocks(part, match):
     with pytest.raises(ValueError, match=match):
-        union_kv(parts)
+        check_part(*part)
 
 
 def test_barrier_checks_each_arrival_against_the_others():

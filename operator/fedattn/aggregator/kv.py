@@ -1,9 +1,10 @@
-"""FedAttn KV exchange: the union of participants' K/V rows by global position, and the sync barrier.
+"""The FedAttn KV sync barrier: collect each participant's K/V rows for one layer, checked on arrival.
 
 At a sync layer every participant sends its own K and V (``(n_kv_heads, T_i, head_dim)``, after RoPE)
 with the global positions of its rows. The global KV is their union along the token axis, sorted
-by position -- never an average -- and each participant gets back only the rows it may attend to
-(position <= its own last position), which is a prefix of the sorted union and so a cheap slice.
+by position -- never an average -- (``fedattn.attention.exchange.union_kv``, the same rule the
+single-process reference uses) and each participant gets back only the rows it may attend to
+(``rows_up_to``: position <= its own last position).
 """
 
 from __future__ import annotations
@@ -28,39 +29,6 @@ def check_part(k: np.ndarray, v: np.ndarray, positions: np.ndarray) -> None:
         raise ValueError("positions must be >= 0")
     if np.unique(positions).size != positions.size:
         raise ValueError("positions repeat within one participant's block")
-
-
-def union_kv(parts: list[KVPart]) -> KVPart:
-    """Concatenate every part's rows and sort them by global position.
-
-    Raises ValueError when parts disagree on head count or head size, or when two parts claim the
-    same position (the shared public prefix is never sent, so any overlap is a client error).
-    """
-    if not parts:
-        raise ValueError("no KV parts to unite")
-    heads, dim = parts[0][0].shape[0], parts[0][0].shape[2]
-    for k, v, positions in parts:
-        check_part(k, v, positions)
-        if (k.shape[0], k.shape[2]) != (heads, dim):
-            raise ValueError(
-                f"KV blocks disagree: ({k.shape[0]} heads, dim {k.shape[2]}) vs ({heads}, {dim})"
-            )
-    positions = np.concatenate([p.astype(np.int64, copy=False) for _, _, p in parts])
-    order = np.argsort(positions, kind="stable")
-    positions = positions[order]
-    if positions.size > 1 and np.any(positions[1:] == positions[:-1]):
-        dup = positions[1:][positions[1:] == positions[:-1]]
-        raise ValueError(f"positions claimed by more than one participant, e.g. {int(dup[0])}")
-    k = np.concatenate([p[0] for p in parts], axis=1)[:, order, :]
-    v = np.concatenate([p[1] for p in parts], axis=1)[:, order, :]
-    return k, v, positions
-
-
-def visible_prefix(global_kv: KVPart, *, max_position: int) -> KVPart:
-    """Rows of a sorted global KV with position <= ``max_position`` (views, no copy)."""
-    k, v, positions = global_kv
-    n = int(np.searchsorted(positions, max_position, side="right"))
-    return k[:, :n, :], v[:, :n, :], positions[:n]
 
 
 @dataclass

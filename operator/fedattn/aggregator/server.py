@@ -29,10 +29,10 @@ import zmq
 from fedattn import wire
 from fedattn.aggregator.allowlist import Allowlist, NamingAuthenticator, start_authenticator
 from fedattn.aggregator.events import EventQueue
-from fedattn.aggregator.kv import visible_prefix
 from fedattn.aggregator.metrics import Metrics
 from fedattn.aggregator.probes import serve_probes
 from fedattn.aggregator.sessions import AttentionSession, Evaluate, LearningSession, Release, Session
+from fedattn.attention.exchange import rows_up_to
 
 log = logging.getLogger("fedattn.aggregator")
 
@@ -373,7 +373,7 @@ class Aggregator:
         names = sorted(release.receivers)
         sent = 0
         for name, max_position in release.receivers.items():
-            k, v, positions = visible_prefix(release.global_kv, max_position=max_position)
+            k, v, positions = rows_up_to(release.global_kv, max_position)
             frames = wire.encode(
                 kind="kv_global",
                 session=state.name,

@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from fedattn import wire
-from fedattn.aggregator.kv import Barrier, KVPart, union_kv
+from fedattn.aggregator.kv import Barrier, KVPart
 from fedattn.aggregator.strategies import build_strategy
 from fedattn.aggregator.strategy import FOLD_GROUP, Strategy, fold_all
+from fedattn.attention.exchange import union_kv
 
 Evaluate = Callable[[np.ndarray], float]
 
