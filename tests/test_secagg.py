@@ -21,6 +21,7 @@ from fedattn.learning.secagg import (
     encode_fixed,
     expand_mask,
     pack_weighted,
+    resolve_threshold,
     reveal_from_meta,
     reveal_to_meta,
     shamir_combine,
@@ -255,3 +256,11 @@ def test_mask_expansion_is_the_philox_reference_stream():
     words = [w for block in (1, 2, 3) for w in _philox4x64_10(block, key)]
     expected = [half for w in words for half in (w & 0xFFFFFFFF, w >> 32)]
     np.testing.assert_array_equal(expand_mask(seed, 23), np.array(expected[:23], dtype=np.uint32))
+
+
+def test_threshold_defaults_to_the_quorum_and_cannot_exceed_it():
+    assert resolve_threshold({}, min_participants=4) == 4
+    assert resolve_threshold({"threshold": 3}, min_participants=4) == 3
+    for bad, match in (({"threshold": 5}, "could not be unmasked"), ({"threshold": 1.5}, "integer")):
+        with pytest.raises(SecAggError, match=match):
+            resolve_threshold(bad, min_participants=4)

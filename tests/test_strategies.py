@@ -320,10 +320,12 @@ def _spec(**over):
             "cannot also be compressed",
         ),
         (_spec(privacy={"secureAggregation": {"enabled": True}}, compression={"topK": 0.1}), "compressed"),
+        (_spec(privacy={"secureAggregation": {"enabled": True, "threshold": 6}}), "could not be unmasked"),
+        (_spec(privacy={"secureAggregation": {"enabled": True, "threshold": -1}}), "integer >= 0"),
     ],
 )
 def test_learning_spec_conflicts_are_named(spec, match):
-    with pytest.raises(StrategyError, match=match):
+    with pytest.raises(ValueError, match=match):  # StrategyError, or SecAggError for its own block
         check_learning_spec(spec)
 
 

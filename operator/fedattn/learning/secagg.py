@@ -45,6 +45,20 @@ class SecAggError(ValueError):
     """A secure-aggregation step that cannot proceed; the text says which input was wrong."""
 
 
+def resolve_threshold(secure_aggregation: Mapping[str, object], *, min_participants: int) -> int:
+    """``secureAggregation.threshold`` with 0 meaning ``minParticipants``; refuses a threshold a round
+    closing at quorum could not meet (its survivors could never unmask the sum)."""
+    t = secure_aggregation.get("threshold", 0)
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise SecAggError(f"secureAggregation.threshold must be an integer >= 0, got {t!r}")
+    if t > min_participants:
+        raise SecAggError(
+            f"secureAggregation.threshold {t} exceeds minParticipants {min_participants}: a round closing "
+            "at quorum could not be unmasked"
+        )
+    return t or min_participants
+
+
 # --- Shamir secret sharing over GF(2^521 - 1) ---------------------------------------------------------
 
 

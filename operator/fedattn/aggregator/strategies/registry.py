@@ -16,6 +16,7 @@ from fedattn.aggregator.strategies.params import Param, StrategyError, Table, pa
 from fedattn.aggregator.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
 from fedattn.aggregator.strategy import FedAvg, FedProx, Strategy
 from fedattn.learning.privacy import MEAN_BASED, DPSettings
+from fedattn.learning.secagg import resolve_threshold
 
 _RULES = (FedAvgM, FedAdam, FedYogi, FedAdagrad, Krum, MultiKrum, TrimmedMean, Median)
 
@@ -69,12 +70,19 @@ def params_schema(name: str) -> dict[str, Any]:
 
 
 def check_learning_spec(spec: Mapping[str, Any]) -> None:
-    """Cross-field rules of a learning ``FedSession.spec`` (defaults applied); raises naming the conflict."""
+    """Cross-field rules of a learning ``FedSession.spec`` (defaults applied).
+
+    Raises a ``ValueError`` naming the conflict: :class:`StrategyError`, or the owning module's error
+    for its own block (``SecAggError`` for ``secureAggregation``).
+    """
     name, params = _strategy_of(spec)
     _check_params(name, params)
     check_quorum(name, params, min_participants=int(spec.get("minParticipants", 2)))
     privacy = spec.get("privacy") or {}
-    secure = bool((privacy.get("secureAggregation") or {}).get("enabled", False))
+    secure_aggregation = privacy.get("secureAggregation") or {}
+    secure = bool(secure_aggregation.get("enabled", False))
+    if secure:
+        resolve_threshold(secure_aggregation, min_participants=int(spec.get("minParticipants", 2)))
     if privacy.get("dp") and name not in MEAN_BASED:
         raise StrategyError(f"privacy.dp needs a mean-based strategy ({sorted(MEAN_BASED)}), not {name}")
     if secure and name not in MEAN_BASED:
