@@ -18,15 +18,13 @@ class TrainConfig:
     proximal_mu: float = 0.0
 
     @classmethod
-    def from_spec(cls, training: dict, strategy: dict | None = None) -> TrainConfig:
-        params = (strategy or {}).get("params") or {}
+    def from_spec(cls, training: dict) -> TrainConfig:
+        """Local training settings from ``spec.training``; FedProx's mu comes with each model instead
+        (the server's strategy owns it, see ``Strategy.client_config``)."""
         return cls(
             epochs=int(training.get("localEpochs", 1)),
             batch_size=int(training.get("batchSize", 32)),
             learning_rate=float(training.get("learningRate", 0.1)),
-            proximal_mu=(
-                float(params.get("proximalMu", 0.0)) if (strategy or {}).get("name") == "fedprox" else 0.0
-            ),
         )
 
 

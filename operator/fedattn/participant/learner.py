@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
@@ -46,7 +47,7 @@ def run_learning(
     """
     arch: models.Architecture = session.architecture(spec)
     shard = private_shard(spec, index=index, parts=parts)
-    config = TrainConfig.from_spec(spec.get("training") or {}, spec.get("strategy"))
+    config = TrainConfig.from_spec(spec.get("training") or {})
     seed = session.seed(spec)
     ctx = {"session": channel.session, "participant": name}
     channel.send("hello")
@@ -64,7 +65,8 @@ def run_learning(
         if msg.kind == "model":
             started = time.perf_counter()
             round_seed = seed * 1_000_003 + msg.round * 101 + index
-            params, last_loss = train(arch, msg.arrays[0], shard, config, seed=round_seed)
+            round_config = replace(config, proximal_mu=float(msg.meta.get("proximal_mu", 0.0)))
+            params, last_loss = train(arch, msg.arrays[0], shard, round_config, seed=round_seed)
             channel.send(
                 "update",
                 round=msg.round,
