@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
 import helm_sdkpy
 
-CHART = Path(__file__).resolve().parents[2] / "charts" / "fedattn"
+#: The chart under test; FEDATTN_CHART points the tests at another copy (e.g. an unpacked release).
+CHART = Path(os.environ.get("FEDATTN_CHART") or Path(__file__).resolve().parents[2] / "charts" / "fedattn")
 
 
 def _config(kubeconfig: Path | None, namespace: str) -> helm_sdkpy.Configuration:

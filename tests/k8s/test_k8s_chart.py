@@ -49,6 +49,33 @@ def test_helm_lint_fails_on_values_outside_the_schema(tmp_path: Path) -> None:
     assert lint_errors(helm.lint(chart)), "lint accepted operator.replicas=2"
 
 
+def _paths(values: dict, schema: dict, prefix: str = "") -> tuple[set[str], set[str]]:
+    """(keys of values.yaml, keys the schema declares) down to where the schema stops describing."""
+    in_values, in_schema = set(), set()
+    props = schema.get("properties")
+    if props is None:
+        return in_values, in_schema
+    for key in set(values) | set(props):
+        path = f"{prefix}{key}"
+        if key in values:
+            in_values.add(path)
+        if key in props:
+            in_schema.add(path)
+        if isinstance(values.get(key), dict) and key in props:
+            sub_v, sub_s = _paths(values[key], props[key], f"{path}.")
+            in_values |= sub_v
+            in_schema |= sub_s
+    return in_values, in_schema
+
+
+def test_values_schema_mirrors_values_yaml_field_by_field() -> None:
+    values = yaml.safe_load((helm.CHART / "values.yaml").read_text())
+    schema = json.loads((helm.CHART / "values.schema.json").read_text())
+    in_values, in_schema = _paths(values, schema)
+    assert in_values - in_schema == set(), "values without a schema entry"
+    assert in_schema - in_values == set(), "schema entries without a default in values.yaml"
+
+
 def test_chart_matches_generated_sources() -> None:
     """CRD templates and RBAC rules are copies of crds/ and the operator's rules, never hand edits."""
     out = subprocess.run(

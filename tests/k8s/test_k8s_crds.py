@@ -14,7 +14,12 @@ from kube import create_all, dynamic, load_manifests
 from conftest import Release, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "examples").glob("*.yaml"))
+#: Example files that are Kubernetes manifests (examples/ also holds data, e.g. benchmark prompt sets).
+EXAMPLES = [
+    p
+    for p in sorted((REPO / "examples").glob("*.yaml"))
+    if all("kind" in d and "apiVersion" in d for d in load_manifests(p))
+]
 TEST_NS = "crd-tests"
 
 
