@@ -328,6 +328,7 @@ def test_fedavg_matches_closed_form_and_reports_accuracy(tmp_path):
         coord = configure_learning(h, size=size, weights=weights, initial=initial)
         clients = {n: join(h, n) for n in weights}
         expected = initial.astype(np.float64)
+        sent_crc = {}
         for r in (1, 2):
             open_round(h, coord, r, list(weights))
             updates, w = [], []
@@ -339,6 +340,7 @@ def test_fedavg_matches_closed_form_and_reports_accuracy(tmp_path):
                 x = (model.arrays[0] + rng.standard_normal(size)).astype(np.float32)
                 assert c.request("update", round=r, meta={"num_examples": examples}, arrays=[x]).kind == "ack"
                 updates.append(x.astype(np.float64))
+                sent_crc[(name, r)] = wire.checksum(x)
                 w.append(examples * weights[name])
             reply = ctl(coord, h.events, "ctl_close_round", round=r)
             expected = sum(wi * xi for wi, xi in zip(w, updates, strict=True)) / sum(w)
@@ -353,10 +355,12 @@ def test_fedavg_matches_closed_form_and_reports_accuracy(tmp_path):
             np.testing.assert_allclose(done.arrays[0], expected, rtol=1e-6, atol=1e-6)
             assert wire.checksum(done.arrays[0]) == reply["model_checksum"]
         contributions = [e for e in h.events if e["event"] == "contribution"]
+        h.events[:] = [e for e in h.events if e["event"] != "contribution"]
         while len(contributions) < 6:
             contributions.append(wait_event(coord, h.events, "contribution"))
         assert {(e["participant"], e["round"]) for e in contributions} == {(n, r) for n in weights for r in (1, 2)}
         assert all(e["bytes"] == size * 4 for e in contributions)
+        assert all(e["checksum"] == sent_crc[(e["participant"], e["round"])] for e in contributions)
     finally:
         h.close()
 

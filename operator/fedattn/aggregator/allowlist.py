@@ -50,6 +50,7 @@ class Allowlist:
         self._revoked: set[str] = set()
         self._lock = threading.Lock()  # NB: serialises writers; the ZAP thread only reads _by_key
         self._by_key: dict[bytes, str] = {}
+        self._names: frozenset[str] = frozenset()
         self.rescan()
 
     def rescan(self) -> None:
@@ -86,13 +87,14 @@ class Allowlist:
 
     def _publish(self) -> None:
         merged = {**self._from_dir, **self._allowed}
-        self._by_key = {k: n for k, n in merged.items() if n not in self._revoked}
+        by_key = {k: n for k, n in merged.items() if n not in self._revoked}
+        self._by_key, self._names = by_key, frozenset(by_key.values())
 
     def name_of(self, public_key: bytes) -> str | None:
         return self._by_key.get(public_key)
 
     def is_allowed(self, name: str) -> bool:
-        return name in self._by_key.values()
+        return name in self._names
 
     def callback(self, domain: str, key: bytes) -> bool:
         """ZAP hook (pyzmq credentials provider): ``key`` is the client's Z85 public key."""

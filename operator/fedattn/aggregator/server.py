@@ -286,11 +286,11 @@ class Aggregator:
                 raise wire.WireError("not_in_session", f"{participant} is not a participant of {session}")
             msg = wire.decode(body, max_bytes=state.max_payload_bytes)
             state.check_seq(participant, msg.seq)
-            self._on_participant(route, state, msg)
+            self._on_participant(route, state, msg, checksums=[a["crc32"] for a in header["arrays"]])
         except wire.WireError as exc:
             self._reject(route, exc, **ctx)
 
-    def _on_participant(self, route: bytes, state: Session, msg: wire.Message) -> None:
+    def _on_participant(self, route: bytes, state: Session, msg: wire.Message, *, checksums: list[int]) -> None:
         name = msg.participant
         if msg.kind == "hello":
             state.routes[name] = route
@@ -325,7 +325,7 @@ class Aggregator:
         elif msg.kind == "update":
             if not isinstance(state, LearningSession):
                 raise wire.WireError("unexpected_kind", "update is for learning sessions")
-            self._on_update(route, state, msg)
+            self._on_update(route, state, msg, checksum=checksums[0] if checksums else 0)
         elif msg.kind == "kv":
             if not isinstance(state, AttentionSession):
                 raise wire.WireError("unexpected_kind", "kv is for attention sessions")
@@ -335,7 +335,7 @@ class Aggregator:
             if release is not None:
                 self._release(state, release)
 
-    def _on_update(self, route: bytes, state: LearningSession, msg: wire.Message) -> None:
+    def _on_update(self, route: bytes, state: LearningSession, msg: wire.Message, *, checksum: int) -> None:
         weight = state.accept(participant=msg.participant, round=msg.round, arrays=msg.arrays, meta=msg.meta)
         self.metrics.contributions_accepted.labels(kind="update").inc()
         self._reply(
@@ -354,7 +354,7 @@ class Aggregator:
             round=msg.round,
             bytes=msg.nbytes,
             weight=weight,
-            checksum=wire.checksum(msg.arrays[0]),
+            checksum=checksum,  # NB: the header's CRC-32, already verified against the payload
             latency_ms=latency_ms,
         )
         log.info(
