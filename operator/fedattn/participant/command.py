@@ -63,7 +63,7 @@ def _contribute(args: argparse.Namespace, joined: dict[str, Any], client: Coordi
                 session_over=lambda: beat.session_over,
                 idle_timeout_seconds=idle,
             )
-        from fedattn.attention.session import run_attention
+        from fedattn.participant.attention import run_attention
 
         if args.prompt_file is None:
             raise SystemExit("fedattn participant: attention mode needs --prompt-file with this participant's slice")
@@ -73,6 +73,7 @@ def _contribute(args: argparse.Namespace, joined: dict[str, Any], client: Coordi
             name=args.name,
             participants=joined["participants"],
             prompt=args.prompt_file.read_text(),
+            logits_file=args.result_file.with_suffix(".npz") if args.result_file else None,
         )
 
 

