@@ -524,3 +524,24 @@ class _AnyDeadline:
 
 
 ANY_DEADLINE = _AnyDeadline()
+
+
+async def test_unreachable_aggregator_fails_the_session_fast_through_the_circuit_breaker(pki_dir, aggregator, tmp_path):
+    aggregator.close()
+    running = await serve(config(pki_dir, aggregator, f"sqlite:///{tmp_path / 'store.db'}"))
+    try:
+        operator = as_(running, pki_dir, "operator")
+        resilience = {"timeoutSeconds": 1, "retries": 3, "backoffSeconds": 0, "circuitBreaker": {"failures": 1}}
+        assert (await operator.call("POST", "/v1/sessions", manifests("cb", resilience=resilience)))[0] == 201
+
+        async def failed() -> bool:
+            return (await operator.call("GET", "/v1/sessions/cb"))[1]["phase"] == "Failed"
+
+        await wait_for(failed, "session failed")
+        message = (await operator.call("GET", "/v1/sessions/cb"))[1]["message"]
+        # NB: the first attempt timed out and opened the breaker; the retry failed at once.
+        assert message.startswith("AggregatorUnavailable: ctl_configure: circuit breaker to the aggregator is open")
+        await running.coordinator.store.writes.flush()
+        assert (await running.coordinator.store.get_session("cb")).phase == "Failed"
+    finally:
+        await running.stop()

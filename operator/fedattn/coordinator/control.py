@@ -3,9 +3,11 @@
 NB: :class:`fedattn.aggregator.client.AggregatorClient` is blocking and its ``request`` takes the
 next message as the reply; this link also receives ``ctl_event`` pushes at any time and runs in
 the coordinator's event loop, so it reads continuously and hands each message to whoever waits for
-it. One request is in flight at a time (the aggregator's ``ctl_reply`` does not echo a request id),
-and a reply must name the request's session and round, so a reply that comes after its request
-timed out is dropped rather than taken for the next one's.
+it. Several requests may be in flight: the aggregator answers control requests one by one in
+arrival order, and each ``ctl_reply`` names the request's session and round, so a reply goes to the
+oldest waiting request with that session and round; older requests it overtook lost their reply
+(an aggregator restart) and fail. A request that timed out keeps its place, so its late reply is
+consumed by it and never taken for a newer request's.
 
 A periodic ``ctl_status`` keeps ``up`` current (and tells the aggregator where to push events);
 when the link comes back after being down, ``on_up`` runs so the coordinator can re-configure its
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +30,8 @@ from fedattn import wire
 log = logging.getLogger(__name__)
 
 IDENTITY = "coordinator-client"
+#: a timed-out request whose reply has not come after this long is assumed lost
+ABANDON_SECONDS = 60.0
 
 
 class ControlError(RuntimeError):
@@ -66,8 +71,7 @@ class ControlLink:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         self._sock = sock
         self._seq = 0
-        self._lock = asyncio.Lock()
-        self._waiting: tuple[str, int, asyncio.Future[wire.Message]] | None = None
+        self._waiting: deque[tuple[str, int, asyncio.Future[wire.Message], float]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -95,25 +99,28 @@ class ControlLink:
     ) -> dict[str, Any]:
         """Send one ``ctl_*`` request and return the reply's meta; raises ControlError/ControlTimeout."""
         timeout = self.timeout_seconds if timeout_seconds is None else timeout_seconds
-        async with self._lock:
-            future: asyncio.Future[wire.Message] = asyncio.get_running_loop().create_future()
-            self._waiting = (session, round, future)
-            self._seq += 1
-            frames = wire.encode(
-                kind=kind, session=session, participant=IDENTITY, round=round, seq=self._seq, meta=meta
-            )
-            try:
-                await asyncio.wait_for(self._sock.send_multipart(frames), timeout)
-                reply = await asyncio.wait_for(future, timeout)
-            except TimeoutError:
-                raise ControlTimeout(f"{kind} for {session}: no reply from {self.endpoint} in {timeout:g} s") from None
-            finally:
-                self._waiting = None
+        loop = asyncio.get_running_loop()
+        self._forget_abandoned(now=loop.time())
+        future: asyncio.Future[wire.Message] = loop.create_future()
+        self._waiting.append((session, round, future, loop.time()))
+        self._seq += 1
+        frames = wire.encode(kind=kind, session=session, participant=IDENTITY, round=round, seq=self._seq, meta=meta)
+        try:
+            await asyncio.wait_for(self._sock.send_multipart(frames), timeout)
+            reply = await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise ControlTimeout(f"{kind} for {session}: no reply from {self.endpoint} in {timeout:g} s") from None
         if reply.kind == "error":
             raise ControlError(f"{kind} rejected: {reply.meta.get('code')}: {reply.meta.get('message')}")
         if not reply.meta.get("ok"):
             raise ControlError(f"{kind} for {session} failed: {reply.meta.get('error', 'no reason given')}")
         return reply.meta
+
+    def _forget_abandoned(self, *, now: float) -> None:
+        """Drop timed-out requests older than ``ABANDON_SECONDS`` from the head: their replies are lost
+        (the aggregator restarted), and keeping them would let them capture newer requests' replies."""
+        while self._waiting and self._waiting[0][2].done() and now - self._waiting[0][3] > ABANDON_SECONDS:
+            self._waiting.popleft()
 
     async def _read(self) -> None:
         while True:
@@ -129,11 +136,22 @@ class ControlLink:
                 except Exception:  # one bad event must not stop the link
                     log.exception("handling ctl_event failed", extra={"session": msg.session})
                 continue
-            waiting = self._waiting
-            if waiting and (msg.session, msg.round) == waiting[:2] and not waiting[2].done():
-                waiting[2].set_result(msg)
-            else:
-                log.warning("dropping an unexpected %s from the aggregator (late reply?)", msg.kind)
+            self._deliver(msg)
+
+    def _deliver(self, reply: wire.Message) -> None:
+        """Hand a reply to the oldest request with its session and round; fail the ones it overtook."""
+        key = (reply.session, reply.round)
+        index = next((i for i, (s, r, _, _) in enumerate(self._waiting) if (s, r) == key), None)
+        if index is None:
+            log.warning("dropping an unexpected %s from the aggregator", reply.kind, extra={"session": reply.session})
+            return
+        for _ in range(index):
+            _, _, lost, _ = self._waiting.popleft()
+            if not lost.done():
+                lost.set_exception(ControlError("the aggregator answered a later request first; reply lost"))
+        _, _, future, _ = self._waiting.popleft()
+        if not future.done():  # NB: done = it timed out already; its late reply ends here
+            future.set_result(reply)
 
     async def _ping(self) -> None:
         while True:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pybreaker
 import tenacity
 
 from fedattn.coordinator import rounds
@@ -32,6 +33,10 @@ log = logging.getLogger(__name__)
 #: participant name used for attention-mode sync rows (a sync belongs to the whole session)
 SYNC_PARTICIPANT = "*"
 PHASES = (rounds.PENDING, rounds.RUNNING, rounds.SUCCEEDED, rounds.FAILED)
+
+
+class CircuitOpen(ControlError):
+    """The session's circuit breaker to the aggregator is open: fail fast instead of waiting."""
 
 
 class ApiError(Exception):
@@ -76,6 +81,7 @@ class Session:
     sync_latency_ms_total: float = 0.0
     commands: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     driver: asyncio.Task[None] | None = None
+    breaker: pybreaker.CircuitBreaker | None = None
 
     @property
     def name(self) -> str:
@@ -194,6 +200,7 @@ class Coordinator:
     def _adopt(self, session: Session) -> None:
         """Start driving a session: configure it at the aggregator, then carry out its commands."""
         self.sessions[session.name] = session
+        session.breaker = session.policy.breaker(f"aggregator:{session.name}")
         session.commands.put_nowait(Configure())
         session.driver = asyncio.create_task(self._drive(session), name=f"session-{session.name}")
         self._update_gauges()
@@ -487,21 +494,29 @@ class Coordinator:
     # -- the driver: carries out a session's commands in order --------------------------------------
 
     async def _control(self, session: Session, kind: str, *, round: int = 0, meta: dict[str, Any] | None = None):
-        """One control request with the session's retries and backoff; raises ControlError at the end."""
+        """One control request with the session's timeout, retries, backoff and circuit breaker.
+
+        Raises ControlError when it finally fails; an open breaker fails at once (CircuitOpen), so a
+        dead aggregator costs one timeout per ``openSeconds``, not one per retry.
+        """
         if self.link is None:
             raise ControlError("no control link to the aggregator")
-        link, policy = self.link, session.policy
+        link, policy, breaker = self.link, session.policy, session.breaker
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(policy.retries + 1),
             wait=tenacity.wait_exponential(multiplier=policy.backoff_seconds, max=60),
-            retry=tenacity.retry_if_exception_type(ControlError),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, ControlError) and not isinstance(e, CircuitOpen)),
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
-                return await link.request(
-                    kind, session=session.name, round=round, meta=meta, timeout_seconds=policy.timeout_seconds
-                )
+                try:
+                    with breaker.calling():
+                        return await link.request(
+                            kind, session=session.name, round=round, meta=meta, timeout_seconds=policy.timeout_seconds
+                        )
+                except pybreaker.CircuitBreakerError as exc:
+                    raise CircuitOpen(f"{kind}: circuit breaker to the aggregator is open ({exc})") from None
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _drive(self, session: Session) -> None:
