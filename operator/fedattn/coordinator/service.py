@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 #: participant name used for attention-mode sync rows (a sync belongs to the whole session)
 SYNC_PARTICIPANT = "*"
 PHASES = (rounds.PENDING, rounds.RUNNING, rounds.SUCCEEDED, rounds.FAILED)
+HEARTBEAT_WRITE_SECONDS = 5.0
 
 
 class CircuitOpen(ControlError):
@@ -65,6 +66,7 @@ class Activity:
     contributions: int = 0
     last_latency_ms: float | None = None
     result: dict[str, Any] | None = None
+    heartbeat_written: float | None = None
 
 
 @dataclass
@@ -307,9 +309,13 @@ class Coordinator:
         now = self.clock()
         if member.phase in rounds.LIVE:
             machine.heartbeat(participant, now=now)
-            session.activity[participant].last_heartbeat = now
-            # NB: not awaited: a heartbeat needs no durability, and must not fail while the store is down.
-            self.store.update_participant(name, participant, phase=member.phase, last_heartbeat=now)
+            activity = session.activity[participant]
+            activity.last_heartbeat = now
+            # NB: not awaited (a heartbeat needs no durability and must not fail while the store is down),
+            # and written at most every HEARTBEAT_WRITE_SECONDS, so chatty participants cost the store little.
+            if activity.heartbeat_written is None or now - activity.heartbeat_written >= HEARTBEAT_WRITE_SECONDS:
+                activity.heartbeat_written = now
+                self.store.update_participant(name, participant, phase=member.phase, last_heartbeat=now)
         return {"phase": member.phase, "round": self._round_number(session), "session_phase": machine.phase}
 
     async def leave(self, name: str, participant: str, result: dict[str, Any] | None) -> dict[str, Any]:
