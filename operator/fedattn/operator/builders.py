@@ -1,0 +1,458 @@
+"""Pure builders: a FedSession / FedParticipant (dicts, defaults applied) in, Kubernetes objects out.
+
+No I/O and no randomness here: key material is made by the caller (``fedattn.pki``) and passed in,
+so each builder is a plain function a test can call and compare. Owner references and namespaces
+are added by the handlers (``kopf.adopt``), not here.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fedattn import pki
+from fedattn.operator import names
+
+DEFAULT_IMAGE = "fedattn:0.1.0"
+UID = 10001
+CERT_MANAGER_GROUP = "cert-manager.io"
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def secret_bytes(secret: dict[str, Any], key: str) -> bytes:
+    """One decoded value of a Secret read back from the API."""
+    return base64.b64decode((secret.get("data") or {})[key])
+
+
+def _meta(name: str, session: str, component: str, *, participant: str | None = None) -> dict[str, Any]:
+    labels = {k: names.fit(v) for k, v in names.labels(session, component, participant=participant).items()}
+    return {"name": name, "labels": labels}
+
+
+def _secret(name: str, session: str, component: str, data: dict[str, bytes], **kw: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _meta(name, session, component, **kw),
+        "data": {k: b64(v) for k, v in sorted(data.items())},
+    }
+
+
+def build_ca_secret(session: dict, ca: pki.KeyPair) -> dict[str, Any]:
+    """The session CA; only the operator reads it (it is never mounted into a pod)."""
+    s = session["metadata"]["name"]
+    return _secret(names.ca_secret(s), s, "ca", {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem})
+
+
+def build_server_tls_secret(session: dict, *, ca_cert: bytes, server: pki.KeyPair) -> dict[str, Any]:
+    """The coordinator's HTTPS identity (``server``), with the CA that verifies client certificates."""
+    s = session["metadata"]["name"]
+    data = {"ca.crt": ca_cert, f"{names.SERVER}.crt": server.cert_pem, f"{names.SERVER}.key": server.key_pem}
+    return _secret(names.server_tls_secret(s), s, "coordinator", data)
+
+
+def build_curve_secret(session: dict, *, server: pki.CurveKeyPair, control: pki.CurveKeyPair) -> dict[str, Any]:
+    """Curve pairs of the aggregator (``server``) and of the coordinator's control link."""
+    s = session["metadata"]["name"]
+    data = {
+        f"{names.SERVER}.curve.pub": server.public,
+        f"{names.SERVER}.curve.sec": server.secret,
+        f"{names.CONTROL_CLIENT}.curve.pub": control.public,
+        f"{names.CONTROL_CLIENT}.curve.sec": control.secret,
+    }
+    return _secret(names.curve_secret(s), s, "aggregator", data)
+
+
+def build_identity_secret(
+    session: dict,
+    name: str,
+    *,
+    ca_cert: bytes,
+    pair: pki.KeyPair,
+    curve: pki.CurveKeyPair | None = None,
+    secret_name: str,
+    component: str,
+    participant: str | None = None,
+) -> dict[str, Any]:
+    """A client identity laid out as a ``--pki-dir``: ca.crt, NAME.crt/.key and NAME.curve.pub/.sec."""
+    data = {"ca.crt": ca_cert, f"{name}.crt": pair.cert_pem, f"{name}.key": pair.key_pem}
+    if curve is not None:
+        data |= {f"{name}.curve.pub": curve.public, f"{name}.curve.sec": curve.secret}
+    return _secret(secret_name, session["metadata"]["name"], component, data, participant=participant)
+
+
+def build_allowlist(session: dict, keys: dict[str, bytes]) -> dict[str, Any]:
+    """The aggregator's allowlist: identity name -> Curve PUBLIC key (never a secret half)."""
+    s = session["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(names.allowlist(s), s, "aggregator"),
+        "data": {names.curve_public_key(n): k.decode() for n, k in sorted(keys.items())},
+    }
+
+
+def _security() -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = {
+        "runAsNonRoot": True,
+        "runAsUser": UID,
+        "runAsGroup": UID,
+        "fsGroup": UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    container = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    return pod, container
+
+
+def _probes() -> dict[str, Any]:
+    def probe(path: str) -> dict[str, Any]:
+        return {"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3}
+
+    return {"livenessProbe": probe("/healthz"), "readinessProbe": probe("/readyz")}
+
+
+def _secret_volume(name: str, secret: str, items: list[str] | None = None) -> dict[str, Any]:
+    src: dict[str, Any] = {"secretName": secret, "defaultMode": 0o400}
+    if items:
+        src["items"] = [{"key": k, "path": k} for k in items]
+    return {"name": name, "secret": src}
+
+
+def uses_cert_manager(session: dict) -> bool:
+    return "issuerRef" in (session["spec"].get("tls") or {})
+
+
+#: cert-manager's Secret keys -> our ``--pki-dir`` file names (NAME filled in).
+CERT_MANAGER_KEYS = {"tls.crt": "{}.crt", "tls.key": "{}.key", "ca.crt": "ca.crt"}
+
+
+def identity_files(secret: dict[str, Any], identity: str) -> dict[str, bytes]:
+    """Our file layout from either our own Secret or a cert-manager one (``tls.crt`` ...)."""
+    data = {k: base64.b64decode(v) for k, v in (secret.get("data") or {}).items()}
+    for key, pattern in CERT_MANAGER_KEYS.items():
+        if key in data:
+            data[pattern.format(identity)] = data.pop(key)
+    return data
+
+
+def _identity_volume(
+    session: dict,
+    name: str,
+    *,
+    identity: str,
+    secret: str,
+    certificate_secret: str,
+    extra: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """TLS identity files for a pod: our own Secret, or cert-manager's plus our Curve keys (projected)."""
+    if not uses_cert_manager(session):
+        return _secret_volume(name, secret)
+    items = [{"key": k, "path": p.format(identity)} for k, p in CERT_MANAGER_KEYS.items()]
+    sources = [{"secret": {"name": certificate_secret, "items": items}}]
+    if extra:
+        sources.append({"secret": {"name": secret, "items": [{"key": k, "path": k} for k in extra]}})
+    return {"name": name, "projected": {"sources": sources, "defaultMode": 0o400}}
+
+
+def _deployment(
+    session: dict,
+    *,
+    component: str,
+    name: str,
+    args: list[str],
+    ports: list[dict[str, Any]],
+    volumes: list[dict[str, Any]],
+    mounts: list[dict[str, Any]],
+    image: str,
+    env: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    s = session["metadata"]["name"]
+    spec = session["spec"]
+    template = spec.get(component) or {}
+    pod_security, container_security = _security()
+    meta = _meta(name, s, component)
+    selector = {k: meta["labels"][k] for k in ("app.kubernetes.io/instance", "app.kubernetes.io/component")}
+    container = {
+        "name": component,
+        "image": template.get("image") or image,
+        "args": [component, *args],
+        "ports": ports,
+        "volumeMounts": mounts,
+        "resources": template.get("resources") or {},
+        "securityContext": container_security,
+        **_probes(),
+    }
+    if env:
+        container["env"] = env
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": 0 if spec.get("suspend") else 1,
+            "strategy": {"type": "Recreate"},  # NB: one coordinator/aggregator per session, never two
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {"labels": meta["labels"]},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security,
+                    "nodeSelector": template.get("nodeSelector") or {},
+                    "tolerations": template.get("tolerations") or [],
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def _metrics_port() -> dict[str, Any]:
+    return {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"}
+
+
+def build_coordinator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+    """The coordinator: HTTPS API with the session's server certificate, store, control link."""
+    s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
+    curve = names.CURVE_DIR
+    database = session["spec"].get("database")
+    env = None
+    store = f"sqlite:///{names.STATE_DIR}/store.sqlite3"
+    if database:
+        ref = database["secretRef"]
+        env = [
+            {
+                "name": "FEDATTN_DATABASE_DSN",
+                "valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref.get("key", "dsn")}},
+            }
+        ]
+        # NB: the kubelet expands $(VAR) in args, so the DSN stays in the Secret, not in the Deployment
+        store = "$(FEDATTN_DATABASE_DSN)"
+    args = [
+        "--api-host", "0.0.0.0",
+        "--api-port", str(names.API_PORT),
+        "--metrics-host", "0.0.0.0",
+        "--metrics-port", str(names.METRICS_PORT),
+        "--tls-cert", f"{names.TLS_DIR}/{names.SERVER}.crt",
+        "--tls-key", f"{names.TLS_DIR}/{names.SERVER}.key",
+        "--tls-ca", f"{names.TLS_DIR}/ca.crt",
+        "--store", store,
+        "--aggregator", names.aggregator_endpoint(s, ns),
+        "--aggregator-public-key", f"{curve}/{names.SERVER}.curve.pub",
+        "--client-curve-public", f"{curve}/{names.CONTROL_CLIENT}.curve.pub",
+        "--client-curve-secret", f"{curve}/{names.CONTROL_CLIENT}.curve.sec",
+    ]  # fmt: skip
+    curve_items = [
+        f"{names.SERVER}.curve.pub",
+        f"{names.CONTROL_CLIENT}.curve.pub",
+        f"{names.CONTROL_CLIENT}.curve.sec",
+    ]
+    return _deployment(
+        session,
+        component="coordinator",
+        name=names.coordinator(s),
+        args=args,
+        ports=[{"name": "https", "containerPort": names.API_PORT, "protocol": "TCP"}, _metrics_port()],
+        volumes=[
+            _identity_volume(
+                session,
+                "tls",
+                identity=names.SERVER,
+                secret=names.server_tls_secret(s),
+                certificate_secret=names.server_tls_secret(s),
+            ),
+            _secret_volume("curve", names.curve_secret(s), curve_items),
+            {"name": "state", "emptyDir": {}},
+        ],
+        mounts=[
+            {"name": "tls", "mountPath": names.TLS_DIR, "readOnly": True},
+            {"name": "curve", "mountPath": curve, "readOnly": True},
+            {"name": "state", "mountPath": names.STATE_DIR},
+        ],
+        image=image,
+        env=env,
+    )
+
+
+def build_aggregator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+    """The aggregator: ZMQ ROUTER with the Curve server key, allowlist mounted as a directory."""
+    s = session["metadata"]["name"]
+    curve = names.CURVE_DIR
+    args = [
+        "--bind", f"tcp://0.0.0.0:{names.ZMQ_PORT}",
+        "--curve-secret", f"{curve}/{names.SERVER}.curve.sec",
+        "--curve-public", f"{curve}/{names.SERVER}.curve.pub",
+        "--allow-dir", names.ALLOW_DIR,
+        "--metrics-host", "0.0.0.0",
+        "--metrics-port", str(names.METRICS_PORT),
+    ]  # fmt: skip
+    return _deployment(
+        session,
+        component="aggregator",
+        name=names.aggregator(s),
+        args=args,
+        ports=[{"name": "zmq", "containerPort": names.ZMQ_PORT, "protocol": "TCP"}, _metrics_port()],
+        volumes=[
+            _secret_volume("curve", names.curve_secret(s), [f"{names.SERVER}.curve.pub", f"{names.SERVER}.curve.sec"]),
+            {"name": "allow", "configMap": {"name": names.allowlist(s)}},
+        ],
+        mounts=[
+            {"name": "curve", "mountPath": curve, "readOnly": True},
+            {"name": "allow", "mountPath": names.ALLOW_DIR, "readOnly": True},
+        ],
+        image=image,
+    )
+
+
+def _service(session: dict, *, component: str, name: str, port: dict[str, Any]) -> dict[str, Any]:
+    s = session["metadata"]["name"]
+    meta = _meta(name, s, component)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta,
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {k: meta["labels"][k] for k in ("app.kubernetes.io/instance", "app.kubernetes.io/component")},
+            "ports": [
+                {**port, "targetPort": port["name"], "protocol": "TCP"},
+                {"name": "metrics", "port": names.METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
+            ],
+        },
+    }
+
+
+def build_coordinator_service(session: dict) -> dict[str, Any]:
+    s = session["metadata"]["name"]
+    port = {"name": "https", "port": names.API_PORT}
+    return _service(session, component="coordinator", name=names.coordinator(s), port=port)
+
+
+def build_aggregator_service(session: dict) -> dict[str, Any]:
+    s = session["metadata"]["name"]
+    return _service(
+        session,
+        component="aggregator",
+        name=names.aggregator(s),
+        port={"name": "zmq", "port": names.ZMQ_PORT},
+    )
+
+
+def _private_volume(ref: dict[str, Any], key: str) -> dict[str, Any]:
+    if "configMapKeyRef" in ref:
+        src = ref["configMapKeyRef"]
+        return {
+            "name": f"private-{key}",
+            "configMap": {"name": src["name"], "items": [{"key": src["key"], "path": key}]},
+        }
+    src = ref["secretKeyRef"]
+    items = [{"key": src["key"], "path": key}]
+    return {
+        "name": f"private-{key}",
+        "secret": {"secretName": src["name"], "items": items, "defaultMode": 0o400},
+    }
+
+
+def build_participant_job(participant: dict, session: dict, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+    """An in-cluster participant: its credentials and only its own private data, pinned by ``spec.node``."""
+    p, ns = participant["metadata"]["name"], participant["metadata"]["namespace"]
+    s = session["metadata"]["name"]
+    spec = participant["spec"]
+    pod_security, container_security = _security()
+    args = [
+        "participant",
+        "--coordinator", names.coordinator_url(s, ns),
+        "--session", s,
+        "--name", p,
+        "--pki-dir", names.PKI_DIR,
+    ]  # fmt: skip
+    curve = (f"{p}.curve.pub", f"{p}.curve.sec")
+    volumes = [
+        _identity_volume(
+            session,
+            "pki",
+            identity=p,
+            secret=names.participant_secret(p),
+            certificate_secret=names.participant_certificate(p),
+            extra=curve,
+        )
+    ]
+    mounts = [{"name": "pki", "mountPath": names.PKI_DIR, "readOnly": True}]
+    for key, field in (("prompt", "promptRef"), ("data", "dataRef")):
+        if spec.get(field):
+            volumes.append(_private_volume(spec[field], key))
+            path = f"{names.PRIVATE_DIR}/{key}"
+            mounts.append({"name": f"private-{key}", "mountPath": path, "subPath": key, "readOnly": True})
+            args += [f"--{key}-file", path]
+    meta = _meta(names.participant_job(p), s, "participant", participant=p)
+    retries = session["spec"].get("resilience", {}).get("retries", 3)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": meta,
+        "spec": {
+            "backoffLimit": retries,
+            "template": {
+                "metadata": {"labels": meta["labels"]},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security,
+                    "nodeSelector": spec.get("node") or {},
+                    "containers": [
+                        {
+                            "name": "participant",
+                            "image": spec.get("image") or image,
+                            "args": args,
+                            "resources": spec.get("resources") or {},
+                            "volumeMounts": mounts,
+                            "securityContext": container_security,
+                        }
+                    ],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+def build_certificate(
+    session: dict,
+    *,
+    name: str,
+    secret_name: str,
+    common_name: str,
+    dns_names: list[str] | None = None,
+    usages: list[str],
+) -> dict[str, Any]:
+    """A cert-manager ``Certificate`` (when ``spec.tls.issuerRef`` is set) instead of a self-issued one."""
+    s = session["metadata"]["name"]
+    tls = session["spec"]["tls"]
+    issuer = tls["issuerRef"]
+    spec: dict[str, Any] = {
+        "secretName": secret_name,
+        "commonName": common_name,
+        "usages": usages,
+        "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+        "issuerRef": {
+            "name": issuer["name"],
+            "kind": issuer.get("kind", "Issuer"),
+            "group": issuer.get("group", CERT_MANAGER_GROUP),
+        },
+    }
+    if dns_names:
+        spec["dnsNames"] = dns_names
+    return {
+        "apiVersion": f"{CERT_MANAGER_GROUP}/v1",
+        "kind": "Certificate",
+        "metadata": _meta(name, s, "certificate"),
+        "spec": spec,
+    }

@@ -1,0 +1,351 @@
+"""kopf handlers: thin glue between watch events and the pure builders / status functions.
+
+Everything the handlers need from outside (API client, coordinator status source, image, poll
+period) comes from ``memo.config`` (:class:`Config`), set by ``fedattn operator`` or by a test.
+Handlers are registered on :data:`REGISTRY` rather than kopf's global one so tests and the
+benchmark run exactly these handlers and nothing else.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+from kubernetes.client import ApiException
+
+from fedattn.api import ManifestError, apply_defaults_and_validate
+from fedattn.operator import builders, credentials, names, status
+from fedattn.operator.kube import Kube
+from fedattn.operator.metrics import PhaseCounter, measured
+from fedattn.operator.progress import StatusSource
+
+REGISTRY = kopf.OperatorRegistry()
+SESSIONS = ("fedattn.io", "v1alpha1", "fedsessions")
+PARTICIPANTS = ("fedattn.io", "v1alpha1", "fedparticipants")
+PREFIX = "fedattn.io"
+
+
+@dataclass
+class Config:
+    kube: Kube
+    status_source: StatusSource
+    image: str = builders.DEFAULT_IMAGE
+    poll_seconds: float = 10.0
+    retry_seconds: float = 2.0  # how soon a handler waiting for another object tries again
+    renew_check_seconds: float = 3600.0
+    clock: Any = field(default=lambda: dt.datetime.now(dt.UTC))
+    phases: PhaseCounter = field(default_factory=PhaseCounter)
+
+
+def configure_settings(settings: kopf.OperatorSettings) -> None:
+    """Explicit settings, so behaviour does not drift with kopf's defaults."""
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    # NB: a namespaced Role cannot list namespaces or CRDs cluster-wide; the operator is given its
+    # namespaces explicitly and the CRDs are installed before it starts, so no scanning is needed.
+    settings.scanning.disabled = True
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300  # NB: the API server closes each watch after this ...
+    settings.watching.client_timeout = 330  # ... and we give up on a silent one a bit later
+    settings.watching.connect_timeout = 30
+    settings.watching.inactivity_timeout = 600
+    settings.networking.request_timeout = 60
+    settings.queueing.error_delays = (1, 2, 4, 8, 16, 30)
+
+
+@kopf.on.startup(registry=REGISTRY)
+def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    configure_settings(settings)
+
+
+@kopf.on.login(registry=REGISTRY)
+def _login(memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf.ConnectionInfo:
+    """kopf reaches the API server with the very configuration our own client uses (one source)."""
+    c = memo.config.kube.api.configuration
+    header = c.get_api_key_with_prefix("BearerToken") or c.get_api_key_with_prefix("authorization")
+    scheme, _, token = (header or "").rpartition(" ")
+    return kopf.ConnectionInfo(
+        server=c.host,
+        ca_path=c.ssl_ca_cert,
+        insecure=not c.verify_ssl,
+        scheme=scheme or None,
+        token=token or None,
+        certificate_path=c.cert_file,
+        private_key_path=c.key_file,
+        trust_env=settings.networking.trust_env,
+    )
+
+
+def _config(memo: Any) -> Config:
+    return memo.config
+
+
+def _plain(body: Any) -> dict[str, Any]:
+    """A kopf Body as a plain dict (kopf's views are read-only mappings)."""
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": dict(body.get("metadata", {})),
+        "spec": _thaw(body.get("spec", {})),
+        "status": _thaw(body.get("status", {})),
+    }
+
+
+def _thaw(value: Any) -> Any:
+    if hasattr(value, "items"):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _validated(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The object with schema defaults applied; ManifestError if a rule is broken (old API servers
+    that do not enforce CEL let such objects in)."""
+    manifest = {k: body[k] for k in ("apiVersion", "kind", "metadata", "spec")}
+    out = apply_defaults_and_validate(kind, manifest)
+    out["status"] = body.get("status") or {}
+    return out
+
+
+def _invalid_status(previous: dict, exc: ManifestError, generation: int, now: dt.datetime) -> dict:
+    seen = status.Observation(failure=("InvalidSpec", "; ".join(exc.problems)))
+    return {
+        "phase": "Failed",
+        "message": seen.failure[1],
+        "conditions": status.set_condition(
+            previous.get("conditions", []),
+            type="Failed",
+            status=True,
+            reason="InvalidSpec",
+            message=seen.failure[1],
+            now=now,
+            generation=generation,
+        ),
+    }
+
+
+def _session_children(session: dict[str, Any], image: str) -> list[dict[str, Any]]:
+    return [
+        builders.build_coordinator_deployment(session, image=image),
+        builders.build_coordinator_service(session),
+        builders.build_aggregator_deployment(session, image=image),
+        builders.build_aggregator_service(session),
+    ]
+
+
+@kopf.on.resume(*SESSIONS, registry=REGISTRY)
+@kopf.on.create(*SESSIONS, registry=REGISTRY)
+@kopf.on.update(*SESSIONS, field="spec", registry=REGISTRY)
+@measured("fedsessions", "reconcile")
+async def reconcile_session(
+    body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: Any, logger: logging.Logger, **_: Any
+) -> None:
+    """PKI, allowlist, coordinator and aggregator Deployments + Services; suspend scales them to 0."""
+    cfg = _config(memo)
+    raw = _plain(body)
+    generation = int(meta.get("generation") or 0)
+    try:
+        session = _validated("FedSession", raw)
+    except ManifestError as exc:
+        patch.status.update(_invalid_status(raw["status"], exc, generation, cfg.clock()))
+        raise kopf.PermanentError(str(exc)) from exc
+    ready = await credentials.ensure_session_pki(cfg.kube, session, owner=raw)
+    finished = session["status"].get("phase") in status.TERMINAL
+    if finished or status.deadline_failure(session, now=cfg.clock()):
+        await _scale_down(cfg, session)  # NB: never (re)start a session that is over
+    else:
+        for child in _session_children(session, cfg.image):
+            kopf.adopt(child, owner=raw)
+            await cfg.kube.apply(child)
+    # NB: status is written by the progress daemon only; two writers would race and regress it.
+    logger.info("session reconciled", extra={"session": meta["name"]})
+    if not ready:
+        raise kopf.TemporaryError("waiting for cert-manager to issue the session certificates", delay=cfg.retry_seconds)
+
+
+async def _scale_down(cfg: Config, session: dict[str, Any]) -> None:
+    s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
+    for name in (names.coordinator(s), names.aggregator(s)):
+        try:
+            await cfg.kube.patch("Deployment", ns, name, {"spec": {"replicas": 0}})
+        except ApiException as exc:
+            if exc.status != 404:  # NB: a missing Deployment has nothing to scale
+                raise
+
+
+def _members(session: dict[str, Any], participants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [p for p in participants if (p.get("spec") or {}).get("sessionRef") == session["metadata"]["name"]]
+
+
+async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], logger: logging.Logger) -> None:
+    """One observation of a session: deadline, TTL, certificates, coordinator status, events."""
+    raw = _plain(body)
+    now = cfg.clock()
+    try:
+        session = _validated("FedSession", raw)
+    except ManifestError:
+        return  # reconcile_session has marked it Failed; nothing to observe
+    meta, spec, previous = session["metadata"], session["spec"], session["status"]
+    s, ns = meta["name"], meta["namespace"]
+    ttl = spec.get("ttlSecondsAfterFinished")
+    if previous.get("phase") in status.TERMINAL and ttl is not None:
+        age = status.age_seconds(previous.get("completedAt"), now)
+        if age is not None and age >= ttl:
+            logger.info("deleting finished session after its TTL", extra={"session": s})
+            await cfg.kube.delete("FedSession", ns, s)
+            cfg.phases.set(ns, s, None)
+            return
+    failure = None if previous.get("phase") in status.TERMINAL else status.deadline_failure(session, now=now)
+    members = _members(session, await cfg.kube.list("FedParticipant", ns))
+    if state.get("renewed_at") is None or (now - state["renewed_at"]).total_seconds() >= cfg.renew_check_seconds:
+        renewed = await credentials.renew_due(cfg.kube, session, [p["metadata"]["name"] for p in members], now=now)
+        state["renewed_at"] = now
+        for who in renewed:
+            kopf.info(body, reason="CertificateRenewed", message=f"reissued the certificate of {who}")
+    identity = await credentials.operator_identity(cfg.kube, session)
+    coordinator, error = None, ""
+    if (
+        identity is not None
+        and not failure
+        and not spec.get("suspend")
+        and previous.get("phase") not in status.TERMINAL
+    ):
+        try:
+            coordinator = await cfg.status_source(session=session, participants=members, identity=identity)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+    seen = status.Observation(
+        coordinator=coordinator,
+        error=error,
+        certificates_ready=identity is not None,
+        suspended=bool(spec.get("suspend")),
+        participants_total=len(members),
+        failure=failure,
+    )
+    new = status.session_status(
+        previous=previous, spec=spec, generation=int(meta.get("generation") or 0), seen=seen, now=now
+    )
+    if failure and previous.get("phase") not in status.TERMINAL:
+        await _scale_down(cfg, session)
+    if new != previous:
+        await cfg.kube.patch("FedSession", ns, s, {"status": new}, status=True)
+        for kind, reason, message in status.transitions(previous, new):
+            kopf.event(body, type=kind, reason=reason, message=message)
+    cfg.phases.set(ns, s, new["phase"])
+    if coordinator is not None:
+        await _update_participants(cfg, session, members, coordinator.get("participant_status") or {}, now=now)
+
+
+async def _update_participants(
+    cfg: Config,
+    session: dict[str, Any],
+    members: list[dict[str, Any]],
+    entries: dict[str, Any],
+    *,
+    now: dt.datetime,
+) -> None:
+    ns = session["metadata"]["namespace"]
+    for p in members:
+        name = p["metadata"]["name"]
+        previous = p.get("status") or {}
+        entry = entries.get(name)
+        new = status.participant_status(
+            previous=previous,
+            entry=entry,
+            credentialed=bool(previous.get("credentialsSecret")),
+            generation=int(p["metadata"].get("generation") or 0),
+            now=now,
+        )
+        if new["phase"] == "Evicted" and previous.get("phase") != "Evicted":
+            await credentials.revoke(cfg.kube, namespace=ns, session=session["metadata"]["name"], participant=name)
+        new = {**previous, **new}
+        if new != previous:
+            await cfg.kube.patch("FedParticipant", ns, name, {"status": new}, status=True)
+
+
+@kopf.daemon(*SESSIONS, registry=REGISTRY, cancellation_timeout=5.0)
+async def progress(stopped: kopf.DaemonStopped, body: kopf.Body, memo: Any, logger: logging.Logger, **_: Any) -> None:
+    """Poll the coordinator every ``poll_seconds`` while the session exists."""
+    cfg = _config(memo)
+    state: dict[str, Any] = {}
+    run = measured("fedsessions", "progress")(progress_once)
+    while not stopped:
+        try:
+            await run(cfg, body, state=state, logger=logger)
+        except Exception:  # NB: keep observing; the error is logged and counted by `measured`
+            logger.exception("progress pass failed", extra={"session": body["metadata"]["name"]})
+        await stopped.wait(cfg.poll_seconds)
+
+
+async def _session_for(cfg: Config, participant: dict[str, Any]) -> dict[str, Any]:
+    ns, ref = participant["metadata"]["namespace"], participant["spec"]["sessionRef"]
+    found = await cfg.kube.read("FedSession", ns, ref)
+    if found is None:
+        raise kopf.TemporaryError(f"FedSession {ref} not found in {ns}", delay=cfg.retry_seconds)
+    try:
+        return _validated("FedSession", found)
+    except ManifestError as exc:
+        raise kopf.TemporaryError(f"FedSession {ref} is invalid: {exc.problems[0]}", delay=60) from exc
+
+
+@kopf.on.resume(*PARTICIPANTS, registry=REGISTRY)
+@kopf.on.create(*PARTICIPANTS, registry=REGISTRY)
+@measured("fedparticipants", "credentials")
+async def issue_participant(
+    body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: Any, logger: logging.Logger, **_: Any
+) -> None:
+    """Credentials Secret + allowlist entry; an in-cluster participant also gets its Job."""
+    cfg = _config(memo)
+    raw = _plain(body)
+    generation = int(meta.get("generation") or 0)
+    try:
+        participant = _validated("FedParticipant", raw)
+    except ManifestError as exc:
+        patch.status.update(
+            {
+                "phase": "Failed",
+                "conditions": status.set_condition(
+                    raw["status"].get("conditions", []),
+                    type="CertificateIssued",
+                    status=False,
+                    reason="InvalidSpec",
+                    message="; ".join(exc.problems),
+                    now=cfg.clock(),
+                    generation=generation,
+                ),
+            }
+        )
+        raise kopf.PermanentError(str(exc)) from exc
+    if participant["status"].get("phase") == "Evicted":
+        return  # NB: credentials of an evicted participant stay revoked across operator restarts
+    session = await _session_for(cfg, participant)
+    await credentials.ensure_participant(cfg.kube, participant, session, owner=raw, retry_seconds=cfg.retry_seconds)
+    if not participant["spec"].get("external"):
+        job = builders.build_participant_job(participant, session, image=cfg.image)
+        kopf.adopt(job, owner=raw)
+        await cfg.kube.ensure(job)  # NB: a Job's pod template is immutable: create once, never patch
+    new = status.participant_status(
+        previous=participant["status"], entry=None, credentialed=True, generation=generation, now=cfg.clock()
+    )
+    patch.status.update({**new, "credentialsSecret": names.participant_secret(meta["name"])})
+    logger.info(
+        "participant credentialed",
+        extra={"session": session["metadata"]["name"], "participant": meta["name"]},
+    )
+
+
+@kopf.on.delete(*PARTICIPANTS, registry=REGISTRY)
+@measured("fedparticipants", "revoke")
+async def revoke_participant(body: kopf.Body, meta: kopf.Meta, memo: Any, logger: logging.Logger, **_: Any) -> None:
+    """Deleting a participant revokes it at once: allowlist entry and credentials Secret removed."""
+    cfg = _config(memo)
+    session = (body.get("spec") or {}).get("sessionRef", "")
+    await credentials.revoke(cfg.kube, namespace=meta["namespace"], session=session, participant=meta["name"])
+    logger.info("participant revoked", extra={"session": session, "participant": meta["name"]})
