@@ -375,6 +375,18 @@ def test_model_is_sent_to_a_participant_who_says_hello_after_the_round_opened(h)
     np.testing.assert_array_equal(model.arrays[0], np.full(8, 0.5, np.float32))
 
 
+def test_hello_before_configure_still_gets_the_model(h):
+    alice = h.client("alice")
+    early = alice.request("hello")
+    assert early.kind == "error" and early.meta["code"] == "unknown_session"
+    coord = configure_learning(h, size=8, initial=np.full(8, 2.0, np.float32))
+    reply = ctl(coord, h.events, "ctl_open_round", round=1, meta={"participants": ["alice", "bob"]})
+    assert reply["sent"] == ["alice"] and reply["waiting_for_hello"] == ["bob"]
+    model = alice.recv()
+    assert model.kind == "model" and model.round == 1
+    np.testing.assert_array_equal(model.arrays[0], np.full(8, 2.0, np.float32))
+
+
 # --- events and probes ----------------------------------------------------------------------------
 
 

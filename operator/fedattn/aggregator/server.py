@@ -51,6 +51,7 @@ CONTROL_KINDS = frozenset(
     }
 )
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
+MAX_EARLY_HELLOS = 10_000
 
 
 @dataclass
@@ -93,6 +94,8 @@ class Aggregator:
         self._rescan_seconds = rescan_seconds
         self._seq = itertools.count(1)
         self._control_route: bytes | None = None
+        # (session, participant) -> route of an authenticated hello that came before ctl_configure
+        self._early_hellos: dict[tuple[str, str], bytes] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ctx = zmq.Context()
@@ -281,6 +284,10 @@ class Aggregator:
                 )
             state = self.sessions.get(session)
             if state is None:
+                if kind == "hello" and len(self._early_hellos) < MAX_EARLY_HELLOS:
+                    # NB: the sender is authenticated; remember it so the session, once configured,
+                    # can send it the model without waiting for another hello (configure race).
+                    self._early_hellos[(session, participant)] = route
                 raise wire.WireError("unknown_session", f"session {session!r} is not configured here")
             if participant not in state.weights:
                 raise wire.WireError("not_in_session", f"{participant} is not a participant of {session}")
@@ -337,6 +344,7 @@ class Aggregator:
 
     def _on_update(self, route: bytes, state: LearningSession, msg: wire.Message, *, checksum: int) -> None:
         weight = state.accept(participant=msg.participant, round=msg.round, arrays=msg.arrays, meta=msg.meta)
+        state.routes[msg.participant] = route  # NB: a reconnected DEALER has a new routing id
         self.metrics.contributions_accepted.labels(kind="update").inc()
         self._reply(
             route,
@@ -457,6 +465,11 @@ class Aggregator:
         else:
             raise ValueError(f"mode must be 'learning' or 'attention', got {mode!r}")
         self.sessions[msg.session] = state
+        for name in weights:
+            route = self._early_hellos.pop((msg.session, name), None)
+            if route is not None:
+                state.routes[name] = route
+                self._event(msg.session, "hello", participant=name, round=0)
         log.info("session configured", extra={"session": msg.session})
         return self._describe(state)
 
