@@ -84,9 +84,7 @@ def test_printer_columns() -> None:
 
 @pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_example_is_valid(path: Path) -> None:
-    docs = [
-        d for d in yaml.safe_load_all(path.read_text()) if d and d["apiVersion"].startswith("fedattn.io/")
-    ]
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d and d["apiVersion"].startswith("fedattn.io/")]
     assert docs
     for doc in docs:
         out = apply_defaults_and_validate(doc["kind"], doc)
@@ -192,9 +190,7 @@ def test_participant_rules() -> None:
     assert "spec: 'sessionRef' is a required property" in err.value.problems
     both = {"configMapKeyRef": {"name": "a", "key": "k"}, "secretKeyRef": {"name": "b", "key": "k"}}
     with pytest.raises(ManifestError) as err:
-        apply_defaults_and_validate(
-            "FedParticipant", {**base, "spec": {"sessionRef": "s", "promptRef": both}}
-        )
+        apply_defaults_and_validate("FedParticipant", {**base, "spec": {"sessionRef": "s", "promptRef": both}})
     assert err.value.problems == ["spec.promptRef: set exactly one of configMapKeyRef and secretKeyRef"]
     with pytest.raises(ManifestError) as err:
         apply_defaults_and_validate(

@@ -1,6 +1,6 @@
 """kopf handlers: thin glue between watch events and the pure builders / status functions.
 
-Everything the handlers need from outside (API client, coordinator status source, image, poll
+Everything the handlers need from outside (API client, coordinator status source, images, poll
 period) comes from ``memo.config`` (:class:`Config`), set by ``fedattn operator`` or by a test.
 Handlers are registered on :data:`REGISTRY` rather than kopf's global one so tests and the
 benchmark run exactly these handlers and nothing else.
@@ -32,12 +32,18 @@ PREFIX = "fedattn.io"
 class Config:
     kube: Kube
     status_source: StatusSource
-    image: str = builders.DEFAULT_IMAGE
+    #: component (coordinator, aggregator, participant) -> image; DEFAULT_IMAGE for any not named
+    images: dict[str, str] = field(default_factory=dict)
+    #: ``{name, key}`` of a Secret with the DSN for sessions without ``spec.database`` (SQLite if None)
+    default_database: dict[str, str] | None = None
     poll_seconds: float = 10.0
     retry_seconds: float = 2.0  # how soon a handler waiting for another object tries again
     renew_check_seconds: float = 3600.0
     clock: Any = field(default=lambda: dt.datetime.now(dt.UTC))
     phases: PhaseCounter = field(default_factory=PhaseCounter)
+
+    def image(self, component: str) -> str:
+        return self.images.get(component) or builders.DEFAULT_IMAGE
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
@@ -131,11 +137,13 @@ def _invalid_status(previous: dict, exc: ManifestError, generation: int, now: dt
     }
 
 
-def _session_children(session: dict[str, Any], image: str) -> list[dict[str, Any]]:
+def _session_children(session: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
+    if "database" not in session["spec"] and cfg.default_database:
+        session = {**session, "spec": {**session["spec"], "database": {"secretRef": cfg.default_database}}}
     return [
-        builders.build_coordinator_deployment(session, image=image),
+        builders.build_coordinator_deployment(session, image=cfg.image("coordinator")),
         builders.build_coordinator_service(session),
-        builders.build_aggregator_deployment(session, image=image),
+        builders.build_aggregator_deployment(session, image=cfg.image("aggregator")),
         builders.build_aggregator_service(session),
     ]
 
@@ -161,7 +169,7 @@ async def reconcile_session(
     if finished or status.deadline_failure(session, now=cfg.clock()):
         await _scale_down(cfg, session)  # NB: never (re)start a session that is over
     else:
-        for child in _session_children(session, cfg.image):
+        for child in _session_children(session, cfg):
             kopf.adopt(child, owner=raw)
             await cfg.kube.apply(child)
     # NB: status is written by the progress daemon only; two writers would race and regress it.
@@ -328,7 +336,7 @@ async def issue_participant(
     session = await _session_for(cfg, participant)
     await credentials.ensure_participant(cfg.kube, participant, session, owner=raw, retry_seconds=cfg.retry_seconds)
     if not participant["spec"].get("external"):
-        job = builders.build_participant_job(participant, session, image=cfg.image)
+        job = builders.build_participant_job(participant, session, image=cfg.image("participant"))
         kopf.adopt(job, owner=raw)
         await cfg.kube.ensure(job)  # NB: a Job's pod template is immutable: create once, never patch
     new = status.participant_status(
