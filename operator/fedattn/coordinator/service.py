@@ -84,6 +84,8 @@ class Session:
     commands: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
     driver: asyncio.Task[None] | None = None
     breaker: pybreaker.CircuitBreaker | None = None
+    #: set once the aggregator knows the session, so a participant that joined can say hello at once
+    configured: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def name(self) -> str:
@@ -282,6 +284,12 @@ class Coordinator:
             raise ApiError(403, "evicted", f"{participant} was evicted from session {name!r}")
         if machine.finished:
             raise ApiError(409, "finished", f"session {name!r} is {machine.phase}: {machine.message}")
+        try:
+            await asyncio.wait_for(session.configured.wait(), self.ack_timeout_seconds)
+        except TimeoutError:
+            raise ApiError(
+                503, "aggregator_unavailable", f"session {name!r} is not configured at the aggregator yet, retry"
+            ) from None
         now = self.clock()
         self._dispatch(session, machine.join(participant, now=now))
         session.activity[participant].last_heartbeat = now
@@ -546,6 +554,7 @@ class Coordinator:
             case Configure():
                 meta = {"mode": session.definition.mode, "spec": spec, "participants": session.definition.weights}
                 reply = await self._control(session, "ctl_configure", meta=meta)
+                session.configured.set()
                 # NB: after a coordinator restart this is how we learn who is connected already.
                 for participant in reply.get("hello") or []:
                     if participant in machine.members and not machine.members[participant].ready:
