@@ -226,7 +226,7 @@ def test_each_malformed_update_is_named_and_others_are_still_served(h):
         "length_mismatch": [*_update_frames(good, seq=alice.next_seq())[:1], bytes(corrupt[1])[:-4]],
         "checksum": corrupt,
         "non_finite": _update_frames(nan, seq=alice.next_seq()),
-        "oversized": _update_frames(np.zeros(2 * size, np.float32), seq=alice.next_seq()),
+        "oversized": _update_frames(np.zeros(100 * size, np.float32), seq=alice.next_seq()),
         "shape_mismatch": _update_frames(good[:-1], seq=alice.next_seq()),
         "malformed_header": [b"\x93not a map", bytes(memoryview(good).cast("B"))],
         "bad_version": _mutate_header(_update_frames(good, seq=alice.next_seq()), v=99),
@@ -385,6 +385,33 @@ def test_hello_before_configure_still_gets_the_model(h):
     model = alice.recv()
     assert model.kind == "model" and model.round == 1
     np.testing.assert_array_equal(model.arrays[0], np.full(8, 2.0, np.float32))
+
+
+def test_compressed_delta_is_decoded_against_the_global_model(h):
+    from fedattn.learning import compression
+
+    size = 1000
+    initial = np.linspace(-1, 1, size, dtype=np.float32)
+    coord = configure_learning(h, size=size, initial=initial)
+    alice = join(h, "alice")
+    open_round(h, coord, 1, ["alice"])
+    alice.recv()
+    delta = np.zeros(size, np.float32)
+    delta[[3, 500, 999]] = [0.5, -2.0, 1.25]
+    spec = compression.CompressionSpec.from_manifest({"topK": 0.003})
+    arrays, meta = compression.encode(delta, spec=spec)
+    assert sum(a.nbytes for a in arrays) < delta.nbytes / 10
+    ack = alice.request("update", round=1, arrays=arrays, meta={"num_examples": 4, "compression": meta})
+    assert ack.kind == "ack", ack.meta
+    assert ctl(coord, h.events, "ctl_close_round", round=1)["ok"]
+    assert ctl(coord, h.events, "ctl_finish", meta={"reason": "rounds"})["ok"]
+    done = alice.recv()
+    np.testing.assert_allclose(done.arrays[0], initial + delta, rtol=1e-6, atol=1e-7)
+    bad = {**meta, "size": size + 1}
+    open_round(h, coord, 2, ["alice"])
+    alice.recv()
+    err = alice.request("update", round=2, arrays=arrays, meta={"num_examples": 4, "compression": bad})
+    assert err.kind == "error" and err.meta["code"] == "bad_encoding"
 
 
 # --- events and probes ----------------------------------------------------------------------------

@@ -16,9 +16,10 @@ import numpy as np
 
 from fedattn import wire
 from fedattn.aggregator.kv import Barrier, KVPart
-from fedattn.aggregator.strategies import build_strategy
+from fedattn.aggregator.strategies import build_session_strategy
 from fedattn.aggregator.strategy import FOLD_GROUP, Strategy, fold_all
 from fedattn.attention.exchange import union_kv
+from fedattn.learning import compression
 
 Evaluate = Callable[[np.ndarray], float]
 
@@ -76,11 +77,11 @@ class LearningSession(Session):
         initial = np.ascontiguousarray(initial, dtype=np.float32).reshape(-1)
         if initial.size == 0 or not np.isfinite(initial).all():
             raise ValueError("the initial model must be a non-empty finite vector")
-        super().__init__(name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=initial.nbytes)
-        strategy = dict(spec.get("strategy") or {})
-        self.strategy: Strategy = build_strategy(
-            str(strategy.get("name", "fedavg")), size=initial.size, params=strategy.get("params") or {}
-        )
+        # NB: a top-k "compressed" update with k near P (int32 indices + float32 values) is twice a model.
+        limit = 2 * initial.nbytes + 64 * 1024
+        super().__init__(name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=limit)
+        # NB: DP noise must not be predictable, so its generator is seeded from the OS, not the spec.
+        self.strategy: Strategy = build_session_strategy(spec, size=initial.size, rng=np.random.default_rng())
         self.global_params = initial
         self.evaluate = evaluate
         self.round = 0
@@ -125,9 +126,7 @@ class LearningSession(Session):
             raise wire.WireError("not_in_round", f"{participant} is not a participant of round {round}")
         if participant in self.contributed:
             raise wire.WireError("duplicate", f"{participant} already contributed to round {round}")
-        if len(arrays) != 1 or arrays[0].dtype != np.float32 or arrays[0].shape != (self.size,):
-            got = [f"{a.dtype}{list(a.shape)}" for a in arrays]
-            raise wire.WireError("shape_mismatch", f"update must be one float32[{self.size}] array, got {got}")
+        update = self._update_of(arrays, meta)
         examples = meta.get("num_examples")
         if isinstance(examples, bool) or not isinstance(examples, int | float) or not 0 < examples < math.inf:
             raise wire.WireError("bad_meta", f"num_examples must be a number > 0, got {examples!r}")
@@ -135,13 +134,23 @@ class LearningSession(Session):
         if hasattr(self.strategy, "fold_many"):
             # NB: held (a view of the received frame, no copy) until fold_pending at the end of the socket
             # burst or when FOLD_GROUP are waiting, so updates that arrive together share one pass.
-            self._pending.append((arrays[0], weight))
+            self._pending.append((update, weight))
             if len(self._pending) >= FOLD_GROUP:
                 self.fold_pending()
         else:
-            self._timed_fold([arrays[0]], [weight])
+            self._timed_fold([update], [weight])
         self.contributed[participant] = weight
         return weight
+
+    def _update_of(self, arrays: list[np.ndarray], meta: Mapping[str, Any]) -> np.ndarray:
+        """The full local model an update stands for: sent as is, or a compressed delta from the global."""
+        if "compression" in meta:  # decoded on arrival (fedattn.learning.compression, code bad_encoding)
+            delta = compression.decode(arrays, meta["compression"], size=self.size)
+            return np.add(self.global_params, delta, dtype=np.float32)
+        if len(arrays) != 1 or arrays[0].dtype != np.float32 or arrays[0].shape != (self.size,):
+            got = [f"{a.dtype}{list(a.shape)}" for a in arrays]
+            raise wire.WireError("shape_mismatch", f"update must be one float32[{self.size}] array, got {got}")
+        return arrays[0]
 
     def fold_pending(self) -> None:
         """Fold the updates accepted but not folded yet (the server calls this after each burst)."""
