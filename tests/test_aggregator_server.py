@@ -414,6 +414,28 @@ def test_compressed_delta_is_decoded_against_the_global_model(h):
     assert err.kind == "error" and err.meta["code"] == "bad_encoding"
 
 
+def test_dp_session_folds_through_the_wrapped_rule(h):
+    coord = h.client(CONTROL_IDENTITY)
+    size = 64
+    spec = {"minParticipants": 1, "privacy": {"dp": {"noiseMultiplier": 1.0, "clipNorm": 0.5}}}
+    meta = {"mode": "learning", "spec": spec, "participants": {"alice": 1.0, "bob": 1.0}, "params": size}
+    assert ctl(coord, h.events, "ctl_configure", meta=meta)["ok"]
+    alice, bob = join(h, "alice"), join(h, "bob")
+    open_round(h, coord, 1, ["alice", "bob"])
+    alice.recv(), bob.recv()
+    for c, value in ((alice, 10.0), (bob, 10.0)):
+        ack = c.request("update", round=1, meta={"num_examples": 1}, arrays=[np.full(size, value, np.float32)])
+        assert ack.kind == "ack", ack.meta
+    reply = ctl(coord, h.events, "ctl_close_round", round=1)
+    assert reply["ok"] and reply["contributions"] == 2, reply
+    assert ctl(coord, h.events, "ctl_finish", meta={"reason": "rounds"})["ok"]
+    final = alice.recv().arrays[0]
+    # each update's change (10 per coordinate) is clipped to norm 0.5, i.e. 0.0625 per coordinate, then
+    # noised (std 0.25): without clipping the mean would be 10 everywhere, without noise constant
+    assert np.all(np.isfinite(final)) and np.abs(final).max() < 5.0
+    assert np.std(final) > 0.01
+
+
 # --- events and probes ----------------------------------------------------------------------------
 
 
