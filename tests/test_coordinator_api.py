@@ -9,6 +9,7 @@ import asyncio
 import json
 import ssl
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import aiohttp
@@ -346,6 +347,8 @@ async def test_learning_session_runs_its_rounds_and_records_every_contribution(
     assert [r.state for r in await store.list_rounds("learn")] == ["Closed", "Closed"]
     assert (await store.get_session("learn")).phase == "Succeeded"
     assert running.metrics.value("fedattn_coordinator_rounds_total") == 2
+    assert running.metrics.value("fedattn_coordinator_sessions", phase="Succeeded") == 1
+    assert running.metrics.value("fedattn_coordinator_sessions", phase="Running") == 0
     assert running.metrics.value("fedattn_coordinator_contributions_recorded_total") == 6
 
 
@@ -544,4 +547,34 @@ async def test_unreachable_aggregator_fails_the_session_fast_through_the_circuit
         await running.coordinator.store.writes.flush()
         assert (await running.coordinator.store.get_session("cb")).phase == "Failed"
     finally:
+        await running.stop()
+
+
+async def test_changes_are_acknowledged_only_once_committed(pki_dir, aggregator, postgres_server, fresh_database):
+    running = await serve(replace(config(pki_dir, aggregator, fresh_database), ack_timeout_seconds=1.0))
+    try:
+        operator, alice = as_(running, pki_dir, "operator"), as_(running, pki_dir, "alice")
+        assert (await operator.call("POST", "/v1/sessions", manifests("ack")))[0] == 201
+        await asyncio.to_thread(postgres_server.stop)
+        try:
+            status, body = await alice.call("POST", "/v1/sessions/ack/participants/alice/join", {})
+            assert (status, body["error"]) == (503, "store_unavailable")
+            # heartbeats need no durability: they keep working while the database is down
+            assert (await alice.call("POST", "/v1/sessions/ack/participants/alice/heartbeat", {}))[0] == 200
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{running.metrics_port}/readyz") as resp,
+            ):
+                assert resp.status == 503 and "store:" in await resp.text()
+        finally:
+            await asyncio.to_thread(postgres_server.start)
+        assert (await alice.call("POST", "/v1/sessions/ack/participants/alice/join", {}))[0] == 200
+        await running.coordinator.store.writes.flush()
+        [stored] = [p for p in await running.coordinator.store.list_participants("ack") if p.name == "alice"]
+        assert stored.phase == "Joined" and stored.joined_at is not None
+        assert len(await running.coordinator.store.list_events("ack", kind="join")) == 2  # the retry is audited too
+        assert running.coordinator.store.health()["write_failures"] == 0
+    finally:
+        if not postgres_server.running():
+            postgres_server.start()
         await running.stop()

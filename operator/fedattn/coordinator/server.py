@@ -44,6 +44,8 @@ class Config:
     metrics_port: int = 0
     tick_seconds: float = 0.2
     control_timeout_seconds: float = 5.0
+    #: how long an acknowledged change (create, join, leave, evict) may wait for its commit before 503
+    ack_timeout_seconds: float = 10.0
 
 
 @dataclass
@@ -121,6 +123,7 @@ async def serve(config: Config) -> Running:
             "endpoint": config.aggregator_advertise or config.aggregator,
             "public_key": config.aggregator_public_key.read_text().strip(),
         },
+        ack_timeout_seconds=config.ack_timeout_seconds,
     )
     link = ControlLink(
         endpoint=config.aggregator,
