@@ -10,7 +10,7 @@ K8S_VERSION=1.20.2
 DEB_VERSION=1.20.5+really1.20.2
 # Bump RECIPE when the build itself changes (flags, patches): binaries land in a new directory while
 # the unpacked source and Go's build cache are reused.
-RECIPE=2
+RECIPE=3
 CACHE=${FEDATTN_K8S_CACHE:-/var/cache/fedattn}/k8s-$K8S_VERSION
 BIN=$CACHE/bin-r$RECIPE
 WANT=(kube-apiserver kube-controller-manager)
@@ -67,6 +67,17 @@ if [ ! -f "$TREE/.fedattn-unpacked" ]; then
     done
     touch "$TREE/.fedattn-unpacked"
 fi
+
+# NB: go-openapi's type validator (two vendored copies) treats a value as null when
+# reflect.DeepEqual(reflect.Zero(T), reflect.ValueOf(data)). Built with Go 1.15 (upstream v1.20) that
+# only holds for nil maps/pointers; from Go 1.18 on, "" points at the runtime's shared zero buffer too,
+# so every empty string in a custom resource is rejected as null. Restore the upstream behaviour.
+ZERO_CHECK='reflect.DeepEqual(reflect.Zero(reflect.TypeOf(data)), reflect.ValueOf(data))'
+NIL_CHECK='(func() bool { v := reflect.ValueOf(data); return (v.Kind() == reflect.Map || v.Kind() == reflect.Ptr) \&\& v.IsNil() }())'
+for f in vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go vendor/github.com/go-openapi/validate/type.go; do
+    sed -i "s/$ZERO_CHECK/$NIL_CHECK/" "$TREE/$f"
+    grep -q 'v.IsNil() }())' "$TREE/$f" || { echo "build.sh: could not patch $f" >&2; exit 1; }
+done
 
 export GOPATH=$GOPATH_DIR GO111MODULE=off GOTOOLCHAIN=local GOPROXY=off
 export GOCACHE=$CACHE/gocache

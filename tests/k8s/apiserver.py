@@ -55,6 +55,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def loopback_dns(argv: list[str], *, workdir: Path) -> list[str]:
+    """``argv`` wrapped so that its DNS lookups go to 127.0.0.1 only (where nothing answers).
+
+    Why: a process that dials in-cluster names (``svc.namespace.svc``) outside a cluster would send
+    those lookups to the machine's resolver; tests keep every packet on loopback. A private mount
+    namespace gives the child its own /etc/resolv.conf without touching the machine's.
+    """
+    resolv = workdir / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:1 attempts:1\n")
+    script = 'mount --bind "$0" /etc/resolv.conf && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, str(resolv), *argv]
+
+
 def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
     path.write_bytes(data)
     path.chmod(mode)
