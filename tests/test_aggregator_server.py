@@ -310,6 +310,19 @@ def test_round_numbers_only_move_forward_and_configure_is_idempotent(h):
     assert not reply["ok"] and "no contributions" in reply["error"]
 
 
+def test_a_restarted_participant_is_not_taken_for_a_replay(h):
+    coord = configure_learning(h, size=8)
+    first = join(h, "alice")
+    open_round(h, coord, 1, ["alice"])
+    assert first.recv().kind == "model"
+    first.close()
+    h.clients.remove(first)
+    again = join(h, "alice")  # a new process: new DEALER, new routing id, fresh seq counter
+    assert again.recv().kind == "model"  # the open round's model comes with the new hello
+    ack = again.request("update", round=1, meta={"num_examples": 2}, arrays=[np.ones(8, np.float32)])
+    assert ack.kind == "ack", ack.meta
+
+
 def test_update_from_member_left_out_of_the_round(h):
     coord = configure_learning(h, size=8, members=("alice", "bob", "carol"))
     carol = join(h, "carol")

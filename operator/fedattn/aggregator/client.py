@@ -9,6 +9,7 @@ the call after next, or pass a copy.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,9 @@ class AggregatorClient:
         self.session, self.name = session, name
         self.timeout_seconds = timeout_seconds
         self.max_message_bytes = max_message_bytes
-        self._seq = itertools.count(1)
+        # NB: seq starts at the wall clock in microseconds, so a restarted sender keeps increasing its
+        # seq instead of replaying numbers the aggregator already saw (rejected as duplicates).
+        self._seq = itertools.count(time.time_ns() // 1000)
         self._own_context = context is None
         self._ctx = context or zmq.Context()
         sock = self._ctx.socket(zmq.DEALER)
