@@ -69,21 +69,25 @@ def operator_process(control_plane: ControlPlane, chart_release: Release) -> Ite
             proc.wait()
 
 
-@pytest.fixture(scope="module")
-def learning_session(operator_process: Path, chart_release: Release, admin_client: kubernetes.client.ApiClient):
+@pytest.fixture(scope="module", params=["learning-digits.yaml", "attention-smollm2.yaml"])
+def example_session(
+    request: pytest.FixtureRequest,
+    operator_process: Path,
+    chart_release: Release,
+    admin_client: kubernetes.client.ApiClient,
+):
+    """One example's manifests applied in the watched namespace: (client, session, participants)."""
     client = dynamic(admin_client)
-    created = create_all(
-        client, load_manifests(REPO / "examples" / "learning-digits.yaml"), namespace=chart_release.namespace
-    )
+    created = create_all(client, load_manifests(REPO / "examples" / request.param), namespace=chart_release.namespace)
     session = next(o for o in created if o.kind == "FedSession")
     participants = [o for o in created if o.kind == "FedParticipant"]
     return client, session, participants
 
 
-def test_operator_creates_every_child_with_owner_references(learning_session, chart_release: Release) -> None:
+def test_operator_creates_every_child_with_owner_references(example_session, chart_release: Release) -> None:
     """Coordinator and aggregator (Deployment + Service each) for the session; credentials (Secret) and
     a Job for every in-cluster participant; each child controlled by the session or its participant."""
-    client, session, participants = learning_session
+    client, session, participants = example_session
     owners = {session.metadata.uid} | {p.metadata.uid for p in participants}
     wanted = {p.metadata.name for p in participants}
 
@@ -112,8 +116,8 @@ def test_operator_creates_every_child_with_owner_references(learning_session, ch
         assert refs and refs[0].get("controller") is True, child["metadata"]["name"]
 
 
-def test_status_conditions_are_written_through_the_status_subresource(learning_session, chart_release: Release) -> None:
-    client, session, _ = learning_session
+def test_status_conditions_are_written_through_the_status_subresource(example_session, chart_release: Release) -> None:
+    client, session, _ = example_session
     fs = client.resources.get(api_version="fedattn.io/v1alpha1", kind="FedSession")
 
     def conditions() -> list[dict] | None:
@@ -129,8 +133,8 @@ def test_status_conditions_are_written_through_the_status_subresource(learning_s
     assert got["status"].get("observedGeneration") == got["metadata"]["generation"]
 
 
-def test_deleting_the_session_garbage_collects_its_children(learning_session, chart_release: Release) -> None:
-    client, session, _ = learning_session
+def test_deleting_the_session_garbage_collects_its_children(example_session, chart_release: Release) -> None:
+    client, session, _ = example_session
     owners = {session.metadata.uid}
     assert children(client, namespace=chart_release.namespace, owner_uids=owners), "nothing to collect"
     fs = client.resources.get(api_version="fedattn.io/v1alpha1", kind="FedSession")
@@ -148,7 +152,7 @@ def test_deleting_the_session_garbage_collects_its_children(learning_session, ch
     wait_for(gone, what="the session and every child it owned to be deleted", timeout_s=120)
 
 
-def test_operator_never_got_a_403(operator_process: Path, learning_session) -> None:
+def test_operator_never_got_a_403(operator_process: Path, example_session) -> None:
     # NB: runs after the tests above (file order), so the log holds their whole history.
     lines = [line for line in operator_process.read_text(errors="replace").splitlines() if FORBIDDEN.search(line)]
     assert lines == [], "the chart's RBAC is missing rules:\n" + "\n".join(lines[:20])
