@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import time
 from collections import deque
@@ -115,7 +116,8 @@ class Coordinator:
         self.clock = clock
         self.ack_timeout_seconds = ack_timeout_seconds
         self.sessions: dict[str, Session] = {}
-        self._seen_events: deque[tuple[str, int]] = deque(maxlen=10_000)
+        self._seen_order: deque[str] = deque(maxlen=10_000)
+        self._seen_keys: set[str] = set()
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -416,11 +418,8 @@ class Coordinator:
     def on_event(self, meta: dict[str, Any]) -> None:
         """One ``ctl_event`` from the aggregator (see docs/protocol.md, control link)."""
         name, kind = str(meta.get("session", "")), str(meta.get("event", ""))
-        event_id = meta.get("event_id")
-        if isinstance(event_id, int):
-            if (name, event_id) in self._seen_events:
-                return
-            self._seen_events.append((name, event_id))
+        if self._seen_before(meta):
+            return
         session = self.sessions.get(name)
         if session is None:
             log.warning("ctl_event %s for unknown session", kind, extra={"session": name})
@@ -453,6 +452,18 @@ class Coordinator:
                     at=now,
                 )
             )
+
+    def _seen_before(self, meta: dict[str, Any]) -> bool:
+        """True for a re-sent event. NB: keyed on the whole event, not ``event_id`` alone, because a
+        restarted aggregator numbers its events from 1 again."""
+        key = json.dumps(meta, sort_keys=True, default=str)
+        if key in self._seen_keys:
+            return True
+        if len(self._seen_order) == self._seen_order.maxlen:
+            self._seen_keys.discard(self._seen_order[0])
+        self._seen_order.append(key)
+        self._seen_keys.add(key)
+        return False
 
     def _on_contribution(self, session: Session, meta: dict[str, Any], participant: str, round_: int, now: float):
         before = session.machine.members[participant].phase
