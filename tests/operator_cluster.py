@@ -54,6 +54,8 @@ class ApiServer(kmock.KubernetesEmulator):
             version = str(_LATEST[0])
             if isinstance(data, dict):
                 meta = data.setdefault("metadata", {})
+                if request.action == kmock.action.UPDATE and meta.get("resourceVersion"):
+                    self._precondition(request, meta["resourceVersion"])
                 if request.action == kmock.action.CREATE:
                     if not meta.get("name") and meta.get("generateName"):
                         meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
@@ -64,10 +66,21 @@ class ApiServer(kmock.KubernetesEmulator):
                 data.append({"op": "replace", "path": "/metadata/resourceVersion", "value": version})
         elif request.resource is not None and request.action == kmock.action.DELETE and request.name:
             key = (request.resource, request.namespace, request.name)
-            if key in self.objects and not self.objects[key].deleted:  # marking it deleted is a write too
+            obj = self.objects[key] if key in self.objects else None  # noqa: SIM401  (no .get on kmock's array)
+            # marking an object deleted is a write too (marking it again is not)
+            if obj is not None and not obj.deleted and not obj.get("metadata", {}).get("deletionTimestamp"):
                 _LATEST[0] = next(_VERSIONS)
-                self.objects[key].patch({"metadata": {"resourceVersion": str(_LATEST[0])}})
+                obj.patch({"metadata": {"resourceVersion": str(_LATEST[0])}})
         return await super()._handle(request)
+
+    def _precondition(self, request: kmock.Request, expected: str) -> None:
+        """A patch that names a resourceVersion applies only to that version (optimistic concurrency)."""
+        key = (request.resource, request.namespace, request.name)
+        current = self.objects[key].get("metadata", {}).get("resourceVersion") if key in self.objects else None
+        if current is not None and current != expected:
+            raise kmock.KubernetesError(
+                status=409, reason="Conflict", message=f"object is at {current}, not {expected}"
+            )
 
     async def _serve_list(self, request: kmock.Request) -> Any:
         listing = await super()._serve_list(request)

@@ -202,6 +202,8 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
         return  # reconcile_session has marked it Failed; nothing to observe
     meta, spec, previous = session["metadata"], session["spec"], session["status"]
     s, ns = meta["name"], meta["namespace"]
+    if meta.get("deletionTimestamp"):
+        return  # being deleted: nothing left to observe or to decide
     ttl = spec.get("ttlSecondsAfterFinished")
     if previous.get("phase") in status.TERMINAL and ttl is not None:
         age = status.age_seconds(previous.get("completedAt"), now)
@@ -243,7 +245,8 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
     if failure and previous.get("phase") not in status.TERMINAL:
         await _scale_down(cfg, session)
     if new != previous:
-        await cfg.kube.patch("FedSession", ns, s, {"status": new}, status=True)
+        if not await _write_status(cfg, "FedSession", meta, new):
+            return  # the session changed meanwhile (or is being deleted): decide again on the next pass
         for kind, reason, message in status.transitions(previous, new):
             kopf.event(body, type=kind, reason=reason, message=message)
     cfg.phases.set(ns, s, new["phase"])
@@ -275,7 +278,20 @@ async def _update_participants(
             await credentials.revoke(cfg.kube, namespace=ns, session=session["metadata"]["name"], participant=name)
         new = {**previous, **new}
         if new != previous:
-            await cfg.kube.patch("FedParticipant", ns, name, {"status": new}, status=True)
+            await _write_status(cfg, "FedParticipant", p["metadata"], new)
+
+
+async def _write_status(cfg: Config, kind: str, meta: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Patch ``.status`` only if the object is still the version we read (optimistic concurrency):
+    a status computed from a stale read must not land on an object that moved on. False on conflict."""
+    body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": new}
+    try:
+        await cfg.kube.patch(kind, meta["namespace"], meta["name"], body, status=True)
+        return True
+    except ApiException as exc:
+        if exc.status in (404, 409):
+            return False
+        raise
 
 
 @kopf.daemon(*SESSIONS, registry=REGISTRY, cancellation_timeout=5.0)
