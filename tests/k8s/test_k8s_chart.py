@@ -16,7 +16,8 @@ import yaml
 from apiserver import ControlPlane
 from kube import dynamic
 
-from conftest import Release
+from conftest import Release, wait_for
+from fedattn.operator import names
 
 REPO = Path(__file__).resolve().parents[2]
 LINT_ERROR = 3  # helm's support.ErrorSev
@@ -269,3 +270,57 @@ def test_service_account_token_authenticates(control_plane: ControlPlane, chart_
         with pytest.raises(kubernetes.client.ApiException) as refused:
             core.read_namespaced_secret("no-such-secret", namespace)
         assert refused.value.status == status, namespace
+
+
+def _permissive_crd(plural: str, kind: str) -> dict:
+    """A stand-in for prometheus-operator's CRD (its real schema is not available offline): same group,
+    names and scope, schema open. Enough to install and read back what the chart renders."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{plural}.monitoring.coreos.com"},
+        "spec": {
+            "group": "monitoring.coreos.com",
+            "scope": "Namespaced",
+            "names": {"plural": plural, "kind": kind},
+            "versions": [{"name": "v1", "served": True, "storage": True, "schema": {"openAPIV3Schema": {
+                "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}],
+        },
+    }  # fmt: skip
+
+
+def test_monitors_scrape_the_metrics_port_of_fedattn_pods(
+    control_plane: ControlPlane, chart_release: Release, admin_client: kubernetes.client.ApiClient
+) -> None:
+    ext = kubernetes.client.ApiextensionsV1Api(admin_client)
+    for plural, kind in (("servicemonitors", "ServiceMonitor"), ("podmonitors", "PodMonitor")):
+        ext.create_custom_resource_definition(_permissive_crd(plural, kind))
+        wait_for(lambda p=plural: _served(admin_client, p), what=f"{kind} CRD served")
+    values = {
+        "crds": {"create": False},
+        "dashboard": {"enabled": False},
+        "metrics": {
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+            "podMonitor": {"enabled": True, "interval": "15s"},
+        },
+    }
+    helm.install(kubeconfig=control_plane.admin_kubeconfig, namespace="fedattn-mon", release="mon", values=values)
+    custom = kubernetes.client.CustomObjectsApi(admin_client)
+    sm = custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", "fedattn-mon", "servicemonitors",
+                                             "mon-fedattn-operator")  # fmt: skip
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "30s"}]
+    svc = kubernetes.client.CoreV1Api(admin_client).read_namespaced_service("mon-fedattn-operator", "fedattn-mon")
+    assert sm["spec"]["selector"]["matchLabels"] == svc.spec.selector
+    pm = custom.get_namespaced_custom_object("monitoring.coreos.com", "v1", "fedattn-mon", "podmonitors", "mon-fedattn")
+    assert pm["spec"]["podMetricsEndpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["fedattn-mon"]}
+    # selects what the operator labels its coordinators and aggregators with
+    selector = pm["spec"]["selector"]["matchLabels"].items()
+    for component in ("coordinator", "aggregator"):
+        assert selector <= names.labels("any-session", component).items()
+
+
+def _served(api: kubernetes.client.ApiClient, plural: str) -> bool:
+    crd = kubernetes.client.ApiextensionsV1Api(api).read_custom_resource_definition(f"{plural}.monitoring.coreos.com")
+    return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
