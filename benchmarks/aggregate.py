@@ -212,14 +212,15 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"P = {size:,} float32, best of {args.repeats}; GB/s of updates per CPU s (and per wall s);")
     print("peak = allocations on top of the inputs")
-    print(f"{'method':<14}{'N':>4}{'GB/s':>9}{'wall GB/s':>11}{'peak MB':>10}{'max |err|':>12}")
+    print(f"{'method':<16}{'N':>4}{'GB/s':>9}{'wall GB/s':>11}{'peak MB':>10}{'max |err|':>12}")
     for r in rows:
         if "error" in r:
             hint = " (install flwr or pass --flower-path)" if r["method"] == "flower" else ""
-            print(f"{r['method']:<14}{r['n']:>4}  unavailable: {r['error']}{hint}")
+            print(f"{r['method']:<16}{r['n']:>4}  unavailable: {r['error']}{hint}")
             continue
         err = f"{r['max_abs_error']:.1e}" if "max_abs_error" in r else "-"
-        print(f"{r['method']:<14}{r['n']:>4}{r['gbps']:>9.2f}{r['wall_gbps']:>11.2f}{r['peak_mb']:>10.1f}{err:>12}")
+        rates = f"{r['gbps']:>9.2f}{r['wall_gbps']:>11.2f}"
+        print(f"{r['method']:<16}{r['n']:>4}{rates}{r['peak_mb']:>10.1f}{err:>12}")
     for key in ("speedup_vs_flower", "fraction_of_copy"):
         if key in summary:
             print(f"{key}: {summary[key]:.2f}")

@@ -30,7 +30,12 @@ def test_command_serves_probes_and_curve_clients_and_stops_on_sigterm(tmp_path):
     (allow / "alice.curve.pub").write_bytes(alice.public)
     port, metrics_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "fedattn.cli", "aggregator", "--bind", f"tcp://127.0.0.1:{port}"]
-    cmd += ["--curve-secret", str(tmp_path / "server.curve.sec"), "--curve-public", str(tmp_path / "server.curve.pub")]
+    cmd += [
+        "--curve-secret",
+        str(tmp_path / "server.curve.sec"),
+        "--curve-public",
+        str(tmp_path / "server.curve.pub"),
+    ]
     cmd += ["--allow-dir", str(allow), "--metrics-host", "127.0.0.1", "--metrics-port", str(metrics_port)]
     cmd += ["--max-message-bytes", "1048576"]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)

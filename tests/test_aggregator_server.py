@@ -168,9 +168,9 @@ def test_ctl_allow_and_revoke(h):
     coord = configure_learning(h, size=4)
     dave_keys = pki.curve_keypair()
     h.keys["dave"] = dave_keys
-    assert ctl(coord, h.events, "ctl_allow", meta={"participant": "dave", "public_key": dave_keys.public.decode()})[
-        "ok"
-    ]
+    assert ctl(
+        coord, h.events, "ctl_allow", meta={"participant": "dave", "public_key": dave_keys.public.decode()}
+    )["ok"]
     dave = h.client("dave")
     assert dave.request("hello").meta["code"] == "not_in_session"  # authenticated: the session answers
     assert ctl(coord, h.events, "ctl_revoke", meta={"participant": "alice"})["ok"]
@@ -241,10 +241,14 @@ def test_each_malformed_update_is_named_and_others_are_still_served(h):
         assert reply.meta["message"]
     # a wrong-dtype float16 vector of the right length is a shape/dtype mismatch for the session
     assert (
-        alice.request("update", round=1, meta={"num_examples": 3}, arrays=[good.astype(np.float16)]).meta["code"]
+        alice.request("update", round=1, meta={"num_examples": 3}, arrays=[good.astype(np.float16)]).meta[
+            "code"
+        ]
         == "shape_mismatch"
     )
-    assert alice.request("update", round=1, meta={"num_examples": -3}, arrays=[good]).meta["code"] == "bad_meta"
+    assert (
+        alice.request("update", round=1, meta={"num_examples": -3}, arrays=[good]).meta["code"] == "bad_meta"
+    )
     # bob, in the same round, is served and folded; alice can still contribute after her garbage
     assert bob.request("update", round=1, meta={"num_examples": 3}, arrays=[-good]).kind == "ack"
     assert alice.request("update", round=1, meta={"num_examples": 1}, arrays=[good]).kind == "ack"
@@ -305,7 +309,10 @@ def test_round_numbers_only_move_forward_and_configure_is_idempotent(h):
     unknown = ctl(coord, h.events, "ctl_open_round", round=9, meta={"participants": ["zed"]})
     assert not unknown["ok"] and "zed" in unknown["error"]
     open_round(h, coord, 5, ["alice"])  # e.g. a coordinator continuing after an aggregator restart
-    assert "still open" in ctl(coord, h.events, "ctl_open_round", round=6, meta={"participants": ["alice"]})["error"]
+    assert (
+        "still open"
+        in ctl(coord, h.events, "ctl_open_round", round=6, meta={"participants": ["alice"]})["error"]
+    )
     reply = ctl(coord, h.events, "ctl_close_round", round=5)
     assert not reply["ok"] and "no contributions" in reply["error"]
 
@@ -371,7 +378,9 @@ def test_fedavg_matches_closed_form_and_reports_accuracy(tmp_path):
         h.events[:] = [e for e in h.events if e["event"] != "contribution"]
         while len(contributions) < 6:
             contributions.append(wait_event(coord, h.events, "contribution"))
-        assert {(e["participant"], e["round"]) for e in contributions} == {(n, r) for n in weights for r in (1, 2)}
+        assert {(e["participant"], e["round"]) for e in contributions} == {
+            (n, r) for n in weights for r in (1, 2)
+        }
         assert all(e["bytes"] == size * 4 for e in contributions)
         assert all(e["checksum"] == sent_crc[(e["participant"], e["round"])] for e in contributions)
     finally:
@@ -437,7 +446,9 @@ def test_dp_session_folds_through_the_wrapped_rule(h):
     open_round(h, coord, 1, ["alice", "bob"])
     alice.recv(), bob.recv()
     for c, value in ((alice, 10.0), (bob, 10.0)):
-        ack = c.request("update", round=1, meta={"num_examples": 1}, arrays=[np.full(size, value, np.float32)])
+        ack = c.request(
+            "update", round=1, meta={"num_examples": 1}, arrays=[np.full(size, value, np.float32)]
+        )
         assert ack.kind == "ack", ack.meta
     reply = ctl(coord, h.events, "ctl_close_round", round=1)
     assert reply["ok"] and reply["contributions"] == 2, reply
@@ -478,7 +489,9 @@ def test_probes_and_metrics_over_http(h):
         assert r.status == 200
     with urllib.request.urlopen(f"{base}/metrics") as r:
         text = r.read().decode()
-    received = [line for line in text.splitlines() if line.startswith("fedattn_aggregator_bytes_received_total ")]
+    received = [
+        line for line in text.splitlines() if line.startswith("fedattn_aggregator_bytes_received_total ")
+    ]
     assert received and float(received[0].split()[1]) > 0
     for name in (
         "bytes_sent_total",
@@ -497,9 +510,9 @@ HEADS, DIM = 2, 4
 def kv_block(positions) -> list[np.ndarray]:
     """K/V rows that encode their own position, so where a row lands can be checked exactly."""
     pos = np.asarray(positions, dtype=np.int64)
-    k = (pos[None, :, None] * 100 + np.arange(HEADS)[:, None, None] * 10 + np.arange(DIM)[None, None, :]).astype(
-        np.float32
-    )
+    k = (
+        pos[None, :, None] * 100 + np.arange(HEADS)[:, None, None] * 10 + np.arange(DIM)[None, None, :]
+    ).astype(np.float32)
     return [k, -k, pos]
 
 

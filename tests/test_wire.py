@@ -14,7 +14,11 @@ from fedattn import wire
 names = st.text(min_size=1, max_size=40)
 big_int = st.integers(min_value=0, max_value=2**62)
 meta_values = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False), st.text(max_size=20)
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
 )
 metas = st.dictionaries(st.text(max_size=12), meta_values, max_size=5)
 

@@ -194,10 +194,14 @@ class Aggregator:
         return True
 
     def _reply(self, route: bytes, *, kind: str, session: str, participant: str, **fields: Any) -> bool:
-        frames = wire.encode(kind=kind, session=session, participant=participant, seq=next(self._seq), **fields)
+        frames = wire.encode(
+            kind=kind, session=session, participant=participant, seq=next(self._seq), **fields
+        )
         return self._send(route, frames)
 
-    def _reject(self, route: bytes, error: wire.WireError, *, session: str, participant: str, round: int = 0) -> None:
+    def _reject(
+        self, route: bytes, error: wire.WireError, *, session: str, participant: str, round: int = 0
+    ) -> None:
         self.metrics.rejected.labels(reason=error.code).inc()
         log.warning(
             "rejected: %s",
@@ -206,7 +210,9 @@ class Aggregator:
         )
         self._send(
             route,
-            wire.error_reply(session=session, participant=participant, error=error, round=round, seq=next(self._seq)),
+            wire.error_reply(
+                session=session, participant=participant, error=error, round=round, seq=next(self._seq)
+            ),
         )
         if participant != CONTROL_IDENTITY:
             self._event(
@@ -250,7 +256,9 @@ class Aggregator:
                 try:
                     state.fold_pending()
                 except wire.WireError as exc:
-                    log.error("folding accepted updates failed: %s", exc.detail, extra={"session": state.name})
+                    log.error(
+                        "folding accepted updates failed: %s", exc.detail, extra={"session": state.name}
+                    )
 
     def _on_frames(self, frames: list[zmq.Frame]) -> None:
         self.metrics.bytes_received.inc(sum(len(f) for f in frames))
@@ -270,7 +278,9 @@ class Aggregator:
             if not user or not self.allowlist.is_allowed(user):
                 raise wire.WireError("unauthenticated", "this connection's Curve key is no longer allowed")
             if participant != user:
-                raise wire.WireError("identity_mismatch", f"header says {participant!r} but the Curve key is {user!r}")
+                raise wire.WireError(
+                    "identity_mismatch", f"header says {participant!r} but the Curve key is {user!r}"
+                )
             if user == CONTROL_IDENTITY:
                 if kind not in CONTROL_KINDS:
                     raise wire.WireError("unexpected_kind", f"{kind} is not a control request")
@@ -297,7 +307,9 @@ class Aggregator:
         except wire.WireError as exc:
             self._reject(route, exc, **ctx)
 
-    def _on_participant(self, route: bytes, state: Session, msg: wire.Message, *, checksums: list[int]) -> None:
+    def _on_participant(
+        self, route: bytes, state: Session, msg: wire.Message, *, checksums: list[int]
+    ) -> None:
         name = msg.participant
         if msg.kind == "hello":
             state.routes[name] = route
@@ -395,7 +407,9 @@ class Aggregator:
                 sent += sum(memoryview(f).nbytes for f in frames[1:])
         self.metrics.sync_latency_seconds.observe(release.latency_seconds)
         latency_ms = release.latency_seconds * 1000
-        self._event(state.name, "sync", layer=release.layer, bytes=release.bytes_in + sent, latency_ms=latency_ms)
+        self._event(
+            state.name, "sync", layer=release.layer, bytes=release.bytes_in + sent, latency_ms=latency_ms
+        )
         if release.missing:
             self._event(state.name, "sync_missed", layer=release.layer, participants=release.missing)
         log.info(
@@ -574,7 +588,9 @@ class Aggregator:
             "hello": sorted(state.routes),
         }
         if isinstance(state, LearningSession):
-            out.update(params=state.size, round=state.round, open=state.open, contributions=len(state.contributed))
+            out.update(
+                params=state.size, round=state.round, open=state.open, contributions=len(state.contributed)
+            )
         elif isinstance(state, AttentionSession):
             out.update(syncs=state.syncs, pending_layers=sorted(state.barriers))
         return out

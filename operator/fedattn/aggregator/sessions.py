@@ -114,7 +114,9 @@ class LearningSession(Session):
         self.opened_at = time.monotonic()
         self.fold_seconds = 0.0
 
-    def accept(self, *, participant: str, round: int, arrays: list[np.ndarray], meta: Mapping[str, Any]) -> float:
+    def accept(
+        self, *, participant: str, round: int, arrays: list[np.ndarray], meta: Mapping[str, Any]
+    ) -> float:
         """Take one update (folded now, or with the rest of its socket burst); returns its weight.
 
         Raises WireError with the rejection code; everything is checked before the update is held.
@@ -149,7 +151,9 @@ class LearningSession(Session):
             return np.add(self.global_params, delta, dtype=np.float32)
         if len(arrays) != 1 or arrays[0].dtype != np.float32 or arrays[0].shape != (self.size,):
             got = [f"{a.dtype}{list(a.shape)}" for a in arrays]
-            raise wire.WireError("shape_mismatch", f"update must be one float32[{self.size}] array, got {got}")
+            raise wire.WireError(
+                "shape_mismatch", f"update must be one float32[{self.size}] array, got {got}"
+            )
         return arrays[0]
 
     def fold_pending(self) -> None:
@@ -170,7 +174,9 @@ class LearningSession(Session):
     def close_round(self, round: int) -> RoundResult:
         """Finish the open round: the strategy's result becomes the global model."""
         if not self.open or round != self.round:
-            raise ValueError(f"round {round} is not the open round (open: {self.round if self.open else None})")
+            raise ValueError(
+                f"round {round} is not the open round (open: {self.round if self.open else None})"
+            )
         if not self.contributed:
             raise ValueError(f"round {round} has no contributions; keep it open or finish the session")
         self.fold_pending()
@@ -204,8 +210,12 @@ class Release:
 class AttentionSession(Session):
     """KV sync barriers, one per sync layer, over the session's participants."""
 
-    def __init__(self, *, name: str, spec: Mapping[str, Any], weights: dict[str, float], max_payload_bytes: int):
-        super().__init__(name=name, mode="attention", spec=spec, weights=weights, max_payload_bytes=max_payload_bytes)
+    def __init__(
+        self, *, name: str, spec: Mapping[str, Any], weights: dict[str, float], max_payload_bytes: int
+    ):
+        super().__init__(
+            name=name, mode="attention", spec=spec, weights=weights, max_payload_bytes=max_payload_bytes
+        )
         self.barriers: dict[int, Barrier] = {}
         self.released: set[int] = set()
         self.syncs = 0
