@@ -1,0 +1,189 @@
+"""Pure builders: a session/participant dict in, Kubernetes objects out; container args accepted by
+the components' own argument parsers."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import importlib
+from pathlib import Path
+
+import pytest
+
+from fedattn import pki
+from fedattn.api import apply_defaults_and_validate
+from fedattn.operator import builders, names
+
+
+def _session(**spec) -> dict:
+    doc = {
+        "apiVersion": "fedattn.io/v1alpha1",
+        "kind": "FedSession",
+        "metadata": {"name": "s1"},
+        "spec": {"mode": "learning", **spec},
+    }
+    out = apply_defaults_and_validate("FedSession", doc)
+    out["metadata"]["namespace"] = "team"
+    return out
+
+
+def _participant(**spec) -> dict:
+    doc = {
+        "apiVersion": "fedattn.io/v1alpha1",
+        "kind": "FedParticipant",
+        "metadata": {"name": "site-a"},
+        "spec": {"sessionRef": "s1", **spec},
+    }
+    out = apply_defaults_and_validate("FedParticipant", doc)
+    out["metadata"]["namespace"] = "team"
+    return out
+
+
+def _container(obj: dict) -> dict:
+    return obj["spec"]["template"]["spec"]["containers"][0]
+
+
+def _parse(component: str, args: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    importlib.import_module(f"fedattn.{component}.command").configure(parser)
+    return parser.parse_args(args)
+
+
+@pytest.mark.parametrize(
+    ("component", "build"),
+    [
+        ("coordinator", lambda: builders.build_coordinator_deployment(_session())),
+        ("aggregator", lambda: builders.build_aggregator_deployment(_session())),
+        (
+            "participant",
+            lambda: builders.build_participant_job(
+                _participant(promptRef={"configMapKeyRef": {"name": "doc", "key": "text"}}), _session()
+            ),
+        ),
+    ],
+)
+def test_container_args_are_accepted_by_the_component_cli(component: str, build) -> None:
+    args = _container(build())["args"]
+    assert args[0] == component
+    parsed = _parse(component, args[1:])
+    mounted = {m["mountPath"] for m in _container(build())["volumeMounts"]}
+    for value in vars(parsed).values():  # every file argument points into a mounted directory
+        if isinstance(value, Path):
+            assert any(str(value).startswith(m + "/") or str(value) == m for m in mounted), value
+
+
+def test_coordinator_deployment() -> None:
+    dep = builders.build_coordinator_deployment(
+        _session(
+            coordinator={
+                "nodeSelector": {"pool": "cpu"},
+                "resources": {"limits": {"cpu": "1"}},
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            },
+            database={"secretRef": {"name": "pg", "key": "url"}},
+        ),
+        image="img:1",
+    )
+    assert dep["metadata"]["name"] == "s1-coordinator" and dep["spec"]["replicas"] == 1
+    pod = dep["spec"]["template"]["spec"]
+    c = _container(dep)
+    assert c["image"] == "img:1"
+    assert pod["nodeSelector"] == {"pool": "cpu"} and pod["tolerations"][0]["key"] == "dedicated"
+    assert c["resources"] == {"limits": {"cpu": "1"}}
+    assert pod["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["allowPrivilegeEscalation"] is False
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert {p["name"] for p in c["ports"]} == {"https", "metrics"}
+    assert c["env"] == [{"name": "FEDATTN_DATABASE_DSN", "valueFrom": {"secretKeyRef": {"name": "pg", "key": "url"}}}]
+    parsed = _parse("coordinator", c["args"][1:])
+    assert parsed.store == "$(FEDATTN_DATABASE_DSN)"  # the kubelet substitutes it; the DSN stays in the Secret
+    assert parsed.api_host == "0.0.0.0" and parsed.aggregator == "tcp://s1-aggregator.team.svc:5555"
+    curve = next(v for v in pod["volumes"] if v["name"] == "curve")["secret"]
+    assert "server.curve.sec" not in {i["key"] for i in curve["items"]}  # the aggregator's secret half stays out
+
+
+def test_sqlite_store_without_a_database_and_suspend_scales_to_zero() -> None:
+    dep = builders.build_coordinator_deployment(_session(suspend=True))
+    assert dep["spec"]["replicas"] == 0
+    assert "env" not in _container(dep)
+    assert _parse("coordinator", _container(dep)["args"][1:]).store == "sqlite:////var/lib/fedattn/store.sqlite3"
+    assert builders.build_aggregator_deployment(_session(suspend=True))["spec"]["replicas"] == 0
+
+
+def test_aggregator_mounts_the_allowlist_configmap() -> None:
+    dep = builders.build_aggregator_deployment(_session())
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["allow"] == {"name": "allow", "configMap": {"name": "s1-allow"}}
+    assert _parse("aggregator", _container(dep)["args"][1:]).bind == "tcp://0.0.0.0:5555"
+
+
+def test_services_select_their_deployment_pods() -> None:
+    s = _session()
+    for dep, svc in [
+        (builders.build_coordinator_deployment(s), builders.build_coordinator_service(s)),
+        (builders.build_aggregator_deployment(s), builders.build_aggregator_service(s)),
+    ]:
+        labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= labels.items()
+        assert dep["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
+        assert {p["name"] for p in svc["spec"]["ports"]} >= {"metrics"}
+    coord, agg = builders.build_coordinator_service(s), builders.build_aggregator_service(s)
+    assert coord["spec"]["selector"] != agg["spec"]["selector"]
+
+
+def test_participant_job_mounts_only_its_own_private_data() -> None:
+    p = _participant(
+        node={"site": "a"},
+        image="custom:2",
+        promptRef={"secretKeyRef": {"name": "prompt-a", "key": "p"}},
+        dataRef={"configMapKeyRef": {"name": "data-a", "key": "d"}},
+    )
+    job = builders.build_participant_job(p, _session(resilience={"retries": 5}))
+    pod = job["spec"]["template"]["spec"]
+    assert job["spec"]["backoffLimit"] == 5 and pod["restartPolicy"] == "Never"
+    assert pod["nodeSelector"] == {"site": "a"} and _container(job)["image"] == "custom:2"
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["pki"]["secret"]["secretName"] == "site-a-credentials"
+    assert volumes["private-prompt"]["secret"] == {
+        "secretName": "prompt-a",
+        "defaultMode": 0o400,
+        "items": [{"key": "p", "path": "prompt"}],
+    }
+    assert volumes["private-data"]["configMap"] == {"name": "data-a", "items": [{"key": "d", "path": "data"}]}
+    parsed = _parse("participant", _container(job)["args"][1:])
+    assert (parsed.name, parsed.session, str(parsed.prompt_file)) == ("site-a", "s1", "/etc/fedattn/private/prompt")
+    assert job["metadata"]["labels"]["fedattn.io/participant"] == "site-a"
+
+
+def test_secrets_hold_the_material_given_and_only_public_keys_reach_the_allowlist() -> None:
+    s = _session()
+    ca = pki.make_ca("ca")
+    server = pki.issue(ca, "server", server_names=names.server_names("s1", "team"))
+    secret = builders.build_server_tls_secret(s, ca_cert=ca.cert_pem, server=server)
+    assert builders.secret_bytes(secret, "server.crt") == server.cert_pem
+    assert base64.b64decode(secret["data"]["ca.crt"]) == ca.cert_pem
+    pair = pki.curve_keypair()
+    allow = builders.build_allowlist(s, {"site-a": pair.public})
+    assert allow["data"] == {"site-a.curve.pub": pair.public.decode()}
+
+
+def test_cert_manager_mode_projects_its_secret_with_our_file_names() -> None:
+    s = _session(tls={"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}})
+    cert = builders.build_certificate(
+        s, name="x", secret_name="x", common_name="server", dns_names=["a.b"], usages=["server auth"]
+    )
+    assert cert["spec"]["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+    job = builders.build_participant_job(_participant(), s)
+    pki_volume = next(v for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "pki")
+    sources = pki_volume["projected"]["sources"]
+    assert sources[0]["secret"]["name"] == "site-a-certificate"
+    assert {i["path"] for i in sources[0]["secret"]["items"]} == {"site-a.crt", "site-a.key", "ca.crt"}
+    assert {i["key"] for i in sources[1]["secret"]["items"]} == {"site-a.curve.pub", "site-a.curve.sec"}
+    cm_secret = {"data": {"tls.crt": base64.b64encode(b"C").decode(), "tls.key": base64.b64encode(b"K").decode()}}
+    assert builders.identity_files(cm_secret, "operator") == {"operator.crt": b"C", "operator.key": b"K"}
+
+
+def test_long_names_are_cut_to_a_stable_dns_label() -> None:
+    long = "x" * 70
+    assert len(names.coordinator(long)) == 63 and names.coordinator(long) == names.coordinator(long)
+    assert names.coordinator(long) != names.aggregator(long)
