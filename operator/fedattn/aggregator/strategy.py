@@ -125,7 +125,8 @@ class FedAvg:
 
     def __init__(self, *, size: int, params: Mapping[str, Any] | None = None) -> None:
         self.size = size
-        self._acc = np.zeros(size, dtype=np.float64)
+        self._acc = np.empty(size, dtype=np.float64)
+        self._acc.fill(0.0)  # NB: fault every page in now (at configure), not inside round 1's fold
         self._scratch = np.empty(min(FOLD_CHUNK, max(size, 1)), dtype=np.float64)
         self.weight_total = 0.0
         self.folded = 0
