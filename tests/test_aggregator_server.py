@@ -173,7 +173,10 @@ def test_ctl_allow_and_revoke(h):
     )["ok"]
     dave = h.client("dave")
     assert dave.request("hello").meta["code"] == "not_in_session"  # authenticated: the session answers
+    live = join(h, "alice")
     assert ctl(coord, h.events, "ctl_revoke", meta={"participant": "alice"})["ok"]
+    refused = live.request("bye")
+    assert refused.kind == "error" and refused.meta["code"] == "unauthenticated"
     # alice's file is still in the directory, but the revocation wins, for new and live connections
     late = h.client("alice", timeout=1.5)
     late.send("hello")
