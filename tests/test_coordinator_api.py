@@ -410,6 +410,9 @@ async def test_attention_session_records_syncs_and_results(coordinator, pki_dir,
     await coordinator.coordinator.store.writes.flush()
     status = (await operator.call("GET", "/v1/sessions/attn"))[1]
     assert status["results"]["bob"] == {"fidelity": {"top1": 1.0}, "text": "answer of bob"}
+    assert set(status["results"]) == set(PARTICIPANTS)
+    seen_by_alice = (await as_(coordinator, pki_dir, "alice").call("GET", "/v1/sessions/attn"))[1]["results"]
+    assert seen_by_alice == {"alice": {"fidelity": {"top1": 1.0}, "text": "answer of alice"}}
     assert status["avg_sync_latency_ms"] >= 0 and status["contributions_recorded"] == 2
     rows = await coordinator.coordinator.store.list_contributions("attn")
     assert [(c.participant, c.layer_start, c.layer_end) for c in rows] == [("*", 0, 0), ("*", 2, 2)]

@@ -95,8 +95,12 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 async def get_session(request: web.Request) -> web.Response:
     name = request.match_info["session"]
-    _authorize(request, session=name)
-    return web.json_response(await request.app[COORDINATOR].status(name))
+    who = _authorize(request, session=name)
+    status = await request.app[COORDINATOR].status(name)
+    if who != OPERATOR:
+        # NB: a participant's result (its generated text) may reveal its private prompt: own one only.
+        status["results"] = {p: r for p, r in status["results"].items() if p == who}
+    return web.json_response(status)
 
 
 async def get_round(request: web.Request) -> web.Response:
