@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,6 +47,8 @@ class CoordinatorStatus:
         self._url_for = url_for
         self._root = workdir or Path(tempfile.mkdtemp(prefix="fedattn-operator-"))
         self._registered: set[tuple[str, str, str]] = set()
+        # NB: its own threads, so coordinators that time out never starve the Kubernetes API calls
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="coordinator-status")
 
     def _client(self, session: dict[str, Any], identity: dict[str, bytes]) -> CoordinatorClient:
         meta = session["metadata"]
@@ -72,4 +75,5 @@ class CoordinatorStatus:
     async def __call__(
         self, *, session: dict[str, Any], participants: list[dict[str, Any]], identity: dict[str, bytes]
     ) -> dict[str, Any]:
-        return await asyncio.to_thread(self._fetch, session, participants, identity)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._fetch, session, participants, identity)
