@@ -53,24 +53,21 @@ class Running:
     coordinator: Coordinator
     api_port: int
     metrics_port: int
-    _runners: list[web.AppRunner]
-    _ticker: asyncio.Task[None]
-    _link: ControlLink
-    _store: Store
+    _resources: contextlib.AsyncExitStack
 
     @property
-    def metrics(self):
+    def metrics(self) -> Metrics:
         return self.coordinator.metrics
 
     async def stop(self) -> None:
-        self._ticker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._ticker
-        for runner in self._runners:
-            await runner.cleanup()
-        await self.coordinator.close()
-        await self._link.close()
-        await self._store.close()
+        """Stop listening, stop the drivers and the link, then give buffered writes time to land."""
+        await self._resources.aclose()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _bound_port(runner: web.AppRunner) -> int:
@@ -112,41 +109,53 @@ async def _tick(coordinator: Coordinator, seconds: float) -> None:
 
 
 async def serve(config: Config) -> Running:
-    """Open the store (migrating it), connect to the aggregator, listen; returns once serving."""
-    metrics = Metrics()
-    store = Store(backend_for(config.store_dsn), registry=metrics.registry)
-    await store.start()
-    coordinator = Coordinator(
-        store=store,
-        metrics=metrics,
-        aggregator={
-            "endpoint": config.aggregator_advertise or config.aggregator,
-            "public_key": config.aggregator_public_key.read_text().strip(),
-        },
-        ack_timeout_seconds=config.ack_timeout_seconds,
-    )
-    link = ControlLink(
-        endpoint=config.aggregator,
-        server_public=config.aggregator_public_key.read_bytes(),
-        public=config.client_curve_public.read_bytes(),
-        secret=config.client_curve_secret.read_bytes(),
-        on_event=coordinator.on_event,
-        on_up=coordinator.reconfigure,
-        timeout_seconds=config.control_timeout_seconds,
-    )
-    coordinator.link = link
-    await coordinator.restore()
-    metrics.control_link_up.set_function(lambda: 1 if link.up else 0)
-    await link.start()
-    ssl_context = pki.server_ssl_context(cert=config.tls_cert, key=config.tls_key, ca=config.tls_ca)
-    api = web.AppRunner(build_app(coordinator), access_log=None)
-    probes = web.AppRunner(probes_app(coordinator, link), access_log=None)
-    for runner in (api, probes):
-        await runner.setup()
-    await web.TCPSite(api, config.api_host, config.api_port, ssl_context=ssl_context).start()
-    await web.TCPSite(probes, config.metrics_host, config.metrics_port).start()
-    ticker = asyncio.create_task(_tick(coordinator, config.tick_seconds), name="coordinator-tick")
-    running = Running(coordinator, _bound_port(api), _bound_port(probes), [api, probes], ticker, link, store)
+    """Open the store (migrating it), connect to the aggregator, listen; returns once serving.
+
+    If a step fails, what was started before it is shut down again before the error propagates.
+    """
+    async with contextlib.AsyncExitStack() as resources:
+        metrics = Metrics()
+        store = Store(backend_for(config.store_dsn), registry=metrics.registry)
+        await store.start()
+        resources.push_async_callback(store.close)
+        coordinator = Coordinator(
+            store=store,
+            metrics=metrics,
+            aggregator={
+                "endpoint": config.aggregator_advertise or config.aggregator,
+                "public_key": config.aggregator_public_key.read_text().strip(),
+            },
+            ack_timeout_seconds=config.ack_timeout_seconds,
+        )
+        link = ControlLink(
+            endpoint=config.aggregator,
+            server_public=config.aggregator_public_key.read_bytes(),
+            public=config.client_curve_public.read_bytes(),
+            secret=config.client_curve_secret.read_bytes(),
+            on_event=coordinator.on_event,
+            on_up=coordinator.reconfigure,
+            timeout_seconds=config.control_timeout_seconds,
+        )
+        resources.push_async_callback(link.close)
+        coordinator.link = link
+        resources.push_async_callback(coordinator.close)
+        await coordinator.restore()
+        metrics.control_link_up.set_function(lambda: 1 if link.up else 0)
+        await link.start()
+        ssl_context = pki.server_ssl_context(cert=config.tls_cert, key=config.tls_key, ca=config.tls_ca)
+        runners = []
+        for app, host, port, ctx in (
+            (build_app(coordinator), config.api_host, config.api_port, ssl_context),
+            (probes_app(coordinator, link), config.metrics_host, config.metrics_port, None),
+        ):
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            resources.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, host, port, ssl_context=ctx).start()
+            runners.append(runner)
+        ticker = asyncio.create_task(_tick(coordinator, config.tick_seconds), name="coordinator-tick")
+        resources.push_async_callback(_cancel, ticker)
+        running = Running(coordinator, _bound_port(runners[0]), _bound_port(runners[1]), resources.pop_all())
     log.info(
         "coordinator serving HTTPS on %s:%d, probes on %s:%d",
         config.api_host,
