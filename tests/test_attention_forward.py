@@ -35,6 +35,11 @@ def prompt_ids():
 
 
 @pytest.fixture(scope="module")
+def prefilled(model, prompt_ids):
+    return F.prefill(model, prompt_ids)
+
+
+@pytest.fixture(scope="module")
 def hf_model():
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -62,16 +67,20 @@ def test_config_read_from_gguf_metadata(model):
     assert model.lm_head is model.embedding
 
 
-def test_prefill_logits_match_transformers(model, hf_model, prompt_ids):
-    ours, _ = F.prefill(model, prompt_ids)
+@pytest.mark.slow
+def test_prefill_logits_match_transformers(prefilled, hf_model, prompt_ids):
+    ours, _ = prefilled
     theirs = hf_logits(hf_model, prompt_ids)
     assert ours.dtype == np.float32
     assert np.abs(ours - theirs).max() < LOGIT_TOLERANCE
     assert (ours.argmax(-1) == theirs.argmax(-1)).all()
 
 
-def test_greedy_decode_with_cache_matches_transformers_on_full_sequence(model, hf_model, prompt_ids):
-    logits, cache = F.prefill(model, prompt_ids)
+@pytest.mark.slow
+def test_greedy_decode_with_cache_matches_transformers_on_full_sequence(
+    model, prefilled, hf_model, prompt_ids
+):
+    logits, cache = prefilled
     gen = F.greedy_decode(
         model, cache=cache, last_logits=logits[-1], start_position=len(prompt_ids), max_new_tokens=6
     )
@@ -82,8 +91,8 @@ def test_greedy_decode_with_cache_matches_transformers_on_full_sequence(model, h
     assert gen.tokens == theirs.argmax(-1).tolist()
 
 
-def test_decode_leaves_prefill_cache_reusable(model, prompt_ids):
-    logits, cache = F.prefill(model, prompt_ids)
+def test_decode_leaves_prefill_cache_reusable(model, prefilled, prompt_ids):
+    logits, cache = prefilled
     lengths = [len(c) for c in cache]
     first = F.greedy_decode(
         model, cache=cache, last_logits=logits[-1], start_position=len(prompt_ids), max_new_tokens=3

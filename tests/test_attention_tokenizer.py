@@ -29,11 +29,13 @@ def hf_tokenizer():
     return transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("text", TEXTS)
 def test_ids_match_transformers(ours, hf_tokenizer, text):
     assert ours.encode(text) == hf_tokenizer.encode(text, add_special_tokens=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "messages",
     [
