@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
 
 from fedattn.coordinator.rounds import (
     FAILED,
@@ -172,9 +174,7 @@ def test_active_deadline_fails_the_session():
     m = learning(active_deadline=50.0)
     ready(m, "a")
     assert m.tick(now=49.9) == []
-    assert m.tick(now=50) == [
-        Fail(reason="DeadlineExceeded", message="session exceeded activeDeadlineSeconds=50")
-    ]
+    assert m.tick(now=50) == [Fail(reason="DeadlineExceeded", message="session exceeded activeDeadlineSeconds=50")]
 
 
 def attention() -> SessionMachine:
@@ -218,3 +218,74 @@ def test_driver_failure_fails_once(mode):
     assert m.fail("AggregatorUnavailable", "no reply") == [Fail("AggregatorUnavailable", "no reply")]
     assert m.fail("AggregatorUnavailable", "again") == []
     assert m.phase == FAILED
+
+
+# -- invariants over random event sequences ---------------------------------------------------------
+
+
+NAMES = ("a", "b", "c", "d")
+EVENTS = st.lists(
+    st.tuples(
+        # NB: repeated kinds are sampled more often, so sessions get past round 1 often enough
+        st.sampled_from(
+            ["join", "hello", *["heartbeat"] * 2, *["contribution"] * 4, *["closed"] * 2, "tick", "leave", "evict"]
+        ),
+        st.sampled_from(NAMES),
+        st.sampled_from([0, 0, 0, 0, 1, 2, 3]),  # contribution round; 0 = the current one
+        st.floats(min_value=0.0, max_value=8.0),  # time step
+    ),
+    min_size=20,
+    max_size=80,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=EVENTS, quorum=st.integers(min_value=1, max_value=4), total_rounds=st.integers(min_value=1, max_value=3))
+def test_commands_stay_consistent_under_any_event_order(events, quorum, total_rounds):
+    m = SessionMachine(
+        Settings(
+            mode="learning",
+            participants=NAMES,
+            min_participants=quorum,
+            rounds=total_rounds,
+            round_timeout=150.0,
+            wait_after_min=5.0,
+            heartbeat_timeout=100.0,
+        ),
+        now=0.0,
+    )
+    now, opened, closing, ended = 0.0, [], None, 0
+    setup = [("join", n, 0, 0.0) for n in NAMES[:quorum]] + [("hello", n, 0, 0.0) for n in NAMES[:quorum]]
+    for kind, name, number, step in setup + events:
+        if number == 0:
+            number = m.round.number if m.round is not None else m.rounds_closed + 1
+        now += step
+        if kind == "contribution":
+            _, commands = m.contribution(name, number, now=now)
+        elif kind == "closed":  # the driver reports only the close it was asked for
+            commands = m.round_closed(closing, now=now) if closing is not None else []
+            closing = None
+        elif kind == "heartbeat":
+            m.heartbeat(name, now=now)
+            commands = []
+        elif kind == "tick":
+            commands = m.tick(now=now)
+        else:
+            commands = getattr(m, kind)(name, now=now)
+        for command in commands:
+            assert ended == 0, f"{command} after the session ended"
+            if isinstance(command, OpenRound):
+                assert closing is None and command.round == len(opened) + 1
+                assert len(command.participants) >= quorum and set(command.participants) <= set(NAMES)
+                opened.append(command.round)
+            elif isinstance(command, CloseRound):
+                assert opened and command.round == opened[-1] and closing is None
+                closing = command.round
+            elif isinstance(command, Finish):
+                assert len(opened) == total_rounds
+                ended += 1
+            elif isinstance(command, Fail):
+                ended += 1
+        assert m.phase in (PENDING, RUNNING, SUCCEEDED, FAILED)
+        assert (m.phase in (SUCCEEDED, FAILED)) == (ended == 1)
+    event(f"phase {m.phase}, rounds opened {len(opened)}")
