@@ -47,7 +47,13 @@ class ApiServer(kmock.KubernetesEmulator):
     a fresh ``resourceVersion`` (kopf skips stale watch events by it), and on create a ``uid``,
     a ``creationTimestamp`` and a name from ``generateName`` (kopf's events use it)."""
 
+    #: keep only this many requests in kmock's log (None: all). kmock matches each request against its
+    #: whole log, so a long benchmark needs a window; tests that inspect the log keep everything.
+    history_limit: int | None = None
+
     async def _handle(self, request: kmock.Request) -> Any:
+        if self.history_limit is not None and len(self._requests) > self.history_limit:
+            del self._requests[: -self.history_limit]
         data = request.data
         if request.resource is not None and request.action in (kmock.action.CREATE, kmock.action.UPDATE):
             _LATEST[0] = next(_VERSIONS)
