@@ -82,11 +82,22 @@ def test_printer_columns() -> None:
     }
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def _manifests(path: Path) -> list[dict]:
+    docs = yaml.safe_load_all(path.read_text())
+    return [d for d in docs if isinstance(d, dict) and str(d.get("apiVersion", "")).startswith("fedattn.io/")]
+
+
+EXAMPLES = [p for p in sorted((ROOT / "examples").glob("*.yaml")) if _manifests(p)]
+
+
+def test_the_examples_include_both_modes() -> None:
+    modes = {d["spec"]["mode"] for p in EXAMPLES for d in _manifests(p) if d["kind"] == "FedSession"}
+    assert modes == {"attention", "learning"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_is_valid(path: Path) -> None:
-    docs = [d for d in yaml.safe_load_all(path.read_text()) if d and d["apiVersion"].startswith("fedattn.io/")]
-    assert docs
-    for doc in docs:
+    for doc in _manifests(path):
         out = apply_defaults_and_validate(doc["kind"], doc)
         assert out["metadata"] == doc["metadata"]
 
