@@ -5,6 +5,7 @@
 - ``chart_release``: the chart installed with Helm's own engine into namespace ``fedattn`` (release
   ``fedattn``), and a kubeconfig that authenticates as the chart's ServiceAccount (its token Secret),
   so whatever runs with it has exactly the chart's RBAC.
+- ``cluster_wide_release``: a second release with ``watch.allNamespaces`` (ClusterRole), same idea.
 
 Every test here is marked ``apiserver``. Nothing is skipped: a missing binary fails with the command to
 run (the build script is idempotent and called here, so a fresh machine builds once, 3-7 minutes).
@@ -88,16 +89,37 @@ class Release:
     installed: dict
 
 
-@pytest.fixture(scope="session")
-def chart_release(control_plane: ControlPlane, admin_client: kubernetes.client.ApiClient) -> Release:
-    assert control_plane.admin_kubeconfig is not None
-    installed = helm.install(kubeconfig=control_plane.admin_kubeconfig, namespace=NAMESPACE, release=RELEASE)
-    sa = RELEASE  # fullname of release "fedattn" is "fedattn"
-    token = service_account_token(admin_client, namespace=NAMESPACE, name=sa)
+def install_release(
+    plane: ControlPlane, api: kubernetes.client.ApiClient, *, name: str, namespace: str, values: dict | None = None
+) -> Release:
+    """``helm install`` the chart, then wait for its ServiceAccount's token (release names here contain
+    "fedattn", so the chart's full name, and the ServiceAccount's, is the release name)."""
+    assert plane.admin_kubeconfig is not None
+    installed = helm.install(kubeconfig=plane.admin_kubeconfig, namespace=namespace, release=name, values=values)
+    token = service_account_token(api, namespace=namespace, name=name)
     return Release(
-        name=RELEASE,
-        namespace=NAMESPACE,
-        service_account=sa,
-        operator_kubeconfig=control_plane.token_kubeconfig("operator", token, namespace=NAMESPACE),
+        name=name,
+        namespace=namespace,
+        service_account=name,
+        operator_kubeconfig=plane.token_kubeconfig(f"{name}-operator", token, namespace=namespace),
         installed=installed,
     )
+
+
+@pytest.fixture(scope="session")
+def chart_release(control_plane: ControlPlane, admin_client: kubernetes.client.ApiClient) -> Release:
+    """The chart with default values: CRDs, operator watching its own namespace with a Role."""
+    return install_release(control_plane, admin_client, name=RELEASE, namespace=NAMESPACE)
+
+
+@pytest.fixture(scope="session")
+def cluster_wide_release(
+    control_plane: ControlPlane, chart_release: Release, admin_client: kubernetes.client.ApiClient
+) -> Release:
+    """A second release watching every namespace (ClusterRole); the CRDs stay chart_release's."""
+    values = {
+        "watch": {"allNamespaces": True},
+        "crds": {"create": False},
+        "externalDatabase": {"secretName": "shared-pg", "secretKey": "uri"},
+    }
+    return install_release(control_plane, admin_client, name="fedattn-all", namespace="fedattn-all", values=values)

@@ -206,18 +206,8 @@ def test_rbac_is_namespaced_by_default(chart_release: Release, admin_client: kub
 
 
 def test_cluster_wide_watching_binds_a_cluster_role(
-    control_plane: ControlPlane, chart_release: Release, admin_client: kubernetes.client.ApiClient
+    cluster_wide_release: Release, admin_client: kubernetes.client.ApiClient
 ) -> None:
-    helm.install(
-        kubeconfig=control_plane.admin_kubeconfig,
-        namespace="fedattn-all",
-        release="fedattn-all",
-        values={
-            "watch": {"allNamespaces": True},
-            "crds": {"create": False},
-            "externalDatabase": {"secretName": "shared-pg", "secretKey": "uri"},
-        },
-    )
     sa = "system:serviceaccount:fedattn-all:fedattn-all"
     assert _can(admin_client, sa, verb="watch", resource="fedsessions", group="fedattn.io", namespace="anywhere")
     roles = kubernetes.client.RbacAuthorizationV1Api(admin_client).list_namespaced_role("fedattn-all").items

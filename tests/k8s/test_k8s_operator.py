@@ -8,6 +8,7 @@ session lets the controller manager's garbage collector remove every child.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -24,28 +25,26 @@ from kube import children, create_all, dynamic, load_manifests
 from conftest import Release, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-FORBIDDEN = re.compile(r"\b403\b|[Ff]orbidden")
+#: How a denied call shows in the log: kopf's APIForbiddenError, the client's "(403) Reason: Forbidden",
+#: the API's "... is forbidden: User ... cannot ...". (A bare "403" also matches resourceVersions.)
+FORBIDDEN = re.compile(r"[Ff]orbidden|\(403\)")
 
 
-@pytest.fixture(scope="module")
-def operator_process(control_plane: ControlPlane, chart_release: Release) -> Iterator[Path]:
-    """``fedattn operator`` watching the release namespace; yields the path of its log."""
-    log_path = control_plane.workdir / "operator.log"
+@contextlib.contextmanager
+def running_operator(plane: ControlPlane, release: Release, *scope: str) -> Iterator[Path]:
+    """``fedattn operator SCOPE...`` authenticated as ``release``'s ServiceAccount, healthy; yields its log."""
+    log_path = plane.workdir / f"{release.name}-operator.log"
     port = free_port()
-    env = {
-        **os.environ,
-        "KUBECONFIG": str(chart_release.operator_kubeconfig),
-        "POD_NAMESPACE": chart_release.namespace,
-    }
+    env = {**os.environ, "KUBECONFIG": str(release.operator_kubeconfig), "POD_NAMESPACE": release.namespace}
     with open(log_path, "wb") as log:
         # NB: its coordinator client dials in-cluster names; loopback_dns keeps those lookups local.
         argv = [
-            sys.executable, "-m", "fedattn.cli", "operator", f"--namespace={chart_release.namespace}",
+            sys.executable, "-m", "fedattn.cli", "operator", *scope,
             f"--health-address=127.0.0.1:{port}", "--log-level=DEBUG", "--poll-seconds=1",
         ]  # fmt: skip
         proc = subprocess.Popen(
-            loopback_dns(argv, workdir=control_plane.workdir),
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=control_plane.workdir,
+            loopback_dns(argv, workdir=plane.workdir),
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=plane.workdir,
         )  # fmt: skip
     try:
 
@@ -67,6 +66,17 @@ def operator_process(control_plane: ControlPlane, chart_release: Release) -> Ite
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def forbidden_lines(log_path: Path) -> list[str]:
+    return [line for line in log_path.read_text(errors="replace").splitlines() if FORBIDDEN.search(line)]
+
+
+@pytest.fixture(scope="module")
+def operator_process(control_plane: ControlPlane, chart_release: Release) -> Iterator[Path]:
+    """``fedattn operator`` watching the release namespace with the chart's namespaced Role."""
+    with running_operator(control_plane, chart_release, f"--namespace={chart_release.namespace}") as log_path:
+        yield log_path
 
 
 @pytest.fixture(scope="module", params=["learning-digits.yaml", "attention-smollm2.yaml"])
@@ -154,5 +164,24 @@ def test_deleting_the_session_garbage_collects_its_children(example_session, cha
 
 def test_operator_never_got_a_403(operator_process: Path, example_session) -> None:
     # NB: runs after the tests above (file order), so the log holds their whole history.
-    lines = [line for line in operator_process.read_text(errors="replace").splitlines() if FORBIDDEN.search(line)]
+    lines = forbidden_lines(operator_process)
     assert lines == [], "the chart's RBAC is missing rules:\n" + "\n".join(lines[:20])
+
+
+def test_cluster_wide_operator_reconciles_any_namespace_with_the_cluster_role(
+    control_plane: ControlPlane, cluster_wide_release: Release, admin_client: kubernetes.client.ApiClient
+) -> None:
+    namespace = "elsewhere"
+    kubernetes.client.CoreV1Api(admin_client).create_namespace({"metadata": {"name": namespace}})
+    client = dynamic(admin_client)
+    with running_operator(control_plane, cluster_wide_release, "--all-namespaces") as log_path:
+        created = create_all(client, load_manifests(REPO / "examples" / "learning-digits.yaml"), namespace=namespace)
+        owners = {o.metadata.uid for o in created}
+
+        def deployments() -> bool:
+            found = children(client, namespace=namespace, owner_uids=owners)
+            return sum(c["kind"] == "Deployment" for c in found) >= 2
+
+        wait_for(deployments, what=f"coordinator and aggregator Deployments in {namespace}", timeout_s=120)
+    lines = forbidden_lines(log_path)
+    assert lines == [], "the chart's ClusterRole is missing rules:\n" + "\n".join(lines[:20])
