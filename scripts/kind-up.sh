@@ -41,7 +41,7 @@ import sys, yaml
 print(next(d["metadata"]["name"] for d in yaml.safe_load_all(open(sys.argv[1])) if d and d["kind"] == "FedSession"))
 PY
 )
-echo "waiting for FedSession/$session to report a phase..."
-kubectl wait --namespace "$NAMESPACE" --for=jsonpath='{.status.phase}' "fedsession/$session" --timeout=5m \
+echo "waiting for FedSession/$session to be Running..."
+kubectl wait --namespace "$NAMESPACE" --for=jsonpath='{.status.phase}'=Running "fedsession/$session" --timeout=5m \
     2>/dev/null || kubectl get --namespace "$NAMESPACE" "fedsession/$session" -o yaml
 kubectl get --namespace "$NAMESPACE" fedsessions,fedparticipants,deployments,jobs,pods -o wide
