@@ -426,3 +426,55 @@ async def test_every_api_call_is_covered_by_the_role(api) -> None:
     missing = [s for s in seen - test_client if not rbac.allows(group=s[0], resource=s[1], subresource=s[2], verb=s[3])]
     assert not missing, f"API calls not covered by operator/fedattn/operator/rbac.yaml: {missing}"
     assert ("", "secrets", None, "delete") in seen and ("fedattn.io", "fedsessions", "status", "patch") in seen
+
+
+async def test_cert_manager_issues_the_certificates_when_an_issuer_is_named(api) -> None:
+    emulator, url = api
+    verbs = ["get", "list", "watch", "create", "patch", "delete"]
+    emulator.resources["cert-manager.io/v1/certificates"] = kmock.ResourceInfo(
+        kind="Certificate", namespaced=True, verbs=verbs
+    )
+    session = _attention_session(tls={"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}})
+    async with running_operator(url, RecordedStatus()) as config:
+        await _create_all(config, [session, *_participants()])
+        await eventually(
+            lambda: (
+                names_of(emulator, "cert-manager.io/v1/certificates")
+                == {
+                    "qa-server-tls",
+                    "qa-operator-client",
+                    "holder-a-certificate",
+                    "holder-b-certificate",
+                    "asker-certificate",
+                }
+            )
+        )
+        assert names_of(emulator, DEPLOYMENTS) == set()  # not before cert-manager has issued them
+        server = stored(emulator, "cert-manager.io/v1/certificates", "qa-server-tls")["spec"]
+        assert server["issuerRef"] == {"name": "corp-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"}
+        assert "qa-coordinator.default.svc" in server["dnsNames"] and server["secretName"] == "qa-server-tls"
+        # cert-manager's part, done by hand: it writes tls.crt / tls.key / ca.crt into the named Secrets
+        ca = pki.make_ca("corp")
+        for name, cn in [("qa-server-tls", "server"), ("qa-operator-client", "operator")]:
+            pair = pki.issue(ca, cn)
+            data = {"tls.crt": pair.cert_pem, "tls.key": pair.key_pem, "ca.crt": ca.cert_pem}
+            await config.kube.apply(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Secret",
+                    "metadata": {"name": name, "namespace": NAMESPACE},
+                    "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+                }
+            )
+        await eventually(lambda: names_of(emulator, DEPLOYMENTS) == {"qa-coordinator", "qa-aggregator"})
+        await eventually(lambda: _cond(_status(emulator, SESSIONS, "qa"), "CertificatesReady")["status"] == "True")
+    assert "qa-ca" not in names_of(emulator, SECRETS)  # no CA of our own
+    creds = _secret(emulator, "holder-a-credentials")
+    assert set(creds) == {"holder-a.curve.pub", "holder-a.curve.sec"}  # only the Curve keys are ours
+    pod = stored(emulator, DEPLOYMENTS, "qa-coordinator")["spec"]["template"]["spec"]
+    tls = next(v for v in pod["volumes"] if v["name"] == "tls")["projected"]["sources"][0]["secret"]
+    assert {i["key"]: i["path"] for i in tls["items"]} == {
+        "tls.crt": "server.crt",
+        "tls.key": "server.key",
+        "ca.crt": "ca.crt",
+    }

@@ -120,8 +120,14 @@ class Kube:
         return list(self.custom.list_namespaced_custom_object(group, version, namespace, plural).get("items", []))
 
     def _has_group_version(self, group_version: str) -> bool:
-        groups = client.ApisApi(self.api).get_api_versions().groups or []
-        return any(v.group_version == group_version for g in groups for v in g.versions)
+        group, version = group_version.split("/")
+        try:
+            self.custom.get_api_resources(group, version)  # GET /apis/GROUP/VERSION
+            return True
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
 
     # The async surface the handlers use.
 
