@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,6 +121,18 @@ def _cel_problems(node: Schema, value: Any, old: Any) -> list[str]:
     return problems
 
 
+def _non_finite(value: Any, path: list[Any]) -> Iterator[str]:
+    """YAML can spell .nan and .inf, JSON cannot: the API server never sees them, so we refuse them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield f"{_path(path)}: {value} is not a finite number"
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _non_finite(item, [*path, key])
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _non_finite(item, [*path, i])
+
+
 def apply_defaults_and_validate(kind: str, obj: dict, *, old: dict | None = None) -> dict:
     """A defaulted copy of the ``kind`` manifest ``obj``; raises :class:`ManifestError` if invalid.
 
@@ -138,6 +151,7 @@ def apply_defaults_and_validate(kind: str, obj: dict, *, old: dict | None = None
     meta_name = (obj.get("metadata") or {}).get("name")
     if not isinstance(meta_name, str) or not meta_name:
         problems.append("metadata.name: required")
+    problems.extend(_non_finite(obj, []))
     openapi = known[kind].openapi
     out = default(openapi, obj)
     for error in sorted(_validator(kind).iter_errors(out), key=lambda e: list(map(str, e.absolute_path))):
