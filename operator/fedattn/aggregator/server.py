@@ -311,7 +311,13 @@ class Aggregator:
         self, route: bytes, state: Session, msg: wire.Message, *, checksums: list[int]
     ) -> None:
         name = msg.participant
-        if msg.kind == "hello":
+        if msg.kind == "hello" and isinstance(state, AttentionSession):
+            state.routes[name] = route
+            self._event(state.name, "hello", participant=name, round=0)
+            layout = state.announce(name, msg.meta.get("tokens"))
+            if layout is not None:
+                self._welcome_layout(state, layout)
+        elif msg.kind == "hello":
             state.routes[name] = route
             current = state.round if isinstance(state, LearningSession) else 0
             self._reply(
@@ -418,9 +424,34 @@ class Aggregator:
             extra={"session": state.name, "layer": release.layer},
         )
 
+    def _welcome_layout(self, state: AttentionSession, layout: dict[str, int]) -> None:
+        """Tell every participant in the fixed prompt layout how many private tokens precede its own."""
+        order = list(layout)
+        for name, before in layout.items():
+            self._reply(
+                state.routes[name],
+                kind="welcome",
+                session=state.name,
+                participant=name,
+                meta={"mode": state.mode, "tokens_before": before, "participants": order},
+            )
+        left_out = sorted(set(state.weights) - set(layout))
+        if left_out:
+            self._event(state.name, "sync_missed", layer=-1, participants=left_out)
+        log.info("prompt layout fixed for %s", order, extra={"session": state.name})
+
     def _expire_barriers(self, now: float) -> None:
         for state in self.sessions.values():
-            if not isinstance(state, AttentionSession) or not state.barriers:
+            if not isinstance(state, AttentionSession):
+                continue
+            layout, waiting = state.expire_layout(now)
+            if layout is not None:
+                self._welcome_layout(state, layout)
+            for name in waiting:
+                error = wire.WireError("sync_timeout", f"too few participants announced their prompt within "
+                                                       f"{state.timeout_seconds:.0f}s")
+                self._reject(state.routes[name], error, session=state.name, participant=name)
+            if not state.barriers:
                 continue
             released, failed = state.expire(now)
             for release in released:

@@ -19,9 +19,11 @@ from fedattn.aggregator.kv import Barrier, KVPart
 from fedattn.aggregator.strategies import build_session_strategy
 from fedattn.aggregator.strategy import FOLD_GROUP, Strategy, fold_all
 from fedattn.attention.exchange import union_kv
+from fedattn.attention.spec import participant_order
 from fedattn.learning import compression
 
 Evaluate = Callable[[np.ndarray], float]
+MAX_PROMPT_TOKENS = 1 << 20
 
 
 @dataclass
@@ -219,6 +221,53 @@ class AttentionSession(Session):
         self.barriers: dict[int, Barrier] = {}
         self.released: set[int] = set()
         self.syncs = 0
+        self.prompt_tokens: dict[str, int] = {}  # announced in hello, to place rows at global positions
+        self.first_announce: float | None = None
+        self.layout: dict[str, int] | None = None  # participant -> tokens before its slice, once fixed
+
+    @property
+    def active(self) -> frozenset[str]:
+        """Who the KV barriers wait for: the participants in the fixed layout (all, until it is fixed)."""
+        return frozenset(self.layout) if self.layout is not None else frozenset(self.weights)
+
+    def announce(self, participant: str, tokens: Any) -> dict[str, int] | None:
+        """Record a participant's prompt length; returns the layout once every participant announced.
+
+        The layout (prompt order: as configured, the publisher last) gives each participant the number
+        of private tokens before its own, hence its global positions; lengths are what K/V row counts
+        reveal anyway, nothing more.
+        """
+        if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 < tokens <= MAX_PROMPT_TOKENS:
+            raise wire.WireError("bad_layout", f"hello needs meta.tokens in 1..{MAX_PROMPT_TOKENS}, got {tokens!r}")
+        if self.layout is not None:
+            if participant in self.layout:
+                return self.layout  # a reconnect: tell it again
+            raise wire.WireError("stale_round", "the prompt layout was fixed without this participant")
+        self.prompt_tokens[participant] = tokens
+        if self.first_announce is None:
+            self.first_announce = time.monotonic()
+        return self._fix_layout() if self.weights.keys() <= self.prompt_tokens.keys() else None
+
+    def expire_layout(self, now: float) -> tuple[dict[str, int] | None, list[str]]:
+        """At the timeout: the layout of who announced (quorum), or the names left waiting (no quorum)."""
+        if self.layout is not None or self.first_announce is None or now - self.first_announce < self.timeout_seconds:
+            return None, []
+        if len(self.prompt_tokens) >= self.min_participants:
+            return self._fix_layout(), []
+        waiting = sorted(self.prompt_tokens)
+        self.prompt_tokens.clear()
+        self.first_announce = None
+        return None, waiting
+
+    def _fix_layout(self) -> dict[str, int]:
+        present = [n for n in self.weights if n in self.prompt_tokens]
+        publisher = self.spec.get("publisher")
+        order = participant_order(present, publisher) if publisher in present else present
+        before, self.layout = 0, {}
+        for name in order:
+            self.layout[name] = before
+            before += self.prompt_tokens[name]
+        return self.layout
 
     def accept(self, *, participant: str, layer: int, arrays: list[np.ndarray]) -> Release | None:
         """Add a participant's block to its layer's barrier; returns the release when it completes."""
@@ -232,7 +281,7 @@ class AttentionSession(Session):
             raise wire.WireError("bad_dtype", f"positions must be int64, got {arrays[2].dtype}")
         barrier = self.barriers.get(layer)
         if barrier is None:
-            barrier = self.barriers[layer] = Barrier(layer=layer, expected=frozenset(self.weights))
+            barrier = self.barriers[layer] = Barrier(layer=layer, expected=self.active)
         if participant in barrier.parts:
             raise wire.WireError("duplicate", f"{participant} already sent KV for layer {layer}")
         try:

@@ -91,6 +91,7 @@ def run_attention(
     decode_seconds = time.perf_counter() - began
     sync_ms = np.asarray(prefill.sync_seconds) * 1000.0
     if logits_file is not None:
+        logits_file.parent.mkdir(parents=True, exist_ok=True)
         np.savez(logits_file, prompt_logits=prefill.logits, step_logits=generation.step_logits,
                  positions=prefill.positions, tokens=np.asarray(generation.tokens, dtype=np.int64))
     return {

@@ -8,6 +8,7 @@ per FedParticipant with only its own private data, and follows the session's sta
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -140,7 +141,11 @@ def start_participant(session: LocalSession, name: str) -> None:
         path.write_text(value)
         path.chmod(0o600)
         args += [f"--{key}-file", str(path)]
-    session.supervisor.start(f"participant-{name}", args)
+    # NB: N participants share this machine's cores; BLAS pools of all cores each would oversubscribe
+    # them many times over (and spin-wait), so each participant gets its share.
+    threads = str(max(1, (os.cpu_count() or 1) // len(session.bundle.participant_names)))
+    blas = {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+    session.supervisor.start(f"participant-{name}", args, env=blas)
 
 
 def follow(

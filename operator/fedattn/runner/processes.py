@@ -50,7 +50,7 @@ class Supervisor:
     env: dict[str, str] = field(default_factory=dict)
     children: dict[str, Process] = field(default_factory=dict)
 
-    def start(self, name: str, args: list[str]) -> Process:
+    def start(self, name: str, args: list[str], *, env: dict[str, str] | None = None) -> Process:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = self.logs / f"{name}.log"
         handle = log.open("ab")
@@ -59,7 +59,7 @@ class Supervisor:
             stdout=handle,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            env={**os.environ, **self.env},
+            env={**os.environ, **self.env, **(env or {})},
         )
         handle.close()
         proc = Process(name=name, popen=popen, log=log)
