@@ -593,3 +593,33 @@ async def test_a_resent_event_counts_once_but_a_restarted_aggregators_event_ids_
     assert coordinator.metrics.value("fedattn_coordinator_contributions_rejected_total", reason="late") == 2
     await coordinator.coordinator.store.writes.flush()
     assert [e.round for e in await coordinator.coordinator.store.list_events("ev2", kind="rejected")] == [1, 2]
+
+
+async def test_a_restarted_aggregator_gets_its_sessions_configured_again(coordinator, pki_dir, aggregator):
+    operator = as_(coordinator, pki_dir, "operator")
+    await operator.call("POST", "/v1/sessions", manifests("back"))
+    assert (await as_(coordinator, pki_dir, "alice").call("POST", "/v1/sessions/back/participants/alice/join", {}))[
+        0
+    ] == 200
+    aggregator.close()
+    server = pki.Paths(pki_dir, "server")
+    again = Aggregator(
+        bind=aggregator.endpoint,  # same address: the coordinator's DEALER reconnects by itself
+        server_public=server.curve_public.read_bytes(),
+        server_secret=server.curve_secret.read_bytes(),
+        allow_dir=pki_dir,
+        hooks=aggregator.hooks,
+        tick_seconds=0.02,
+    )
+    again.start()
+    try:
+
+        async def configured() -> bool:
+            return "back" in again.sessions
+
+        await wait_for(configured, "session configured at the new aggregator")
+        assert sorted(again.sessions["back"].weights) == PARTICIPANTS
+        reply = await as_(coordinator, pki_dir, "bob").call("POST", "/v1/sessions/back/participants/bob/join", {})
+        assert reply[0] == 200
+    finally:
+        again.close()

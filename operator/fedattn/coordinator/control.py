@@ -10,8 +10,8 @@ oldest waiting request with that session and round; older requests it overtook l
 consumed by it and never taken for a newer request's.
 
 A periodic ``ctl_status`` keeps ``up`` current (and tells the aggregator where to push events);
-when the link comes back after being down, ``on_up`` runs so the coordinator can re-configure its
-sessions at an aggregator that may have restarted.
+each reply goes to ``on_status``, so the coordinator notices an aggregator that restarted (and
+forgot its sessions) even when the restart was quicker than a ping timeout.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -51,7 +51,7 @@ class ControlLink:
         public: bytes,
         secret: bytes,
         on_event: Callable[[dict[str, Any]], None],
-        on_up: Callable[[], Awaitable[None]] | None = None,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
         timeout_seconds: float = 5.0,
         ping_seconds: float = 2.0,
     ) -> None:
@@ -60,7 +60,7 @@ class ControlLink:
         self.ping_seconds = ping_seconds
         self.up = False
         self._on_event = on_event
-        self._on_up = on_up
+        self._on_status = on_status
         self._ctx = zmq.asyncio.Context()
         sock = self._ctx.socket(zmq.DEALER)
         sock.curve_serverkey = server_public.strip()
@@ -71,6 +71,7 @@ class ControlLink:
         sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
         self._sock = sock
         self._seq = 0
+        self._pings = 0
         self._waiting: deque[tuple[str, int, asyncio.Future[wire.Message], float]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -156,13 +157,17 @@ class ControlLink:
     async def _ping(self) -> None:
         while True:
             try:
-                await self.request("ctl_status", session="-", timeout_seconds=self.ping_seconds * 2)
-                came_up = not self.up
-                self.up = True
-                if came_up:
+                # NB: a unique session label pairs each ping with its own reply, and that reply retires
+                # every older request whose reply was lost (e.g. the aggregator restarted meanwhile).
+                self._pings += 1
+                status = await self.request(
+                    "ctl_status", session=f"status-{self._pings}", timeout_seconds=self.ping_seconds * 2
+                )
+                if not self.up:
                     log.info("control link to %s is up", self.endpoint)
-                    if self._on_up is not None:
-                        await self._on_up()
+                self.up = True
+                if self._on_status is not None:
+                    self._on_status(status)
             except ControlError as exc:
                 if self.up:
                     log.warning("control link to %s is down: %s", self.endpoint, exc)

@@ -133,7 +133,7 @@ async def serve(config: Config) -> Running:
             public=config.client_curve_public.read_bytes(),
             secret=config.client_curve_secret.read_bytes(),
             on_event=coordinator.on_event,
-            on_up=coordinator.reconfigure,
+            on_status=coordinator.on_status,
             timeout_seconds=config.control_timeout_seconds,
         )
         resources.push_async_callback(link.close)

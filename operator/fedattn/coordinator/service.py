@@ -133,11 +133,19 @@ class Coordinator:
         for session in self.sessions.values():
             self._dispatch(session, session.machine.tick(now=now))
 
-    async def reconfigure(self) -> None:
-        """The control link came (back) up: make sure the aggregator knows every live session."""
+    def on_status(self, status: dict[str, Any]) -> None:
+        """Each ``ctl_status`` reply: configure again the sessions a restarted aggregator forgot."""
+        known = status.get("sessions") or {}
         for session in self.sessions.values():
-            if not session.machine.finished:
-                session.commands.put_nowait(Configure())
+            # NB: a session whose first configure is still on its way is not "forgotten".
+            if session.machine.finished or session.name in known or not session.configured.is_set():
+                continue
+            session.configured.clear()
+            log.warning(
+                "the aggregator does not know this session (restarted?); configuring it again",
+                extra={"session": session.name},
+            )
+            session.commands.put_nowait(Configure())
 
     # -- helpers ----------------------------------------------------------------------------------
 
