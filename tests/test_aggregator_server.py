@@ -114,10 +114,11 @@ def configure_learning(h: Harness, *, size: int, weights=None, initial=None, mem
     return coord
 
 
-def join(h: Harness, name: str, *, mode: str = "learning") -> AggregatorClient:
+def join(h: Harness, name: str) -> AggregatorClient:
+    """A learning participant's hello (attention ones announce their prompt, see ``announce``)."""
     c = h.client(name)
     welcome = c.request("hello")
-    assert welcome.kind == "welcome" and welcome.meta == {"mode": mode}, welcome
+    assert welcome.kind == "welcome" and welcome.meta == {"mode": "learning"}, welcome
     return c
 
 
@@ -530,10 +531,37 @@ def configure_attention(h: Harness, *, min_participants: int = 3, timeout: int =
     return coord
 
 
+def announce(h: Harness, tokens: dict[str, int]) -> dict[str, AggregatorClient]:
+    """Attention hello: each participant says how many private prompt tokens it holds."""
+    clients = {}
+    for name, count in tokens.items():
+        clients[name] = h.client(name)
+        clients[name].send("hello", meta={"tokens": count})
+    return clients
+
+
+def test_prompt_layout_is_announced_once_everyone_said_hello(h):
+    coord = configure_attention(h)
+    clients = announce(h, {"alice": 5, "bob": 3})
+    with pytest.raises(Timeout):  # carol is missing: no layout yet
+        clients["alice"].recv(timeout_seconds=0.5)
+    clients |= announce(h, {"carol": 2})
+    befores = {}
+    for name, c in clients.items():
+        welcome = c.recv()
+        assert welcome.kind == "welcome" and welcome.meta["participants"] == list(MEMBERS)
+        befores[name] = welcome.meta["tokens_before"]
+    assert befores == {"alice": 0, "bob": 5, "carol": 8}
+    bad = h.client("alice").request("hello", meta={"tokens": 0})
+    assert bad.kind == "error" and bad.meta["code"] == "bad_layout"
+    assert ctl(coord, h.events, "ctl_status")["ok"]
+
+
 def test_kv_union_places_rows_by_global_position_and_hides_later_rows(h):
     coord = configure_attention(h)
     own = {"alice": [1, 2, 3, 7, 8], "bob": [4, 5, 6], "carol": [9, 10]}
-    clients = {n: join(h, n, mode="attention") for n in MEMBERS}
+    clients = announce(h, {n: len(p) for n, p in own.items()})
+    assert all(c.recv().kind == "welcome" for c in clients.values())
     for name in MEMBERS:
         clients[name].send("kv", layer=2, arrays=kv_block(own[name]))
     for name, c in clients.items():
@@ -554,7 +582,8 @@ def test_kv_union_places_rows_by_global_position_and_hides_later_rows(h):
 
 def test_kv_rejects_overlap_bad_shapes_nan_and_duplicates(h):
     configure_attention(h)
-    alice, bob = join(h, "alice", mode="attention"), join(h, "bob", mode="attention")
+    clients = announce(h, {"alice": 3, "bob": 2})  # carol never comes: the barrier waits for her
+    alice, bob = clients["alice"], clients["bob"]
     alice.send("kv", layer=0, arrays=kv_block([0, 1, 2]))
     assert bob.request("kv", layer=0, arrays=kv_block([2, 3])).meta["code"] == "bad_kv"  # position 2 taken
     k, v, pos = kv_block([3, 4])
@@ -574,7 +603,9 @@ def test_kv_rejects_overlap_bad_shapes_nan_and_duplicates(h):
 
 def test_kv_barrier_timeout_serves_quorum_and_reports_the_missing(h):
     coord = configure_attention(h, min_participants=2, timeout=1)
-    alice, bob = join(h, "alice", mode="attention"), join(h, "bob", mode="attention")
+    clients = announce(h, {"alice": 2, "bob": 1, "carol": 1})
+    assert all(c.recv().kind == "welcome" for c in clients.values())
+    alice, bob = clients["alice"], clients["bob"]  # carol announced, then sends nothing
     alice.send("kv", layer=4, arrays=kv_block([1, 2]))
     bob.send("kv", layer=4, arrays=kv_block([3]))
     got = bob.recv(timeout_seconds=10)
