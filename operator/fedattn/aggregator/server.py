@@ -448,8 +448,10 @@ class Aggregator:
             if layout is not None:
                 self._welcome_layout(state, layout)
             for name in waiting:
-                error = wire.WireError("sync_timeout", f"too few participants announced their prompt within "
-                                                       f"{state.timeout_seconds:.0f}s")
+                error = wire.WireError(
+                    "sync_timeout",
+                    f"too few participants announced their prompt within {state.timeout_seconds:.0f}s",
+                )
                 self._reject(state.routes[name], error, session=state.name, participant=name)
             if not state.barriers:
                 continue

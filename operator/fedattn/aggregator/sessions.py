@@ -238,7 +238,9 @@ class AttentionSession(Session):
         reveal anyway, nothing more.
         """
         if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 < tokens <= MAX_PROMPT_TOKENS:
-            raise wire.WireError("bad_layout", f"hello needs meta.tokens in 1..{MAX_PROMPT_TOKENS}, got {tokens!r}")
+            raise wire.WireError(
+                "bad_layout", f"hello needs meta.tokens in 1..{MAX_PROMPT_TOKENS}, got {tokens!r}"
+            )
         if self.layout is not None:
             if participant in self.layout:
                 return self.layout  # a reconnect: tell it again
@@ -250,7 +252,11 @@ class AttentionSession(Session):
 
     def expire_layout(self, now: float) -> tuple[dict[str, int] | None, list[str]]:
         """At the timeout: the layout of who announced (quorum), or the names left waiting (no quorum)."""
-        if self.layout is not None or self.first_announce is None or now - self.first_announce < self.timeout_seconds:
+        if (
+            self.layout is not None
+            or self.first_announce is None
+            or now - self.first_announce < self.timeout_seconds
+        ):
             return None, []
         if len(self.prompt_tokens) >= self.min_participants:
             return self._fix_layout(), []
