@@ -55,16 +55,17 @@ def _write_allowlist(root: Path, identities: dict[str, pki.Paths], names: list[s
     return allow
 
 
-def start(
-    bundle: Bundle,
-    *,
-    workdir: Path,
-    supervisor: Supervisor,
-    store_dsn: str | None = None,
-    participants: list[str] | None = None,
-) -> LocalSession:
-    """Mint the PKI, start aggregator and coordinator, create the session, start the participants
-    (all of them, or only ``participants``: tests drive the others by hand)."""
+@dataclass(frozen=True)
+class Prepared:
+    """A run's credentials and addresses, made before any process starts."""
+
+    identities: dict[str, pki.Paths]
+    allow_dir: Path
+    endpoints: Endpoints
+
+
+def prepare(bundle: Bundle, *, workdir: Path) -> Prepared:
+    """Mint the session PKI and the aggregator's allowlist, and pick loopback ports."""
     pki_dir = workdir / "pki"
     identities = pki.write_session_pki(
         pki_dir, session=bundle.name, participants=bundle.participant_names, server_names=["127.0.0.1", "localhost"]
@@ -76,21 +77,40 @@ def start(
         coordinator=f"https://127.0.0.1:{free_port()}",
         coordinator_metrics=free_port(),
     )
+    return Prepared(identities, allow, endpoints)
+
+
+def start(
+    bundle: Bundle,
+    *,
+    workdir: Path,
+    supervisor: Supervisor,
+    store_dsn: str | None = None,
+    participants: list[str] | None = None,
+    prepared: Prepared | None = None,
+) -> LocalSession:
+    """Start aggregator and coordinator, create the session, start the participants (all of them, or
+    only ``participants``: tests drive the others by hand). With ``prepared`` given, its aggregator is
+    the caller's to run (tests run one in-process to inspect what crosses the wire)."""
+    run_aggregator = prepared is None
+    prepared = prepared or prepare(bundle, workdir=workdir)
+    identities, endpoints = prepared.identities, prepared.endpoints
     store_dsn = store_dsn or f"sqlite:///{(workdir / 'store.sqlite3').resolve()}"
     server = identities["server"]
-    aggregator = supervisor.start(
-        "aggregator",
-        [
+    if run_aggregator:
+        aggregator = supervisor.start(
             "aggregator",
-            "--bind", endpoints.aggregator,
-            "--curve-secret", str(server.curve_secret),
-            "--curve-public", str(server.curve_public),
-            "--allow-dir", str(allow),
-            "--metrics-host", "127.0.0.1",
-            "--metrics-port", str(endpoints.aggregator_metrics),
-        ],
-    )
-    wait_ready(f"http://127.0.0.1:{endpoints.aggregator_metrics}/readyz", proc=aggregator)
+            [
+                "aggregator",
+                "--bind", endpoints.aggregator,
+                "--curve-secret", str(server.curve_secret),
+                "--curve-public", str(server.curve_public),
+                "--allow-dir", str(prepared.allow_dir),
+                "--metrics-host", "127.0.0.1",
+                "--metrics-port", str(endpoints.aggregator_metrics),
+            ],
+        )
+        wait_ready(f"http://127.0.0.1:{endpoints.aggregator_metrics}/readyz", proc=aggregator)
     control = identities["coordinator-client"]
     api_port = endpoints.coordinator.rsplit(":", 1)[1]
     coordinator = supervisor.start(
@@ -157,7 +177,7 @@ def follow(
 ) -> dict[str, Any]:
     """Poll the session's status until it is Succeeded or Failed; returns the last status."""
     deadline = None if timeout_seconds is None else time.monotonic() + timeout_seconds
-    servers = [session.supervisor.children[n] for n in ("aggregator", "coordinator")]
+    servers = [c for n, c in session.supervisor.children.items() if n in ("aggregator", "coordinator")]
     while True:
         for proc in servers:
             if not proc.alive():
