@@ -1,7 +1,8 @@
 """FedAttn sweep: fidelity and cost over sync interval H x participants N, per shared-prefix mode.
 
-For every prompt of the shipped set the global prompt (documents, then the question) is split into N
-contiguous token chunks after the chat template header; the last participant is the publisher. Per
+For every prompt of the shipped set the global prompt is documents, then the question: the publisher
+(the last of N participants) holds the question, N-1 holders split the documents into contiguous token
+chunks after the chat template header (N=1: one participant holds everything). Per
 (H, N, sharedPrefix) row, averaged over prompts:
 
 - top1_agreement, kl: the publisher's next-token logits teacher-forced on the centralized greedy
@@ -106,10 +107,14 @@ def run_centralized(model: LlamaModel, tokenizer: ChatTokenizer, case: Case, *, 
 
 
 def federated_layout(central: PromptLayout, *, n: int, shared_prefix: SharedPrefix) -> PromptLayout:
-    """The centralized prompt split into n chunks after the template header; the prefix per mode."""
+    """The publisher (last) holds the whole question; n-1 holders split the documents evenly.
+
+    ``central`` has the template header as its prefix and the question as its last participant.
+    """
     header = central.n_prefix
     n_prefix = {SharedPrefix.NONE: 0, SharedPrefix.SINK: 1, SharedPrefix.TEMPLATE: header}[shared_prefix]
-    boundaries = even_boundaries(start=header, end=len(central.token_ids), n_parts=n)
+    question = int(central.positions_of(central.n_participants - 1)[0])
+    boundaries = [] if n == 1 else [*even_boundaries(start=header, end=question, n_parts=n - 1), question]
     return split_layout(central.token_ids, n_prefix=n_prefix, boundaries=boundaries)
 
 
