@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -90,12 +91,21 @@ async def test_operator_process_serves_health_and_metrics_and_reconciles(tmp_pat
             assert coordinator.raw["spec"]["template"]["spec"]["containers"][0]["image"] == (
                 "registry.example/fedattn-coordinator:1"
             )
-            status, metrics = await asyncio.to_thread(_get, f"{base}/metrics")
-            assert status == 200
-            assert (
-                'fedattn_operator_reconcile_duration_seconds_count{handler="reconcile",resource="fedsessions"} 1.0'
-                in metrics
+            reconciled = re.compile(
+                r'fedattn_operator_reconcile_duration_seconds_count\{handler="reconcile",resource="fedsessions"\} (\d+)'
             )
+
+            def metrics_show_the_session() -> bool:
+                code, text = _get(f"{base}/metrics")
+                count = reconciled.search(text)
+                return (
+                    code == 200
+                    and bool(count)
+                    and int(count.group(1)) >= 1
+                    and ('fedattn_operator_sessions{phase="Pending"} 1.0' in text)
+                )
+
+            await eventually(metrics_show_the_session, attempts=200, step=0.05)
         finally:
             proc.send_signal(signal.SIGTERM)
             out, _ = await asyncio.to_thread(proc.communicate, timeout=60)

@@ -123,7 +123,13 @@ async def test_session_with_three_participants_gets_every_child(api) -> None:
                 and _status(emulator, PARTICIPANTS, "holder-a").get("phase") == "Credentialed"
             )
         )
-        await eventually(lambda: _status(emulator, SESSIONS, "qa").get("phase") == "Pending")
+        await eventually(
+            lambda: (
+                _status(emulator, SESSIONS, "qa").get("phase") == "Pending"
+                and _cond(_status(emulator, SESSIONS, "qa"), "CertificatesReady")["status"] == "True"
+                and _status(emulator, SESSIONS, "qa")["participants"]["total"] == 3
+            )
+        )
 
     assert names_of(emulator, DEPLOYMENTS) == {"qa-coordinator", "qa-aggregator"}
     assert names_of(emulator, SERVICES) == {"qa-coordinator", "qa-aggregator"}
