@@ -164,7 +164,7 @@ def code_of(frames, **kwargs):
         header_of(meta=[]),
         header_of(arrays={}),
         header_of(arrays=[0]),
-        header_of(arrays=[{"dtype": "float32", "shape": [3], "nbytes": "12", "crc32": 0}]),
+        header_of(arrays=[{"dtype": "float32", "shape": [3], "nbytes": "12", "xxh3": 0}]),
         header_of(arrays=[{}] * (wire.MAX_ARRAYS + 1)),
     ],
 )
@@ -184,18 +184,18 @@ def test_unknown_kind(kind):
 
 @pytest.mark.parametrize("dtype", ["complex64", "float128", 5, ["float32"], None])
 def test_bad_dtype(dtype):
-    frames = header_of(arrays=[{"dtype": dtype, "shape": [3], "nbytes": 12, "crc32": 0}])
+    frames = header_of(arrays=[{"dtype": dtype, "shape": [3], "nbytes": 12, "xxh3": 0}])
     assert code_of(frames) == "bad_dtype"
 
 
 @pytest.mark.parametrize("shape", [3, [-1], [1.5], [True], [1] * (wire.MAX_DIMS + 1), [2**41]])
 def test_bad_shape(shape):
-    frames = header_of(arrays=[{"dtype": "float32", "shape": shape, "nbytes": 12, "crc32": 0}])
+    frames = header_of(arrays=[{"dtype": "float32", "shape": shape, "nbytes": 12, "xxh3": 0}])
     assert code_of(frames) == "bad_shape"
 
 
 def test_length_mismatch_between_header_fields_and_against_the_frame():
-    spec = {"dtype": "float32", "shape": [3], "nbytes": 16, "crc32": 0}
+    spec = {"dtype": "float32", "shape": [3], "nbytes": 16, "xxh3": 0}
     assert code_of(header_of(arrays=[spec])) == "length_mismatch"
     frames = header_of()
     assert code_of([frames[0], frames[1][:-1]]) == "length_mismatch"

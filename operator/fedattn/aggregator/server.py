@@ -303,7 +303,7 @@ class Aggregator:
                 raise wire.WireError("not_in_session", f"{participant} is not a participant of {session}")
             msg = wire.decode(body, max_bytes=state.max_payload_bytes)
             state.check_seq(participant, msg.seq)
-            self._on_participant(route, state, msg, checksums=[a["crc32"] for a in header["arrays"]])
+            self._on_participant(route, state, msg, checksums=[a["xxh3"] for a in header["arrays"]])
         except wire.WireError as exc:
             self._reject(route, exc, **ctx)
 
@@ -380,7 +380,7 @@ class Aggregator:
             round=msg.round,
             bytes=msg.nbytes,
             weight=weight,
-            checksum=checksum,  # NB: the header's CRC-32, already verified against the payload
+            checksum=checksum,  # NB: the header's XXH3 digest, already verified against the payload
             latency_ms=latency_ms,
         )
         log.info(
