@@ -10,7 +10,15 @@ from fedattn.attention.driver import run_prefill
 from fedattn.attention.exchange import MemoryExchange, union_kv
 from fedattn.attention.forward import greedy_decode, prefill
 from fedattn.attention.gguf_model import load_model
-from fedattn.attention.layout import PREFIX_OWNER, SharedPrefix, chat_layout, even_boundaries, split_layout
+from fedattn.attention.layout import (
+    PREFIX_OWNER,
+    SharedPrefix,
+    chat_layout,
+    even_boundaries,
+    global_positions,
+    own_token_ids,
+    split_layout,
+)
 from fedattn.attention.masks import kept_rows, layer_mask, sync_layers
 from fedattn.attention.participant import participant_decode, participant_prefill
 from fedattn.attention.reference import FedAttnPlan, reference_logits
@@ -79,6 +87,23 @@ def test_chat_layout_owners_and_prefix(tokenizer, layout3):
     sink = chat_layout(tokenizer, TEXTS, shared_prefix="sink")
     np.testing.assert_array_equal(none.token_ids, layout3.token_ids)
     assert (none.n_prefix, sink.n_prefix) == (0, 1) and none.owners[0] == 0
+
+
+def test_a_participant_builds_its_slice_from_its_own_text_and_the_counts(tokenizer, layout3):
+    assert [p.tolist() for p in global_positions([3, 2, 4], n_prefix=5)] == [
+        [5, 6, 7],
+        [8, 9],
+        [10, 11, 12, 13],
+    ]
+    counts = [len(layout3.ids_of(i)) for i in range(3)]
+    for i, text in enumerate(TEXTS):
+        own = own_token_ids(tokenizer, text, participant=i, n_participants=3, shared_prefix="template")
+        assert own == layout3.ids_of(i).tolist()
+        np.testing.assert_array_equal(
+            global_positions(counts, n_prefix=layout3.n_prefix)[i], layout3.positions_of(i)
+        )
+    middle = own_token_ids(tokenizer, TEXTS[1], participant=1, n_participants=3, shared_prefix="none")
+    assert middle == tokenizer.encode(TEXTS[1])  # no template tokens in a holder's slice
 
 
 def test_layer_masks_follow_the_definition():

@@ -77,7 +77,49 @@ def template_parts(tokenizer: ChatTokenizer) -> tuple[list[int], list[int]]:
     return tokenizer.encode(head), tokenizer.encode(tail)
 
 
-def chat_layout(tokenizer: ChatTokenizer, texts: list[str], *, shared_prefix: SharedPrefix) -> PromptLayout:
+def shared_prefix_ids(tokenizer: ChatTokenizer, shared_prefix: SharedPrefix | str) -> list[int]:
+    """The public prefix every participant holds at positions 0..n_prefix-1."""
+    head, _ = template_parts(tokenizer)
+    n_prefix = {SharedPrefix.NONE: 0, SharedPrefix.SINK: 1, SharedPrefix.TEMPLATE: len(head)}
+    return head[: n_prefix[SharedPrefix(shared_prefix)]]
+
+
+def own_token_ids(
+    tokenizer: ChatTokenizer,
+    text: str,
+    *,
+    participant: int,
+    n_participants: int,
+    shared_prefix: SharedPrefix | str,
+) -> list[int]:
+    """A participant's private token ids, computed from its own text alone.
+
+    The first participant also holds the template header not in the shared prefix; the last (the
+    publisher) also holds the generation prompt. Only the length of the result needs to leave the
+    participant (to agree on global positions, see ``global_positions``).
+    """
+    head, tail = template_parts(tokenizer)
+    ids = tokenizer.encode(text)
+    if not ids:
+        raise ValueError(f"participant {participant}'s text has no tokens")
+    if participant == 0:
+        ids = head[len(shared_prefix_ids(tokenizer, shared_prefix)) :] + ids
+    if participant == n_participants - 1:
+        ids = ids + tail
+    return ids
+
+
+def global_positions(counts: list[int], *, n_prefix: int) -> list[np.ndarray]:
+    """Each participant's global positions, given every participant's token count in prompt order."""
+    starts = n_prefix + np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    return [
+        np.arange(start, start + count, dtype=np.int64) for start, count in zip(starts, counts, strict=True)
+    ]
+
+
+def chat_layout(
+    tokenizer: ChatTokenizer, texts: list[str], *, shared_prefix: SharedPrefix | str
+) -> PromptLayout:
     """One user turn whose content is the participants' texts in order; the last text is the publisher's.
 
     Each text is tokenized on its own (a participant tokenizes only what it holds), so the global
@@ -85,16 +127,10 @@ def chat_layout(tokenizer: ChatTokenizer, texts: list[str], *, shared_prefix: Sh
     """
     if not texts:
         raise ValueError("at least one participant text is needed")
-    head, tail = template_parts(tokenizer)
-    pieces = [tokenizer.encode(text) for text in texts]
-    if any(not piece for piece in pieces):
-        raise ValueError("every participant text must contain at least one token")
-    n_prefix = {SharedPrefix.NONE: 0, SharedPrefix.SINK: 1, SharedPrefix.TEMPLATE: len(head)}[
-        SharedPrefix(shared_prefix)
+    prefix = shared_prefix_ids(tokenizer, shared_prefix)
+    pieces = [
+        own_token_ids(tokenizer, text, participant=i, n_participants=len(texts), shared_prefix=shared_prefix)
+        for i, text in enumerate(texts)
     ]
-    pieces[0] = head[n_prefix:] + pieces[0]
-    pieces[-1] = pieces[-1] + tail
-    boundaries = np.cumsum([n_prefix] + [len(p) for p in pieces[:-1]])[1:].tolist()
-    return split_layout(
-        head[:n_prefix] + [t for p in pieces for t in p], n_prefix=n_prefix, boundaries=boundaries
-    )
+    starts = [int(p[0]) for p in global_positions([len(p) for p in pieces], n_prefix=len(prefix))]
+    return split_layout(prefix + [t for p in pieces for t in p], n_prefix=len(prefix), boundaries=starts[1:])
