@@ -623,3 +623,20 @@ async def test_a_restarted_aggregator_gets_its_sessions_configured_again(coordin
         assert reply[0] == 200
     finally:
         again.close()
+
+
+async def test_odd_numbers_in_aggregator_events_are_stored_as_null_not_lost(coordinator, pki_dir):
+    operator = as_(coordinator, pki_dir, "operator")
+    await operator.call("POST", "/v1/sessions", manifests("odd"))
+    odd = {"bytes": 64, "latency_ms": float("nan"), "weight": "heavy", "checksum": 2**64 - 1}
+    coordinator.coordinator.on_event(
+        {"session": "odd", "event": "contribution", "participant": "alice", "round": 1, **odd}
+    )
+    coordinator.coordinator.on_event({"session": "odd", "event": "sync", "layer": 3, "latency_ms": float("inf")})
+    store = coordinator.coordinator.store
+    await store.writes.flush()
+    got = [(c.participant, c.bytes, c.latency_ms, c.weight, c.checksum) for c in await store.list_contributions("odd")]
+    assert sorted(got, key=str) == [("*", 0, 0.0, None, None), ("alice", 64, None, None, None)]
+    assert store.health()["write_failures"] == 0
+    status, body = await operator.call("GET", "/v1/sessions/odd")  # NB: still valid JSON (no NaN)
+    assert status == 200 and body["participant_status"]["alice"]["last_latency_ms"] is None

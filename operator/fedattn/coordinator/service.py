@@ -13,6 +13,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -91,6 +92,20 @@ class Session:
     @property
     def name(self) -> str:
         return self.definition.name
+
+
+def finite(value: Any) -> float | None:
+    """A finite number from a peer's message, else None (NaN would also make status invalid JSON)."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def int64(value: Any) -> int | None:
+    """An integer that fits the store's BIGINT columns, else None (a write must not fail over it)."""
+    if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
+        return value
+    return None
 
 
 def _iso(ts: float | None) -> str | None:
@@ -489,24 +504,24 @@ class Coordinator:
         self._dispatch(session, commands)
         activity = session.activity[participant]
         activity.contributions += 1
-        activity.last_latency_ms = meta.get("latency_ms")
+        activity.last_latency_ms = finite(meta.get("latency_ms"))
         self.metrics.contributions_recorded.inc()
         self.store.record_contribution(
             Contribution(
                 session.name,
                 participant,
                 round_,
-                bytes=int(meta.get("bytes") or 0),
-                latency_ms=meta.get("latency_ms"),
-                weight=meta.get("weight"),
-                checksum=meta.get("checksum"),
+                bytes=int64(meta.get("bytes")) or 0,
+                latency_ms=finite(meta.get("latency_ms")),
+                weight=finite(meta.get("weight")),
+                checksum=int64(meta.get("checksum")),
                 recorded_at=now,
             )
         )
 
     def _on_sync(self, session: Session, meta: dict[str, Any], round_: int, now: float) -> None:
         layer = int(meta.get("layer", -1))
-        latency = float(meta.get("latency_ms") or 0.0)
+        latency = finite(meta.get("latency_ms")) or 0.0
         session.syncs += 1
         session.sync_latency_ms_total += latency
         self.metrics.sync_latency_seconds.observe(latency / 1000)
@@ -518,7 +533,7 @@ class Coordinator:
                 round_,
                 layer_start=layer,
                 layer_end=layer,
-                bytes=int(meta.get("bytes") or 0),
+                bytes=int64(meta.get("bytes")) or 0,
                 latency_ms=latency,
                 recorded_at=now,
             )
@@ -593,10 +608,10 @@ class Coordinator:
                 summary = {
                     "round": r,
                     "state": "Closed",
-                    "contributions": int(reply.get("contributions", 0)),
-                    "accuracy": reply.get("accuracy"),
-                    "weight_total": reply.get("weight_total"),
-                    "aggregation_seconds": reply.get("aggregation_seconds"),
+                    "contributions": int64(reply.get("contributions")) or 0,
+                    "accuracy": finite(reply.get("accuracy")),
+                    "weight_total": finite(reply.get("weight_total")),
+                    "aggregation_seconds": finite(reply.get("aggregation_seconds")),
                 }
                 session.round_log[r] = {**session.round_log.get(r, {}), **summary}
                 self.store.close_round(
@@ -608,7 +623,7 @@ class Coordinator:
                     weight_total=summary["weight_total"],
                     aggregation_seconds=summary["aggregation_seconds"],
                     accuracy=summary["accuracy"],
-                    model_checksum=reply.get("model_checksum"),
+                    model_checksum=int64(reply.get("model_checksum")),
                 )
                 self.metrics.rounds.inc()
                 log.info("round closed: %s", summary, extra={"session": name, "round": r})
