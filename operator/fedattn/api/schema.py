@@ -479,7 +479,9 @@ def root(description: str, *, spec: Schema, status: Schema) -> Schema:
         "properties": {
             "apiVersion": {"type": "string", "description": "API version."},
             "kind": {"type": "string", "description": "Kind."},
-            "metadata": {"type": "object", "description": "Standard object metadata."},
+            # NB: the API server forbids anything but name/generateName constraints under root metadata,
+            # a description included ("must not specify anything other than name and generateName").
+            "metadata": {"type": "object"},
             "spec": spec,
             "status": status,
         },
