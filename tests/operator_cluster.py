@@ -162,6 +162,11 @@ class RecordedStatus:
 
     statuses: dict[str, Any] = field(default_factory=dict)
     calls: list[str] = field(default_factory=list)
+    evictions: list[tuple[str, str]] = field(default_factory=list)
+
+    async def evict(self, *, session: dict, identity: dict[str, bytes], participant: str, reason: str) -> None:
+        assert identity["operator.crt"] and reason
+        self.evictions.append((session["metadata"]["name"], participant))
 
     async def __call__(self, *, session: dict, participants: list[dict], identity: dict[str, bytes]) -> dict:
         name = session["metadata"]["name"]

@@ -314,11 +314,13 @@ async def test_ttl_after_finished_deletes_the_session(api) -> None:
 
 async def test_deleting_a_participant_revokes_its_credentials(api) -> None:
     emulator, url = api
-    async with running_operator(url, RecordedStatus()) as config:
+    recorded = RecordedStatus()
+    async with running_operator(url, recorded) as config:
         await _create_all(config, [_attention_session(), *_participants()])
         await eventually(lambda: "holder-b.curve.pub" in stored(emulator, CONFIGMAPS, "qa-allow")["data"])
         await config.kube.delete("FedParticipant", NAMESPACE, "holder-b")
         await eventually(lambda: stored(emulator, PARTICIPANTS, "holder-b") is None)
+    assert recorded.evictions == [("qa", "holder-b")]  # the coordinator revokes its key at once
     assert "holder-b.curve.pub" not in stored(emulator, CONFIGMAPS, "qa-allow")["data"]
     assert stored(emulator, SECRETS, "holder-b-credentials") is None
     assert stored(emulator, JOBS, "holder-b-participant") is None

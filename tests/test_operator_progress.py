@@ -38,6 +38,10 @@ class Coordinator(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.seen.append(("POST", self.path, self._caller()))
+        if self.path.endswith("/evict"):
+            assert body == {"reason": "FedParticipant deleted"}
+            self._reply(200 if self.path == "/v1/sessions/s1/participants/p1/evict" else 404, {})
+            return
         assert body["manifest"]["metadata"]["name"] == "s1" and body["participants"][0]["metadata"]["name"] == "p1"
         self._reply(self.create_reply, {"name": "s1"} if self.create_reply == 201 else {"error": "conflict"})
 
@@ -102,3 +106,14 @@ async def test_a_certificate_from_another_ca_is_refused(coordinator, tmp_path: P
     with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
         await source(session=_session(), participants=[], identity=identity)
     assert Coordinator.seen == []
+
+
+async def test_eviction_is_posted_as_operator_and_unknown_participants_are_fine(coordinator, tmp_path: Path) -> None:
+    port, identity = coordinator
+    source = CoordinatorStatus(url_for=lambda name, ns: f"https://127.0.0.1:{port}", workdir=tmp_path / "op")
+    for name in ("p1", "never-joined"):
+        await source.evict(session=_session(), identity=identity, participant=name, reason="FedParticipant deleted")
+    assert Coordinator.seen == [
+        ("POST", "/v1/sessions/s1/participants/p1/evict", "operator"),
+        ("POST", "/v1/sessions/s1/participants/never-joined/evict", "operator"),
+    ]

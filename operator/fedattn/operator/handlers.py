@@ -390,8 +390,19 @@ async def issue_participant(
 @kopf.on.delete(*PARTICIPANTS, registry=REGISTRY)
 @measured("fedparticipants", "revoke")
 async def revoke_participant(body: kopf.Body, meta: kopf.Meta, memo: Any, logger: logging.Logger, **_: Any) -> None:
-    """Deleting a participant revokes it at once: allowlist entry and credentials Secret removed."""
+    """Deleting a participant revokes it at once: evicted at the coordinator (which revokes its key at
+    the aggregator), allowlist entry and credentials Secret removed."""
     cfg = _config(memo)
-    session = (body.get("spec") or {}).get("sessionRef", "")
-    await credentials.revoke(cfg.kube, namespace=meta["namespace"], session=session, participant=meta["name"])
-    logger.info("participant revoked", extra={"session": session, "participant": meta["name"]})
+    ref = (body.get("spec") or {}).get("sessionRef", "")
+    extra = {"session": ref, "participant": meta["name"]}
+    found = await cfg.kube.read("FedSession", meta["namespace"], ref) if ref else None
+    identity = await credentials.operator_identity(cfg.kube, found) if found else None
+    if found and identity:
+        try:
+            await cfg.status_source.evict(
+                session=found, identity=identity, participant=meta["name"], reason="FedParticipant deleted"
+            )
+        except Exception as exc:
+            logger.warning("coordinator did not take the eviction: %s", exc, extra=extra)
+    await credentials.revoke(cfg.kube, namespace=meta["namespace"], session=ref, participant=meta["name"])
+    logger.info("participant revoked", extra=extra)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,6 +24,13 @@ class StatusSource(Protocol):
         self, *, session: dict[str, Any], participants: list[dict[str, Any]], identity: dict[str, bytes]
     ) -> dict[str, Any]:
         """The coordinator's status of ``session``; raises when it cannot be had (the caller reports it)."""
+        ...
+
+    async def evict(
+        self, *, session: dict[str, Any], identity: dict[str, bytes], participant: str, reason: str
+    ) -> None:
+        """Ask the coordinator to evict ``participant`` now (it revokes the Curve key at the aggregator at
+        once, while a ConfigMap change takes the kubelet up to a minute to reach the allowlist)."""
         ...
 
 
@@ -71,6 +79,21 @@ class CoordinatorStatus:
                     raise
             self._registered.add(key)
         return api.status(meta["name"])
+
+    def _evict(self, session: dict[str, Any], identity: dict[str, bytes], participant: str, reason: str) -> None:
+        quote = urllib.parse.quote
+        path = f"/v1/sessions/{quote(session['metadata']['name'])}/participants/{quote(participant)}/evict"
+        try:
+            self._client(session, identity).request("POST", path, {"reason": reason})
+        except CoordinatorError as exc:
+            if exc.status != 404:  # NB: a participant the coordinator never saw has nothing to revoke
+                raise
+
+    async def evict(
+        self, *, session: dict[str, Any], identity: dict[str, bytes], participant: str, reason: str
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._evict, session, identity, participant, reason)
 
     async def __call__(
         self, *, session: dict[str, Any], participants: list[dict[str, Any]], identity: dict[str, bytes]
