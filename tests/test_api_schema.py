@@ -6,11 +6,13 @@ import copy
 import re
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
 from fedattn.api import ManifestError, apply_defaults_and_validate, build_crd, crd_files, kinds
 from fedattn.api.crds import CEL_KEY
+from fedattn.api.validation import default
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,6 +71,19 @@ def test_schema_is_structural_and_documented(kind: str) -> None:
                     "number": (int, float),
                 }[node["type"]],
             ), path
+
+
+@pytest.mark.parametrize("kind", ["FedSession", "FedParticipant"])
+def test_what_the_api_server_checks_in_a_crd(kind: str) -> None:
+    """Rules a real API server enforces at CRD creation: root metadata carries nothing but its type,
+    and every default is itself valid against its own node (after its children's defaults)."""
+    root = build_crd(kinds()[kind])["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    assert root["properties"]["metadata"] == {"type": "object"}
+    for path, node in _walk(root, kind):
+        if "default" in node:
+            value = default(node, node["default"])
+            errors = list(jsonschema.Draft4Validator(node).iter_errors(value))
+            assert not errors, f"{path}: default {node['default']!r} is invalid: {errors[0].message}"
 
 
 def test_printer_columns() -> None:
