@@ -248,3 +248,13 @@ def test_docs_list_exactly_the_spec_fields(section: str, kind: str) -> None:
     for m in re.finditer(r"^\| ((?:`[A-Za-z]+`(?:, )?)+) \|", body, re.M):
         documented |= set(re.findall(r"`([A-Za-z]+)`", m.group(1)))
     assert documented == set(kinds()[kind].spec["properties"])
+
+
+def test_schema_enums_match_what_the_components_implement() -> None:
+    """The CRD's strategy params and sync policies are the ones the aggregator and attention code take."""
+    from fedattn.aggregator.strategies.registry import PARAMS
+    from fedattn.api.schema import STRATEGY_PARAMS, SYNC_POLICIES
+    from fedattn.attention.masks import SyncPolicy
+
+    assert {k: sorted(v) for k, v in PARAMS.items()} == {k: sorted(v) for k, v in STRATEGY_PARAMS.items()}
+    assert sorted(p.value for p in SyncPolicy) == sorted(SYNC_POLICIES)
