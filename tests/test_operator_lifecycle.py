@@ -254,10 +254,17 @@ async def test_status_follows_the_coordinator_and_emits_events(api) -> None:
 
 async def test_suspend_scales_down_and_resume_scales_up(api) -> None:
     emulator, url = api
+    jobs = {"holder-a-participant", "holder-b-participant"}
     async with running_operator(url, RecordedStatus({"qa": _running(3)})) as config:
-        await _create_all(config, [_attention_session()])
+        await _create_all(config, [_attention_session(), *_participants()])
         await eventually(lambda: _status(emulator, SESSIONS, "qa").get("phase") == "Running")
         await eventually(lambda: names_of(emulator, DEPLOYMENTS) == {"qa-coordinator", "qa-aggregator"})
+        await eventually(
+            lambda: (
+                names_of(emulator, JOBS) == jobs
+                and _status(emulator, PARTICIPANTS, "holder-b").get("phase") == "Credentialed"
+            )
+        )
 
         def replicas() -> set[int]:
             return {stored(emulator, DEPLOYMENTS, n)["spec"]["replicas"] for n in ("qa-coordinator", "qa-aggregator")}
@@ -268,10 +275,13 @@ async def test_suspend_scales_down_and_resume_scales_up(api) -> None:
         )
         await eventually(lambda: replicas() == {0} and _status(emulator, SESSIONS, "qa").get("phase") == "Suspended")
         assert _cond(_status(emulator, SESSIONS, "qa"), "Ready")["reason"] == "Suspended"
+        await eventually(lambda: names_of(emulator, JOBS) == set())  # no Job burns its retries meanwhile
         await config.kube.patch(
             "FedSession", NAMESPACE, "qa", {"spec": {"suspend": False}, "metadata": {"generation": 3}}
         )
         await eventually(lambda: replicas() == {1} and _status(emulator, SESSIONS, "qa").get("phase") == "Running")
+        await eventually(lambda: names_of(emulator, JOBS) == jobs)
+    assert _owned_by(stored(emulator, JOBS, "holder-a-participant"), stored(emulator, PARTICIPANTS, "holder-a"))
 
 
 async def test_active_deadline_fails_the_session_and_scales_it_down(api) -> None:

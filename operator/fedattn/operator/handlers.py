@@ -194,10 +194,30 @@ async def reconcile_session(
         for child in _session_children(session, cfg):
             kopf.adopt(child, owner=raw)
             await cfg.kube.apply(child)
+        if generation > 1:  # NB: an update (e.g. suspend toggled): the participants' Jobs follow
+            await _sync_participant_jobs(cfg, session)
     # NB: status is written by the progress daemon only; two writers would race and regress it.
     logger.info("session reconciled", extra={"session": meta["name"]})
     if not ready:
         raise kopf.TemporaryError("waiting for cert-manager to issue the session certificates", delay=cfg.retry_seconds)
+
+
+async def _sync_participant_jobs(cfg: Config, session: dict[str, Any]) -> None:
+    """A suspended session has no participant Jobs (batch/v1 Jobs cannot be suspended before Kubernetes
+    1.21, and they would burn their backoffLimit against a scaled-down coordinator); resuming recreates
+    them for every credentialed, in-cluster, not evicted participant."""
+    ns = session["metadata"]["namespace"]
+    for p in _members(session, await cfg.kube.list("FedParticipant", ns)):
+        current = p.get("status") or {}
+        if p["spec"].get("external") or current.get("phase") == "Evicted":
+            continue
+        if session["spec"].get("suspend"):
+            await cfg.kube.delete("Job", ns, names.participant_job(p["metadata"]["name"]))
+        elif current.get("credentialsSecret"):
+            participant = _validated("FedParticipant", p)
+            job = builders.build_participant_job(participant, session, image=cfg.image("participant"))
+            kopf.adopt(job, owner=p)
+            await cfg.kube.ensure(job)
 
 
 async def _scale_down(cfg: Config, session: dict[str, Any]) -> None:
