@@ -33,6 +33,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MAX_MESSAGE_BYTES,
         help="largest frame the socket accepts; a larger one is dropped and its sender disconnected",
     )
+    parser.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="where learning sessions with checkpoint.everyRounds > 0 keep their checkpoints (resume on restart)",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -46,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_bytes,
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
+        checkpoint_dir=args.checkpoint_dir,
         hooks=Hooks(initial_params=learning_session.initial_params, evaluator=learning_session.evaluator),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -36,6 +36,24 @@ class Metrics:
             registry=r,
         )
         self.rounds_closed = Counter(f"{PREFIX}_rounds_closed", "Learning rounds closed", registry=r)
+        self.dp_epsilon = Gauge(
+            f"{PREFIX}_dp_epsilon",
+            "Differential privacy: epsilon spent so far (RDP accountant, at the session's delta)",
+            ["session"],
+            registry=r,
+        )
+        self.checkpoint_seconds = Histogram(
+            f"{PREFIX}_checkpoint_seconds",
+            "Time to write one learning checkpoint (temp file, fsync, rename)",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=r,
+        )
+        self.update_bytes = Counter(
+            f"{PREFIX}_update_bytes",
+            "Payload bytes of accepted learning updates, by codec (dense, int8, topk, topk+int8)",
+            ["codec"],
+            registry=r,
+        )
         self.events_dropped = Counter(
             f"{PREFIX}_events_dropped",
             "ctl_events dropped because the queue for the coordinator was full",

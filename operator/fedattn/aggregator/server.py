@@ -27,6 +27,7 @@ import numpy as np
 import zmq
 
 from fedattn import wire
+from fedattn.aggregator import checkpoint
 from fedattn.aggregator.allowlist import Allowlist, NamingAuthenticator, start_authenticator
 from fedattn.aggregator.events import EventQueue
 from fedattn.aggregator.metrics import Metrics
@@ -82,8 +83,10 @@ class Aggregator:
         hooks: Hooks | None = None,
         tick_seconds: float = 0.1,
         rescan_seconds: float = 1.0,
+        checkpoint_dir: Path | None = None,
     ) -> None:
         self.bind = bind
+        self.checkpoint_dir = checkpoint_dir
         self.max_message_bytes = max_message_bytes
         self.hooks = hooks or Hooks()
         self.metrics = Metrics()
@@ -364,6 +367,10 @@ class Aggregator:
         weight = state.accept(participant=msg.participant, round=msg.round, arrays=msg.arrays, meta=msg.meta)
         state.routes[msg.participant] = route  # NB: a reconnected DEALER has a new routing id
         self.metrics.contributions_accepted.labels(kind="update").inc()
+        compressed = msg.meta.get("compression")
+        codec = str(compressed.get("codec", "dense")) if isinstance(compressed, Mapping) else "dense"
+        self.metrics.update_bytes.labels(codec=codec).inc(msg.nbytes)
+        state.update_bytes += msg.nbytes
         self._reply(
             route,
             kind="ack",
@@ -506,6 +513,7 @@ class Aggregator:
             state: Session = LearningSession(
                 name=msg.session, spec=spec, weights=weights, initial=initial, evaluate=evaluate
             )
+            self._resume(state)
         elif mode == "attention":
             limit = int(meta.get("max_payload_bytes", self.max_message_bytes))
             state = AttentionSession(name=msg.session, spec=spec, weights=weights, max_payload_bytes=limit)
@@ -519,6 +527,27 @@ class Aggregator:
                 self._event(msg.session, "hello", participant=name, round=0)
         log.info("session configured", extra={"session": msg.session})
         return self._describe(state)
+
+    def _resume(self, state: LearningSession) -> None:
+        """Continue from the session's checkpoint, and reopen the round that was open, if any.
+
+        A checkpoint that does not fit the session (another strategy or model size under the same
+        name) is logged and ignored: the session starts from its initial model.
+        """
+        if self.checkpoint_dir is None:
+            return
+        ids = {"session": state.name}
+        try:
+            saved = checkpoint.load(self.checkpoint_dir, state.name)
+            if saved is not None:
+                state.restore(*saved)
+                log.info("resumed from the checkpoint of round %d", state.round, extra=ids)
+            reopen = checkpoint.load_open_round(self.checkpoint_dir, state.name)
+            if reopen is not None and reopen[0] > state.round:
+                state.open_round(*reopen)
+                log.info("reopened round %d after a restart", reopen[0], extra=ids)
+        except ValueError as exc:  # CheckpointError, StrategyError, PrivacyError
+            log.error("checkpoint not used: %s", exc, extra=ids)
 
     def _initial_params(self, msg: wire.Message) -> np.ndarray:
         if msg.arrays:
@@ -555,6 +584,8 @@ class Aggregator:
         state: LearningSession = self._session(msg, LearningSession)
         names = [str(n) for n in msg.meta.get("participants") or []]
         state.open_round(msg.round, names)
+        if self.checkpoint_dir is not None and state.checkpoint_every:
+            checkpoint.save_open_round(self.checkpoint_dir, state.name, round=msg.round, participants=names)
         sent = [n for n in names if n in state.routes and self._send_model(state, n)]
         log.info("round opened", extra={"session": state.name, "round": msg.round})
         return {"sent": sent, "waiting_for_hello": [n for n in names if n not in sent]}
@@ -564,16 +595,18 @@ class Aggregator:
         result = state.close_round(msg.round)
         self.metrics.aggregation_seconds.observe(result.aggregation_seconds)
         self.metrics.rounds_closed.inc()
+        if result.epsilon is not None:
+            self.metrics.dp_epsilon.labels(session=state.name).set(result.epsilon)
+        every = state.checkpoint_every
+        if self.checkpoint_dir is not None and every:
+            if msg.round % every == 0:
+                arrays, meta = state.snapshot()
+                start = time.perf_counter()
+                checkpoint.save(self.checkpoint_dir, state.name, arrays=arrays, meta=meta)
+                self.metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+            checkpoint.clear_open_round(self.checkpoint_dir, state.name)
         log.info("round closed", extra={"session": state.name, "round": msg.round})
-        out = {
-            "contributions": result.contributions,
-            "weight_total": result.weight_total,
-            "aggregation_seconds": result.aggregation_seconds,
-            "model_checksum": result.model_checksum,
-        }
-        if result.accuracy is not None:
-            out["accuracy"] = result.accuracy
-        return out
+        return result.meta()
 
     def _ctl_finish(self, msg: wire.Message) -> dict[str, Any]:
         state = self.sessions.get(msg.session)

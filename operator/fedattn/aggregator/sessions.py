@@ -6,6 +6,7 @@ the :class:`~fedattn.wire.WireError` raised, whose code names the problem) into 
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -21,6 +22,7 @@ from fedattn.aggregator.strategy import FOLD_GROUP, Strategy, fold_all
 from fedattn.attention.exchange import union_kv
 from fedattn.attention.spec import participant_order
 from fedattn.learning import compression
+from fedattn.learning.privacy import DPSettings, PrivacyBudget
 
 Evaluate = Callable[[np.ndarray], float]
 MAX_PROMPT_TOKENS = 1 << 20
@@ -62,6 +64,23 @@ class RoundResult:
     aggregation_seconds: float
     model_checksum: int
     accuracy: float | None
+    update_bytes: int = 0  # payload bytes of the round's accepted updates, as sent (compressed or not)
+    epsilon: float | None = None  # DP: epsilon spent after this round (dp-accounting, RDP)
+    stop: str | None = None  # why no further round may open (PrivacyBudgetExhausted: ...), if so
+
+    def meta(self) -> dict[str, Any]:
+        """The ``ctl_close_round`` reply fields (absent optional values are left out)."""
+        out: dict[str, Any] = {
+            "contributions": self.contributions,
+            "weight_total": self.weight_total,
+            "aggregation_seconds": self.aggregation_seconds,
+            "model_checksum": self.model_checksum,
+            "update_bytes": self.update_bytes,
+        }
+        for key in ("accuracy", "epsilon", "stop"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
 
 
 class LearningSession(Session):
@@ -84,6 +103,10 @@ class LearningSession(Session):
         super().__init__(name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=limit)
         # NB: DP noise must not be predictable, so its generator is seeded from the OS, not the spec.
         self.strategy: Strategy = build_session_strategy(spec, size=initial.size, rng=np.random.default_rng())
+        self._sized_rounds = "n_expected" in inspect.signature(self.strategy.begin_round).parameters
+        dp = (spec.get("privacy") or {}).get("dp")
+        self.budget: PrivacyBudget | None = DPSettings.from_manifest(dp).budget() if dp else None
+        self.last_result: RoundResult | None = None
         self.global_params = initial
         self.evaluate = evaluate
         self.round = 0
@@ -92,14 +115,27 @@ class LearningSession(Session):
         self.contributed: dict[str, float] = {}
         self.opened_at = 0.0
         self.fold_seconds = 0.0
+        self.update_bytes = 0  # payload bytes of this round's accepted updates (after compression)
         self._pending: list[tuple[np.ndarray, float]] = []
 
     @property
     def size(self) -> int:
         return int(self.global_params.size)
 
+    @property
+    def checkpoint_every(self) -> int:
+        """``spec.checkpoint.everyRounds`` (0: never)."""
+        return int((self.spec.get("checkpoint") or {}).get("everyRounds", 0))
+
     def open_round(self, round: int, participants: list[str]) -> None:
-        """Start round ``round`` (any number above the last one) for ``participants`` (session members)."""
+        """Start round ``round`` (any number above the last one) for ``participants`` (session members).
+
+        Opening the round that is already open with the same participants is a no-op (a retried request,
+        or the round a restarted aggregator reopened from its checkpoint). With DP, a round that would
+        exceed ``targetEpsilon`` is refused with ``PrivacyBudgetExhausted``.
+        """
+        if self.open and round == self.round and frozenset(participants) == self.members:
+            return
         if self.open:
             raise ValueError(f"round {self.round} is still open")
         if round <= self.round:
@@ -109,12 +145,18 @@ class LearningSession(Session):
         unknown = sorted(set(participants) - self.weights.keys())
         if unknown or not participants:
             raise ValueError(f"participants must be non-empty session members; unknown: {unknown}")
-        self.strategy.begin_round(round=round, global_params=self.global_params)
+        if self.budget is not None and not (check := self.budget.check_next_round()).allowed:
+            raise ValueError(check.reason)
+        if self._sized_rounds:
+            self.strategy.begin_round(round=round, global_params=self.global_params, n_expected=len(participants))
+        else:
+            self.strategy.begin_round(round=round, global_params=self.global_params)
         self.round, self.open, self.members = round, True, frozenset(participants)
         self.contributed = {}
         self._pending = []
         self.opened_at = time.monotonic()
         self.fold_seconds = 0.0
+        self.update_bytes = 0
 
     def accept(
         self, *, participant: str, round: int, arrays: list[np.ndarray], meta: Mapping[str, Any]
@@ -174,7 +216,13 @@ class LearningSession(Session):
             self.fold_seconds += time.perf_counter() - start
 
     def close_round(self, round: int) -> RoundResult:
-        """Finish the open round: the strategy's result becomes the global model."""
+        """Finish the open round: the strategy's result becomes the global model.
+
+        Closing the round that was closed last returns the same result again (a retried request whose
+        reply was lost, possibly to an aggregator restarted from the checkpoint of that round).
+        """
+        if not self.open and self.last_result is not None and round == self.last_result.round:
+            return self.last_result
         if not self.open or round != self.round:
             raise ValueError(
                 f"round {round} is not the open round (open: {self.round if self.open else None})"
@@ -187,14 +235,61 @@ class LearningSession(Session):
         seconds = self.fold_seconds + time.perf_counter() - start
         self.open = False
         accuracy = float(self.evaluate(self.global_params)) if self.evaluate else None
-        return RoundResult(
+        epsilon = stop = None
+        if self.budget is not None:
+            epsilon = self.budget.record_round()
+            check = self.budget.check_next_round()
+            stop = None if check.allowed else check.reason
+        self.last_result = RoundResult(
             round=round,
             contributions=len(self.contributed),
             weight_total=float(sum(self.contributed.values())),
             aggregation_seconds=seconds,
             model_checksum=wire.checksum(self.global_params),
             accuracy=accuracy,
+            update_bytes=self.update_bytes,
+            epsilon=epsilon,
+            stop=stop,
         )
+        return self.last_result
+
+    # --- checkpoints (the server writes and reads them: fedattn.aggregator.checkpoint) ------------
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What a checkpoint holds between rounds: global model, rule state, round, privacy rounds."""
+        if self.open:
+            raise ValueError(f"round {self.round} is open; checkpoints are taken between rounds")
+        state = self.strategy.state_dict() if hasattr(self.strategy, "state_dict") else {}
+        arrays = {"global": self.global_params, **{f"strategy.{k}": np.asarray(v) for k, v in state.items()}}
+        meta = {
+            "round": self.round,
+            "size": self.size,
+            "strategy": (self.spec.get("strategy") or {}).get("name", "fedavg"),
+            "dp_rounds": self.budget.rounds_done if self.budget is not None else None,
+            "last_result": None if self.last_result is None else vars(self.last_result),
+        }
+        return arrays, meta
+
+    def restore(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Continue from :meth:`snapshot`'s output; raises ValueError when it belongs to another setup."""
+        strategy = (self.spec.get("strategy") or {}).get("name", "fedavg")
+        model = arrays.get("global")
+        if meta.get("strategy") != strategy or model is None or model.shape != (self.size,):
+            raise ValueError(
+                f"checkpoint is for strategy {meta.get('strategy')!r} with P={meta.get('size')}, "
+                f"the session runs {strategy!r} with P={self.size}"
+            )
+        if not np.isfinite(model).all():
+            raise ValueError("checkpoint model has non-finite values")
+        state = {k.removeprefix("strategy."): v for k, v in arrays.items() if k.startswith("strategy.")}
+        if hasattr(self.strategy, "load_state_dict"):
+            self.strategy.load_state_dict(state)
+        self.global_params = np.ascontiguousarray(model, dtype=np.float32)
+        self.round, self.open = int(meta["round"]), False
+        if self.budget is not None:
+            self.budget.rounds_done = int(meta.get("dp_rounds") or 0)
+        last = meta.get("last_result")
+        self.last_result = RoundResult(**last) if last else None
 
 
 @dataclass
