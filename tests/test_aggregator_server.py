@@ -585,6 +585,10 @@ def test_kv_rejects_overlap_bad_shapes_nan_and_duplicates(h):
     clients = announce(h, {"alice": 3, "bob": 2})  # carol never comes: the barrier waits for her
     alice, bob = clients["alice"], clients["bob"]
     alice.send("kv", layer=0, arrays=kv_block([0, 1, 2]))
+    # NB: two sockets race; bob's overlapping block must arrive after alice's was taken.
+    deadline = time.monotonic() + 10
+    while h.metric("fedattn_aggregator_contributions_accepted_total", kind="kv") < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert bob.request("kv", layer=0, arrays=kv_block([2, 3])).meta["code"] == "bad_kv"  # position 2 taken
     k, v, pos = kv_block([3, 4])
     wrong_heads = [np.concatenate([k, k]), np.concatenate([v, v]), pos]
