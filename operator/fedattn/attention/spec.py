@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from fedattn.attention.layout import SharedPrefix, template_parts
+from fedattn.attention.layout import own_token_ids, shared_prefix_ids
 from fedattn.attention.masks import sync_layers
 from fedattn.attention.reference import FedAttnPlan
 from fedattn.attention.tokenizer import ChatTokenizer
@@ -52,16 +52,10 @@ class OwnTokens:
     own: list[int]  # private: never leaves the participant
 
 
-def own_tokens(
-    tokenizer: ChatTokenizer, text: str, *, shared_prefix: str, first: bool, last: bool
-) -> OwnTokens:
-    """Tokens of one participant in a single user turn whose content is every participant's text in
-    prompt order (the same layout :func:`fedattn.attention.layout.chat_layout` builds in one place)."""
-    head, tail = template_parts(tokenizer)
-    n_prefix = {SharedPrefix.NONE: 0, SharedPrefix.SINK: 1, SharedPrefix.TEMPLATE: len(head)}[
-        SharedPrefix(shared_prefix)
-    ]
-    own = (head[n_prefix:] if first else []) + tokenizer.encode(text) + (tail if last else [])
-    if not tokenizer.encode(text):
-        raise ValueError("the prompt slice has no tokens")
-    return OwnTokens(prefix=head[:n_prefix], own=own)
+def own_tokens(tokenizer: ChatTokenizer, text: str, *, shared_prefix: str, index: int, count: int) -> OwnTokens:
+    """Participant ``index`` of ``count`` (prompt order), from its own text alone: the same slice
+    :func:`fedattn.attention.layout.chat_layout` cuts when it holds every text."""
+    return OwnTokens(
+        prefix=shared_prefix_ids(tokenizer, shared_prefix),
+        own=own_token_ids(tokenizer, text, participant=index, n_participants=count, shared_prefix=shared_prefix),
+    )

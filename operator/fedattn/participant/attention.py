@@ -65,8 +65,7 @@ def run_attention(
     order = attention_spec.participant_order(participants, spec["publisher"])
     index = order.index(name)
     tokens = attention_spec.own_tokens(
-        tokenizer, prompt, shared_prefix=spec.get("sharedPrefix", "template"),
-        first=index == 0, last=index == len(order) - 1,
+        tokenizer, prompt, shared_prefix=spec.get("sharedPrefix", "template"), index=index, count=len(order)
     )
     timeout = float(spec.get("roundTimeoutSeconds", 300))
     channel.send("hello", meta={"tokens": len(tokens.own)})
