@@ -115,6 +115,7 @@ class Aggregator:
         sock.bind(bind)
         self.socket = sock
         self.endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._restore_checkpointed_sessions()
         self.probes = None
         if metrics_port is not None:
             self.probes = serve_probes(
@@ -514,6 +515,8 @@ class Aggregator:
                 name=msg.session, spec=spec, weights=weights, initial=initial, evaluate=evaluate
             )
             self._resume(state)
+            if self.checkpoint_dir is not None and state.checkpoint_every and state.round == 0 and not state.open:
+                self._checkpoint(state)  # NB: from now on a restarted aggregator knows the session by itself
         elif mode == "attention":
             limit = int(meta.get("max_payload_bytes", self.max_message_bytes))
             state = AttentionSession(name=msg.session, spec=spec, weights=weights, max_payload_bytes=limit)
@@ -528,6 +531,38 @@ class Aggregator:
         log.info("session configured", extra={"session": msg.session})
         return self._describe(state)
 
+    def _restore_checkpointed_sessions(self) -> None:
+        """Bring back every unfinished learning session that has a checkpoint, before serving anyone.
+
+        So a coordinator whose requests (e.g. the ``ctl_close_round`` of a round the old process had
+        open) reach the restarted aggregator finds the session there, at its checkpointed round.
+        """
+        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
+            return
+        for path in sorted(self.checkpoint_dir.glob("*.ckpt.npz")):
+            name = path.name.removesuffix(".ckpt.npz")
+            try:
+                saved = checkpoint.load(self.checkpoint_dir, name)
+                if saved is None or saved[1].get("finished"):
+                    continue
+                arrays, meta = saved
+                spec, weights = meta["spec"], {str(n): float(w) for n, w in meta["weights"].items()}
+                evaluate = self.hooks.evaluator(name, spec) if self.hooks.evaluator else None
+                state = LearningSession(
+                    name=name, spec=spec, weights=weights, initial=arrays["global"], evaluate=evaluate
+                )
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.error("checkpoint %s not restored: %s", path.name, exc, extra={"session": name})
+                continue
+            self._resume(state)
+            self.sessions[name] = state
+
+    def _checkpoint(self, state: LearningSession, *, finished: bool = False) -> None:
+        arrays, meta = state.snapshot()
+        start = time.perf_counter()
+        checkpoint.save(self.checkpoint_dir, state.name, arrays=arrays, meta={**meta, "finished": finished})
+        self.metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+
     def _resume(self, state: LearningSession) -> None:
         """Continue from the session's checkpoint, and reopen the round that was open, if any.
 
@@ -539,12 +574,16 @@ class Aggregator:
         ids = {"session": state.name}
         try:
             saved = checkpoint.load(self.checkpoint_dir, state.name)
+            if saved is not None and saved[1].get("finished"):
+                log.info("the checkpoint is of a finished session: starting afresh", extra=ids)
+                return
             if saved is not None:
                 state.restore(*saved)
                 log.info("resumed from the checkpoint of round %d", state.round, extra=ids)
             reopen = checkpoint.load_open_round(self.checkpoint_dir, state.name)
             if reopen is not None and reopen[0] > state.round:
                 state.open_round(*reopen)
+                state.reopened = True
                 log.info("reopened round %d after a restart", reopen[0], extra=ids)
         except ValueError as exc:  # CheckpointError, StrategyError, PrivacyError
             log.error("checkpoint not used: %s", exc, extra=ids)
@@ -600,10 +639,7 @@ class Aggregator:
         every = state.checkpoint_every
         if self.checkpoint_dir is not None and every:
             if msg.round % every == 0:
-                arrays, meta = state.snapshot()
-                start = time.perf_counter()
-                checkpoint.save(self.checkpoint_dir, state.name, arrays=arrays, meta=meta)
-                self.metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+                self._checkpoint(state)
             checkpoint.clear_open_round(self.checkpoint_dir, state.name)
         log.info("round closed", extra={"session": state.name, "round": msg.round})
         return result.meta()
@@ -614,6 +650,14 @@ class Aggregator:
             raise ValueError(f"no session named {msg.session!r}")
         reason = str(msg.meta.get("reason", "finished"))
         arrays = [state.global_params] if isinstance(state, LearningSession) else []
+        if (
+            isinstance(state, LearningSession)
+            and self.checkpoint_dir is not None
+            and state.checkpoint_every
+            and not state.open
+        ):
+            self._checkpoint(state, finished=True)  # the final model; a restart does not bring it back
+            checkpoint.clear_open_round(self.checkpoint_dir, state.name)
         told = []
         for name, route in state.routes.items():
             frames = wire.encode(

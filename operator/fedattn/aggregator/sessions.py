@@ -116,6 +116,7 @@ class LearningSession(Session):
         self.opened_at = 0.0
         self.fold_seconds = 0.0
         self.update_bytes = 0  # payload bytes of this round's accepted updates (after compression)
+        self.reopened = False  # the open round was reopened from a checkpoint by a restarted aggregator
         self._pending: list[tuple[np.ndarray, float]] = []
 
     @property
@@ -157,6 +158,7 @@ class LearningSession(Session):
         self.opened_at = time.monotonic()
         self.fold_seconds = 0.0
         self.update_bytes = 0
+        self.reopened = False
 
     def accept(
         self, *, participant: str, round: int, arrays: list[np.ndarray], meta: Mapping[str, Any]
@@ -227,17 +229,20 @@ class LearningSession(Session):
             raise ValueError(
                 f"round {round} is not the open round (open: {self.round if self.open else None})"
             )
-        if not self.contributed:
+        if not self.contributed and not self.reopened:
             raise ValueError(f"round {round} has no contributions; keep it open or finish the session")
         self.fold_pending()
         start = time.perf_counter()
-        self.global_params = self.strategy.finish()
+        if self.contributed:
+            self.global_params = self.strategy.finish()
+        # NB: else a round reopened after a restart whose updates died with the old process: the
+        # coordinator counted them and closes it; the model stays as checkpointed, the session goes on.
         seconds = self.fold_seconds + time.perf_counter() - start
         self.open = False
         accuracy = float(self.evaluate(self.global_params)) if self.evaluate else None
         epsilon = stop = None
         if self.budget is not None:
-            epsilon = self.budget.record_round()
+            epsilon = self.budget.record_round() if self.contributed else self.budget.epsilon_spent
             check = self.budget.check_next_round()
             stop = None if check.allowed else check.reason
         self.last_result = RoundResult(
@@ -262,6 +267,9 @@ class LearningSession(Session):
         state = self.strategy.state_dict() if hasattr(self.strategy, "state_dict") else {}
         arrays = {"global": self.global_params, **{f"strategy.{k}": np.asarray(v) for k, v in state.items()}}
         meta = {
+            "spec": dict(self.spec),
+            "weights": self.weights,
+            "finished": False,
             "round": self.round,
             "size": self.size,
             "strategy": (self.spec.get("strategy") or {}).get("name", "fedavg"),

@@ -449,6 +449,16 @@ def participant_spec() -> Schema:
                 "Image of the participant Job; the operator's default image when empty.", default=""
             ),
             "resources": _resources(),
+            "simulation": obj(
+                "Testing only: make this participant misbehave on purpose (a bench for robust rules).",
+                {
+                    "byzantine": string(
+                        "signflip: send global - scale * (honest delta) instead of the honest model.",
+                        enum=["signflip"],
+                    ),
+                    "scale": number("Factor of the flipped delta.", default=10.0, minimum=0),
+                },
+            ),
         },
         required=["sessionRef"],
         rules=[("self.sessionRef == oldSelf.sessionRef", "sessionRef is immutable")],

@@ -16,7 +16,7 @@ from fedattn import logs
 from fedattn.aggregator.client import AggregatorClient
 from fedattn.participant.coordinator_api import CoordinatorClient, identity_from_dir
 from fedattn.participant.heartbeat import Heartbeat
-from fedattn.participant.learner import run_learning
+from fedattn.participant.learner import BYZANTINE, run_learning
 from fedattn.resilience import Policy
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-file", type=Path, help="private data (reserved for custom trainers)")
     parser.add_argument("--result-file", type=Path, help="write this participant's own report here as JSON")
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0)
+    parser.add_argument("--simulate-byzantine", choices=BYZANTINE,
+                        help="TESTING ONLY: send sign-flipped, scaled updates (FedParticipant spec.simulation)")
+    parser.add_argument("--simulate-scale", type=float, default=10.0, help="scale of --simulate-byzantine")
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -62,6 +65,8 @@ def _contribute(args: argparse.Namespace, joined: dict[str, Any], client: Coordi
                 parts=len(joined["participants"]),
                 session_over=lambda: beat.session_over,
                 idle_timeout_seconds=idle,
+                rehello_seconds=policy.timeout_seconds,
+                byzantine=(args.simulate_byzantine, args.simulate_scale) if args.simulate_byzantine else None,
             )
         from fedattn.participant.attention import run_attention
 

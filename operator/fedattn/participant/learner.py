@@ -12,11 +12,38 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from fedattn.aggregator.client import AggregatorClient, Timeout
 from fedattn.learning import data, models, session
+from fedattn.learning.compression import CompressionSpec, ErrorFeedback
 from fedattn.learning.trainer import TrainConfig, train
 
 log = logging.getLogger(__name__)
+
+#: ``--simulate-byzantine`` behaviours (simulation only: a test bench for the robust rules)
+BYZANTINE = ("signflip",)
+
+
+def byzantine_update(global_params: np.ndarray, local: np.ndarray, *, mode: str, scale: float) -> np.ndarray:
+    """What a simulated Byzantine client sends instead of its honest model ``local``.
+
+    ``signflip``: the honest delta reversed and scaled, ``global - scale * (local - global)`` -- the
+    attack of Blanchard et al. / Yin et al. that drags a plain mean away from the optimum.
+    """
+    if mode != "signflip":
+        raise ValueError(f"unknown byzantine simulation {mode!r}; choose one of {BYZANTINE}")
+    return (global_params - scale * (local - global_params)).astype(np.float32)
+
+
+def _payload(
+    feedback: ErrorFeedback | None, global_params: np.ndarray, params: np.ndarray
+) -> tuple[tuple[np.ndarray, ...], dict[str, Any]]:
+    """The update's arrays and meta: the model itself, or its compressed delta with error feedback."""
+    if feedback is None:
+        return (params,), {}
+    arrays, description = feedback.compress(params - global_params)
+    return tuple(arrays), {"compression": description}
 
 def private_shard(spec: dict[str, Any], *, index: int, parts: int) -> data.Split:
     training = spec.get("training") or {}
@@ -38,43 +65,62 @@ def run_learning(
     parts: int,
     session_over: Callable[[], bool],
     idle_timeout_seconds: float,
+    rehello_seconds: float = 30.0,
+    byzantine: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
     """Serve rounds until the aggregator says ``done`` (or the coordinator says the session ended).
 
     Returns this participant's own record: rounds trained, examples, last loss, the final model's
     checksum. A round the aggregator rejects (e.g. ``stale_round`` because we were too slow) is logged
-    and skipped, never retried blindly: the next ``model`` message starts the next round.
+    and skipped, never retried blindly: the next ``model`` message starts the next round. After
+    ``rehello_seconds`` without a message it says ``hello`` again: a restarted aggregator does not
+    know where we are, and answers a hello during an open round with that round's model.
+    ``byzantine=(mode, scale)`` turns this participant into a simulated attacker
+    (:func:`byzantine_update`); with ``spec.compression`` the update is a compressed delta.
     """
     arch: models.Architecture = session.architecture(spec)
     shard = private_shard(spec, index=index, parts=parts)
     config = TrainConfig.from_spec(spec.get("training") or {})
     seed = session.seed(spec)
+    codec = CompressionSpec.from_manifest(spec["compression"]) if spec.get("compression") else None
+    feedback = None
+    if codec is not None and codec.codec != "dense":
+        feedback = ErrorFeedback(size=arch.size, spec=codec)
     ctx = {"session": channel.session, "participant": name}
     channel.send("hello")
     trained: list[int] = []
     last_loss = None
-    idle_since = time.monotonic()
+    idle_since = last_hello = time.monotonic()
     while True:
         try:
             msg = channel.recv(timeout_seconds=1.0)
         except Timeout:
-            if session_over() or time.monotonic() - idle_since > idle_timeout_seconds:
+            now = time.monotonic()
+            if session_over() or now - idle_since > idle_timeout_seconds:
                 return {"rounds": trained, "examples": len(shard), "loss": last_loss, "reason": "session over"}
+            if now - max(idle_since, last_hello) > rehello_seconds:
+                channel.send("hello")
+                last_hello = now
             continue
         idle_since = time.monotonic()
         if msg.kind == "model":
             started = time.perf_counter()
             round_seed = seed * 1_000_003 + msg.round * 101 + index
             round_config = replace(config, proximal_mu=float(msg.meta.get("proximal_mu", 0.0)))
-            params, last_loss = train(arch, msg.arrays[0], shard, round_config, seed=round_seed)
+            global_params = msg.arrays[0]
+            params, last_loss = train(arch, global_params, shard, round_config, seed=round_seed)
+            if byzantine is not None:
+                params = byzantine_update(global_params, params, mode=byzantine[0], scale=byzantine[1])
+            arrays, extra = _payload(feedback, global_params, params)
             channel.send(
                 "update",
                 round=msg.round,
-                arrays=(params,),
+                arrays=arrays,
                 meta={
                     "num_examples": len(shard),
                     "train_loss": last_loss,
                     "compute_seconds": time.perf_counter() - started,
+                    **extra,
                 },
             )
             trained.append(msg.round)

@@ -108,6 +108,7 @@ def start(
                 "--allow-dir", str(prepared.allow_dir),
                 "--metrics-host", "127.0.0.1",
                 "--metrics-port", str(endpoints.aggregator_metrics),
+                "--checkpoint-dir", str(workdir / "checkpoints"),
             ],
         )
         wait_ready(f"http://127.0.0.1:{endpoints.aggregator_metrics}/readyz", proc=aggregator)
@@ -156,6 +157,10 @@ def start_participant(session: LocalSession, name: str) -> None:
         "--pki-dir", str(session.workdir / "pki"),
         "--result-file", str(session.workdir / "results" / f"{name}.json"),
     ]
+    simulation = _participant_spec(session, name).get("simulation") or {}
+    if simulation.get("byzantine"):
+        args += ["--simulate-byzantine", str(simulation["byzantine"]),
+                 "--simulate-scale", str(simulation.get("scale", 10.0))]
     for key, value in session.bundle.private.get(name, {}).items():
         path = private_dir / key
         path.write_text(value)
@@ -166,6 +171,13 @@ def start_participant(session: LocalSession, name: str) -> None:
     threads = str(max(1, (os.cpu_count() or 1) // len(session.bundle.participant_names)))
     blas = {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     session.supervisor.start(f"participant-{name}", args, env=blas)
+
+
+def _participant_spec(session: LocalSession, name: str) -> dict[str, Any]:
+    for manifest in session.bundle.participants:
+        if manifest["metadata"]["name"] == name:
+            return manifest.get("spec") or {}
+    return {}
 
 
 def follow(
