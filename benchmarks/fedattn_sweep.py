@@ -214,16 +214,14 @@ def print_table(rows: list[dict], out) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=Path, default=ROOT / "examples" / "prompts-qa.yaml")
-    parser.add_argument(
-        "--quick", action="store_true", help="4 prompts, H in {1,2,8}, N in {1,2,4}, 8 new tokens"
-    )
+    parser.add_argument("--quick", action="store_true", help="4 prompts, H in {1,2,8}, N in {1,2,4}")
     parser.add_argument("--h", type=int, nargs="+", help="sync intervals (default 1 2 4 8 30)")
     parser.add_argument("--n", type=int, nargs="+", help="participant counts (default 1 2 4 8)")
     parser.add_argument(
         "--prefixes", nargs="+", default=["none", "template"], choices=[m.value for m in SharedPrefix]
     )
     parser.add_argument("--limit", type=int, help="use only the first LIMIT prompts")
-    parser.add_argument("--max-new-tokens", type=int, help="greedy tokens per prompt (default 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per prompt")
     parser.add_argument("--transport", choices=sorted(TRANSPORTS), default="memory")
     parser.add_argument("--json", action="store_true", help="print the rows as a JSON list on stdout")
     parser.add_argument("--no-llama-cpp", action="store_true", help="skip the llama.cpp throughput row")
@@ -231,7 +229,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.h = args.h or ([1, 2, 8] if args.quick else [1, 2, 4, 8, 30])
     args.n = args.n or ([1, 2, 4] if args.quick else [1, 2, 4, 8])
     args.limit = args.limit or (4 if args.quick else None)
-    args.max_new_tokens = args.max_new_tokens or (8 if args.quick else 16)
     return args
 
 
