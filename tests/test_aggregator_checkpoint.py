@@ -160,7 +160,8 @@ def test_epsilon_per_round_matches_dp_accounting_and_the_budget_stops_rounds(tmp
     allowed = sum(e <= budget for e in expected)
     assert 1 <= allowed < 3, expected  # the parameters must exercise both outcomes
     spec = {"minParticipants": 1,
-            "privacy": {"dp": {"noiseMultiplier": z, "clipNorm": 1.0, "targetEpsilon": budget, "delta": delta}}}
+            "privacy": {"dp": {"noiseMultiplier": z, "clipNorm": 1.0, "targetEpsilon": budget,
+                               "delta": delta}}}
     h = Harness(tmp_path)
     try:
         coord, _ = _configure(h, spec, size, np.zeros(size, np.float32))
@@ -178,3 +179,26 @@ def test_epsilon_per_round_matches_dp_accounting_and_the_budget_stops_rounds(tmp
         assert not refused["ok"] and refused["error"].startswith("PrivacyBudgetExhausted"), refused
     finally:
         h.close()
+
+
+def test_a_sign_flipping_member_scores_negative_and_is_evicted():
+    size, weights = 20, {"a": 1.0, "b": 1.0, "evil": 1.0}
+    spec = {"minParticipants": 3, "strategy": {"name": "median"}, "eviction": {"minScore": 0.0, "afterRounds": 2}}
+    state = LearningSession(name="s", spec=spec, weights=weights, initial=np.zeros(size, np.float32))
+    rng = np.random.default_rng(1)
+    direction = np.ones(size, np.float32)
+    results = []
+    for r in (1, 2, 3):
+        state.open_round(r, sorted(weights))
+        g = state.global_params.copy()
+        for name in ("a", "b"):
+            honest = g + 0.1 * direction + 0.01 * rng.standard_normal(size).astype(np.float32)
+            state.accept(participant=name, round=r, arrays=[honest], meta={"num_examples": 1})
+        state.accept(participant="evil", round=r, arrays=[g - 1.0 * direction], meta={"num_examples": 1})
+        results.append(state.close_round(r))
+    assert results[0].scores is None  # no previous step to compare with in round 1
+    for result in results[1:]:
+        assert result.scores["a"] > 0.9 and result.scores["b"] > 0.9 and result.scores["evil"] < -0.9
+    assert results[1].evict == [] and results[2].evict == ["evil"]  # two low rounds in a row
+    assert results[2].reliability["evil"] < 0.5 < results[2].reliability["a"]  # EMA from 1.0, decay 0.8
+    assert "evict" in results[2].meta() and results[2].meta()["evict"] == ["evil"]

@@ -86,8 +86,8 @@ def _run(tmp_path: Path, bundle: manifests.Bundle) -> dict:
     path = tmp_path / f"{bundle.name}.yaml"
     path.write_text(yaml.safe_dump_all([bundle.session, *bundle.participants]))
     proc = subprocess.run(
-        [sys.executable, "-m", "fedattn.cli", "run", str(path), "--json", "--workdir", str(tmp_path / bundle.name),
-         "--timeout-seconds", "600"],
+        [sys.executable, "-m", "fedattn.cli", "run", str(path), "--json",
+         "--workdir", str(tmp_path / bundle.name), "--timeout-seconds", "600"],
         capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -36,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint-dir",
         type=Path,
-        help="where learning sessions with checkpoint.everyRounds > 0 keep their checkpoints (resume on restart)",
+        help="checkpoints of learning sessions with checkpoint.everyRounds > 0 (resumed on restart)",
     )
     parser.add_argument("--log-level", default="INFO")
 

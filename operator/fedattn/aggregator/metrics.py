@@ -42,6 +42,12 @@ class Metrics:
             ["session"],
             registry=r,
         )
+        self.reliability = Gauge(
+            f"{PREFIX}_participant_reliability_ratio",
+            "Moving average of a participant's round scores (cosine of its delta to the last global step)",
+            ["session", "participant"],
+            registry=r,
+        )
         self.checkpoint_seconds = Histogram(
             f"{PREFIX}_checkpoint_seconds",
             "Time to write one learning checkpoint (temp file, fsync, rename)",

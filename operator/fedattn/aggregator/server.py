@@ -515,7 +515,7 @@ class Aggregator:
                 name=msg.session, spec=spec, weights=weights, initial=initial, evaluate=evaluate
             )
             self._resume(state)
-            if self.checkpoint_dir is not None and state.checkpoint_every and state.round == 0 and not state.open:
+            if self.checkpoint_dir is not None and state.checkpoint_every and (state.round, state.open) == (0, False):
                 self._checkpoint(state)  # NB: from now on a restarted aggregator knows the session by itself
         elif mode == "attention":
             limit = int(meta.get("max_payload_bytes", self.max_message_bytes))
@@ -636,13 +636,16 @@ class Aggregator:
         self.metrics.rounds_closed.inc()
         if result.epsilon is not None:
             self.metrics.dp_epsilon.labels(session=state.name).set(result.epsilon)
+        for name, score in (result.reliability or {}).items():
+            self.metrics.reliability.labels(session=state.name, participant=name).set(score)
         every = state.checkpoint_every
         if self.checkpoint_dir is not None and every:
             if msg.round % every == 0:
                 self._checkpoint(state)
             checkpoint.clear_open_round(self.checkpoint_dir, state.name)
-        log.info("round closed", extra={"session": state.name, "round": msg.round})
-        return result.meta()
+        meta = result.meta()
+        log.info("round closed: %s", meta, extra={"session": state.name, "round": msg.round})
+        return meta
 
     def _ctl_finish(self, msg: wire.Message) -> dict[str, Any]:
         state = self.sessions.get(msg.session)

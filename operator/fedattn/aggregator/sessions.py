@@ -18,6 +18,7 @@ import numpy as np
 from fedattn import wire
 from fedattn.aggregator.kv import Barrier, KVPart
 from fedattn.aggregator.strategies import build_session_strategy
+from fedattn.aggregator.strategies.scores import Reliability, cosine, should_evict, update_reliability
 from fedattn.aggregator.strategy import FOLD_GROUP, Strategy, fold_all
 from fedattn.attention.exchange import union_kv
 from fedattn.attention.spec import participant_order
@@ -67,6 +68,9 @@ class RoundResult:
     update_bytes: int = 0  # payload bytes of the round's accepted updates, as sent (compressed or not)
     epsilon: float | None = None  # DP: epsilon spent after this round (dp-accounting, RDP)
     stop: str | None = None  # why no further round may open (PrivacyBudgetExhausted: ...), if so
+    scores: dict[str, float] | None = None  # contribution: cosine of each delta to the last global step
+    reliability: dict[str, float] | None = None  # EMA of each member's round scores (scores.Reliability)
+    evict: list[str] | None = None  # members to evict under spec.eviction (the coordinator's evict API)
 
     def meta(self) -> dict[str, Any]:
         """The ``ctl_close_round`` reply fields (absent optional values are left out)."""
@@ -77,7 +81,7 @@ class RoundResult:
             "model_checksum": self.model_checksum,
             "update_bytes": self.update_bytes,
         }
-        for key in ("accuracy", "epsilon", "stop"):
+        for key in ("accuracy", "epsilon", "stop", "scores", "reliability", "evict"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -107,6 +111,10 @@ class LearningSession(Session):
         dp = (spec.get("privacy") or {}).get("dp")
         self.budget: PrivacyBudget | None = DPSettings.from_manifest(dp).budget() if dp else None
         self.last_result: RoundResult | None = None
+        self.reliability: dict[str, Reliability] = {}
+        self.evicted: set[str] = set()
+        self.last_step: np.ndarray | None = None  # the previous round's global change, the score reference
+        self.similarity: dict[str, float] = {}
         self.global_params = initial
         self.evaluate = evaluate
         self.round = 0
@@ -149,11 +157,14 @@ class LearningSession(Session):
         if self.budget is not None and not (check := self.budget.check_next_round()).allowed:
             raise ValueError(check.reason)
         if self._sized_rounds:
-            self.strategy.begin_round(round=round, global_params=self.global_params, n_expected=len(participants))
+            self.strategy.begin_round(
+                round=round, global_params=self.global_params, n_expected=len(participants)
+            )
         else:
             self.strategy.begin_round(round=round, global_params=self.global_params)
         self.round, self.open, self.members = round, True, frozenset(participants)
         self.contributed = {}
+        self.similarity = {}
         self._pending = []
         self.opened_at = time.monotonic()
         self.fold_seconds = 0.0
@@ -179,6 +190,8 @@ class LearningSession(Session):
         if isinstance(examples, bool) or not isinstance(examples, int | float) or not 0 < examples < math.inf:
             raise wire.WireError("bad_meta", f"num_examples must be a number > 0, got {examples!r}")
         weight = float(examples) * self.weights[participant]
+        if self.last_step is not None:
+            self.similarity[participant] = cosine(update - self.global_params, self.last_step)
         if hasattr(self.strategy, "fold_many"):
             # NB: held (a view of the received frame, no copy) until fold_pending at the end of the socket
             # burst or when FOLD_GROUP are waiting, so updates that arrive together share one pass.
@@ -234,7 +247,8 @@ class LearningSession(Session):
         self.fold_pending()
         start = time.perf_counter()
         if self.contributed:
-            self.global_params = self.strategy.finish()
+            previous, self.global_params = self.global_params, self.strategy.finish()
+            self.last_step = np.subtract(self.global_params, previous, dtype=np.float64)
         # NB: else a round reopened after a restart whose updates died with the old process: the
         # coordinator counted them and closes it; the model stays as checkpointed, the session goes on.
         seconds = self.fold_seconds + time.perf_counter() - start
@@ -245,6 +259,7 @@ class LearningSession(Session):
             epsilon = self.budget.record_round() if self.contributed else self.budget.epsilon_spent
             check = self.budget.check_next_round()
             stop = None if check.allowed else check.reason
+        scores, reliability, evict = self._score_round()
         self.last_result = RoundResult(
             round=round,
             contributions=len(self.contributed),
@@ -255,8 +270,37 @@ class LearningSession(Session):
             update_bytes=self.update_bytes,
             epsilon=epsilon,
             stop=stop,
+            scores=scores,
+            reliability=reliability,
+            evict=evict,
         )
         return self.last_result
+
+    def _score_round(self) -> tuple[dict[str, float] | None, dict[str, float] | None, list[str] | None]:
+        """Round scores of the members (late ones score 0), their reliability, and who to evict.
+
+        Nothing is scored before a reference exists (round 1 has no previous global step).
+        """
+        if not self.similarity:
+            return None, None, None
+        eviction = self.spec.get("eviction")
+        min_score = float((eviction or {}).get("minScore", 0.0))
+        for name in self.members:
+            record = self.reliability.get(name, Reliability())
+            self.reliability[name] = update_reliability(
+                record, similarity=self.similarity.get(name), min_score=min_score
+            )
+        evict = None
+        if eviction:
+            after = int(eviction.get("afterRounds", 3))
+            evict = sorted(
+                n
+                for n in self.members - self.evicted
+                if should_evict(self.reliability[n], after_rounds=after)
+            )
+            self.evicted.update(evict)
+        reliability = {n: self.reliability[n].score for n in sorted(self.members)}
+        return dict(sorted(self.similarity.items())), reliability, evict
 
     # --- checkpoints (the server writes and reads them: fedattn.aggregator.checkpoint) ------------
 

@@ -33,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--result-file", type=Path, help="write this participant's own report here as JSON")
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0)
     parser.add_argument("--simulate-byzantine", choices=BYZANTINE,
-                        help="TESTING ONLY: send sign-flipped, scaled updates (FedParticipant spec.simulation)")
+                        help="TESTING ONLY: send sign-flipped, scaled updates (spec.simulation)")
     parser.add_argument("--simulate-scale", type=float, default=10.0, help="scale of --simulate-byzantine")
     parser.add_argument("--log-level", default="INFO")
 
@@ -66,7 +66,8 @@ def _contribute(args: argparse.Namespace, joined: dict[str, Any], client: Coordi
                 session_over=lambda: beat.session_over,
                 idle_timeout_seconds=idle,
                 rehello_seconds=policy.timeout_seconds,
-                byzantine=(args.simulate_byzantine, args.simulate_scale) if args.simulate_byzantine else None,
+                byzantine=(args.simulate_byzantine, args.simulate_scale) if args.simulate_byzantine
+                else None,
             )
         from fedattn.participant.attention import run_attention
 

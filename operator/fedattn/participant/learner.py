@@ -97,7 +97,8 @@ def run_learning(
         except Timeout:
             now = time.monotonic()
             if session_over() or now - idle_since > idle_timeout_seconds:
-                return {"rounds": trained, "examples": len(shard), "loss": last_loss, "reason": "session over"}
+                return {"rounds": trained, "examples": len(shard), "loss": last_loss,
+                        "reason": "session over"}
             if now - max(idle_since, last_hello) > rehello_seconds:
                 channel.send("hello")
                 last_hello = now
