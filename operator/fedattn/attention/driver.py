@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from threadpoolctl import threadpool_limits
 
-from fedattn.attention.exchange import Exchange, MemoryExchange, run_threads
+from fedattn.attention.exchange import Exchange, MemoryExchange
 from fedattn.attention.gguf_model import LlamaModel
 from fedattn.attention.layout import PromptLayout
 from fedattn.attention.participant import PrefillResult, participant_prefill
@@ -44,3 +46,25 @@ def run_prefill(
     # NB: participants already run in parallel; BLAS threads on top of them oversubscribe the cores.
     with threadpool_limits(limits=1 if layout.n_participants > 1 else None, user_api="blas"):
         return run_threads([task(p) for p in range(layout.n_participants)], on_error=hub.abort)
+
+
+def run_threads(tasks: Sequence[Callable[[], object]], *, on_error: Callable[[], None]) -> list:
+    """Run tasks in parallel threads; on the first failure call ``on_error`` and re-raise that failure."""
+    errors: list[BaseException] = []
+
+    def guarded(task):
+        try:
+            return task()
+        except BaseException as exc:
+            if not isinstance(exc, threading.BrokenBarrierError):
+                errors.append(exc)
+            on_error()
+            raise
+
+    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
+        futures = [pool.submit(guarded, task) for task in tasks]
+        for future in futures:
+            future.exception()
+    if errors:
+        raise errors[0]
+    return [future.result() for future in futures]

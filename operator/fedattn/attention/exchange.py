@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -71,25 +70,3 @@ class MemoryExchange:
     def abort(self) -> None:
         """Release every waiting participant (they get BrokenBarrierError) after one has failed."""
         self._barrier.abort()
-
-
-def run_threads(tasks: Sequence[Callable[[], object]], *, on_error: Callable[[], None]) -> list:
-    """Run tasks in parallel threads; on the first failure call ``on_error`` and re-raise that failure."""
-    errors: list[BaseException] = []
-
-    def guarded(task):
-        try:
-            return task()
-        except BaseException as exc:
-            if not isinstance(exc, threading.BrokenBarrierError):
-                errors.append(exc)
-            on_error()
-            raise
-
-    with ThreadPoolExecutor(max_workers=len(tasks)) as pool:
-        futures = [pool.submit(guarded, task) for task in tasks]
-        for future in futures:
-            future.exception()
-    if errors:
-        raise errors[0]
-    return [future.result() for future in futures]

@@ -52,10 +52,14 @@ class OwnTokens:
     own: list[int]  # private: never leaves the participant
 
 
-def own_tokens(tokenizer: ChatTokenizer, text: str, *, shared_prefix: str, index: int, count: int) -> OwnTokens:
+def own_tokens(
+    tokenizer: ChatTokenizer, text: str, *, shared_prefix: str, index: int, count: int
+) -> OwnTokens:
     """Participant ``index`` of ``count`` (prompt order), from its own text alone: the same slice
     :func:`fedattn.attention.layout.chat_layout` cuts when it holds every text."""
     return OwnTokens(
         prefix=shared_prefix_ids(tokenizer, shared_prefix),
-        own=own_token_ids(tokenizer, text, participant=index, n_participants=count, shared_prefix=shared_prefix),
+        own=own_token_ids(
+            tokenizer, text, participant=index, n_participants=count, shared_prefix=shared_prefix
+        ),
     )
