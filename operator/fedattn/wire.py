@@ -33,6 +33,9 @@ KINDS = frozenset(
         "update",
         "kv",
         "bye",
+        "secagg_keys",  # also aggregator -> participant: every member's key
+        "secagg_shares",  # also aggregator -> participant: bundles forwarded from a peer
+        "secagg_reveal",
         # aggregator -> participant
         "welcome",
         "model",
@@ -40,6 +43,7 @@ KINDS = frozenset(
         "error",
         "kv_global",
         "done",
+        "secagg_unmask",
         # coordinator <-> aggregator
         "ctl_configure",
         "ctl_open_round",

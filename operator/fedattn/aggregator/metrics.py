@@ -48,6 +48,12 @@ class Metrics:
             ["session", "participant"],
             registry=r,
         )
+        self.secagg_unmask_seconds = Histogram(
+            f"{PREFIX}_secagg_unmask_seconds",
+            "Secure aggregation: from asking survivors for their shares to the unmasked sum",
+            buckets=(0.0001, 0.001, 0.01, 0.1, 1, 10),
+            registry=r,
+        )
         self.checkpoint_seconds = Histogram(
             f"{PREFIX}_checkpoint_seconds",
             "Time to write one learning checkpoint (temp file, fsync, rename)",

@@ -39,7 +39,11 @@ log = logging.getLogger("fedattn.aggregator")
 
 #: Identity (Curve key name) of the coordinator's control link; only it may send ``ctl_*``.
 CONTROL_IDENTITY = "coordinator-client"
-PARTICIPANT_KINDS = frozenset({"hello", "update", "kv", "bye"})
+PARTICIPANT_KINDS = frozenset(
+    {"hello", "update", "kv", "bye", "secagg_keys", "secagg_shares", "secagg_reveal"}
+)
+#: a control handler's answer meaning "the reply is sent later" (a secure round still being unmasked)
+DEFERRED: dict[str, Any] = {"deferred": True}
 CONTROL_KINDS = frozenset(
     {
         "ctl_configure",
@@ -99,6 +103,7 @@ class Aggregator:
         self._control_route: bytes | None = None
         # (session, participant) -> route of an authenticated hello that came before ctl_configure
         self._early_hellos: dict[tuple[str, str], bytes] = {}
+        self._pending_close: dict[str, tuple[bytes, wire.Message]] = {}  # session -> deferred ctl_close_round
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ctx = zmq.Context()
@@ -355,6 +360,11 @@ class Aggregator:
             if not isinstance(state, LearningSession):
                 raise wire.WireError("unexpected_kind", "update is for learning sessions")
             self._on_update(route, state, msg, checksum=checksums[0] if checksums else 0)
+        elif msg.kind.startswith("secagg_"):
+            if not isinstance(state, LearningSession) or state.secure is None or msg.round != state.round:
+                raise wire.WireError("stale_round", f"no secure aggregation round {msg.round} is open")
+            state.routes[name] = route
+            self._on_secagg(state, msg)
         elif msg.kind == "kv":
             if not isinstance(state, AttentionSession):
                 raise wire.WireError("unexpected_kind", "kv is for attention sessions")
@@ -380,6 +390,9 @@ class Aggregator:
             round=msg.round,
             meta={"seq": msg.seq},
         )
+        if state.unmask_due:
+            state.unmask_due = False
+            self._start_unmask(state)
         latency_ms = (time.monotonic() - state.opened_at) * 1000
         self._event(
             state.name,
@@ -400,6 +413,43 @@ class Aggregator:
                 "round": msg.round,
             },
         )
+
+    # --- secure aggregation (fedattn.aggregator.secure) ------------------------------------------
+
+    def _on_secagg(self, state: LearningSession, msg: wire.Message) -> None:
+        secure, name = state.secure, msg.participant
+        assert secure is not None
+        if msg.kind == "secagg_keys":
+            keys = secure.add_key(name, msg.meta.get("public_key"))
+            if keys is not None:
+                for member in sorted(keys):
+                    self._to_member(state, member, "secagg_keys", {"keys": keys})
+        elif msg.kind == "secagg_shares":
+            for peer, bundle in secure.route_shares(name, msg.meta.get("sealed")).items():
+                self._to_member(state, peer, "secagg_shares", {"from": {name: bundle}})
+        elif secure.add_reveal(name, msg.meta.get("shares")):
+            if secure.unmask_started is not None:
+                self.metrics.secagg_unmask_seconds.observe(time.perf_counter() - secure.unmask_started)
+            log.info("secure sum unmasked", extra={"session": state.name, "round": state.round})
+            pending = self._pending_close.pop(state.name, None)
+            if pending is not None:
+                self._on_control(*pending)
+
+    def _to_member(self, state: LearningSession, name: str, kind: str, meta: dict[str, Any]) -> None:
+        route = state.routes.get(name)
+        if route is not None:
+            self._reply(route, kind=kind, session=state.name, participant=name, round=state.round, meta=meta)
+
+    def _start_unmask(self, state: LearningSession) -> None:
+        """Fix who survived and ask each survivor for its shares (raises ValueError below the threshold)."""
+        assert state.secure is not None
+        survivors, dropped = state.secure.start_unmask()
+        if state.secure.unmask_started is None:
+            state.secure.unmask_started = time.perf_counter()
+        for name in survivors:
+            self._to_member(state, name, "secagg_unmask", {"survivors": survivors, "dropped": dropped})
+        log.info("unmasking with %d survivors, %d dropped", len(survivors), len(dropped),
+                 extra={"session": state.name, "round": state.round})
 
     # --- attention --------------------------------------------------------------------------------
 
@@ -481,6 +531,9 @@ class Aggregator:
         handler = getattr(self, f"_{msg.kind}")
         try:
             meta = handler(msg) or {}
+            if meta is DEFERRED:
+                self._pending_close[msg.session] = (route, msg)
+                return
             reply = {"ok": True, **meta}
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("control request failed: %s", exc, extra={"session": msg.session, "round": msg.round})
@@ -515,7 +568,8 @@ class Aggregator:
                 name=msg.session, spec=spec, weights=weights, initial=initial, evaluate=evaluate
             )
             self._resume(state)
-            if self.checkpoint_dir is not None and state.checkpoint_every and (state.round, state.open) == (0, False):
+            fresh = (state.round, state.open) == (0, False)
+            if self.checkpoint_dir is not None and state.checkpoint_every and fresh:
                 self._checkpoint(state)  # NB: from now on a restarted aggregator knows the session by itself
         elif mode == "attention":
             limit = int(meta.get("max_payload_bytes", self.max_message_bytes))
@@ -608,6 +662,8 @@ class Aggregator:
 
     def _send_model(self, state: LearningSession, name: str) -> bool:
         meta = {"rounds": int(state.spec.get("rounds", 0)), **state.strategy.client_config()}
+        if state.secure is not None:
+            meta.update(state.secure.client_config(), members=sorted(state.members))
         frames = wire.encode(
             kind="model",
             session=state.name,
@@ -631,6 +687,10 @@ class Aggregator:
 
     def _ctl_close_round(self, msg: wire.Message) -> dict[str, Any]:
         state: LearningSession = self._session(msg, LearningSession)
+        secure = state.secure
+        if state.open and msg.round == state.round and secure and secure.mean is None and state.contributed:
+            self._start_unmask(state)  # NB: the ones whose input did not arrive count as dropped
+            return DEFERRED  # answered when enough survivors revealed their shares
         result = state.close_round(msg.round)
         self.metrics.aggregation_seconds.observe(result.aggregation_seconds)
         self.metrics.rounds_closed.inc()

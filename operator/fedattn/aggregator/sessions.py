@@ -17,12 +17,13 @@ import numpy as np
 
 from fedattn import wire
 from fedattn.aggregator.kv import Barrier, KVPart
+from fedattn.aggregator.secure import SecureRound
 from fedattn.aggregator.strategies import build_session_strategy
 from fedattn.aggregator.strategies.scores import Reliability, cosine, should_evict, update_reliability
 from fedattn.aggregator.strategy import FOLD_GROUP, Strategy, fold_all
 from fedattn.attention.exchange import union_kv
 from fedattn.attention.spec import participant_order
-from fedattn.learning import compression
+from fedattn.learning import compression, secagg
 from fedattn.learning.privacy import DPSettings, PrivacyBudget
 
 Evaluate = Callable[[np.ndarray], float]
@@ -111,6 +112,14 @@ class LearningSession(Session):
         dp = (spec.get("privacy") or {}).get("dp")
         self.budget: PrivacyBudget | None = DPSettings.from_manifest(dp).budget() if dp else None
         self.last_result: RoundResult | None = None
+        secure = (spec.get("privacy") or {}).get("secureAggregation") or {}
+        self.secure_threshold = (
+            secagg.resolve_threshold(secure, min_participants=self.min_participants)
+            if secure.get("enabled")
+            else None
+        )
+        self.secure: SecureRound | None = None  # this round's secure aggregation, when enabled
+        self.unmask_due = False
         self.reliability: dict[str, Reliability] = {}
         self.evicted: set[str] = set()
         self.last_step: np.ndarray | None = None  # the previous round's global change, the score reference
@@ -165,6 +174,18 @@ class LearningSession(Session):
         self.round, self.open, self.members = round, True, frozenset(participants)
         self.contributed = {}
         self.similarity = {}
+        self.unmask_due = False
+        self.secure = (
+            SecureRound(
+                session=self.name,
+                round=round,
+                members=frozenset(participants),
+                threshold=min(self.secure_threshold, len(participants)),
+                size=self.size,
+            )
+            if self.secure_threshold is not None
+            else None
+        )
         self._pending = []
         self.opened_at = time.monotonic()
         self.fold_seconds = 0.0
@@ -185,11 +206,17 @@ class LearningSession(Session):
             raise wire.WireError("not_in_round", f"{participant} is not a participant of round {round}")
         if participant in self.contributed:
             raise wire.WireError("duplicate", f"{participant} already contributed to round {round}")
-        update = self._update_of(arrays, meta)
         examples = meta.get("num_examples")
         if isinstance(examples, bool) or not isinstance(examples, int | float) or not 0 < examples < math.inf:
             raise wire.WireError("bad_meta", f"num_examples must be a number > 0, got {examples!r}")
         weight = float(examples) * self.weights[participant]
+        if self.secure is not None:
+            if not meta.get("masked"):
+                raise wire.WireError("bad_meta", "this session aggregates securely: send a masked update")
+            self.unmask_due = self.secure.add_masked(participant, arrays)
+            self.contributed[participant] = weight
+            return weight
+        update = self._update_of(arrays, meta)
         if self.last_step is not None:
             self.similarity[participant] = cosine(update - self.global_params, self.last_step)
         if hasattr(self.strategy, "fold_many"):
@@ -246,6 +273,10 @@ class LearningSession(Session):
             raise ValueError(f"round {round} has no contributions; keep it open or finish the session")
         self.fold_pending()
         start = time.perf_counter()
+        if self.secure is not None and self.contributed:
+            if self.secure.mean is None:
+                raise ValueError(f"round {round}: the secure sum is not unmasked yet")
+            self._timed_fold([self.secure.mean], [1.0])  # NB: the only update the aggregator ever sees
         if self.contributed:
             previous, self.global_params = self.global_params, self.strategy.finish()
             self.last_step = np.subtract(self.global_params, previous, dtype=np.float64)

@@ -14,10 +14,12 @@ from typing import Any
 
 import numpy as np
 
+from fedattn import wire
 from fedattn.aggregator.client import AggregatorClient, Timeout
-from fedattn.learning import data, models, session
+from fedattn.learning import data, models, secagg, session
 from fedattn.learning.compression import CompressionSpec, ErrorFeedback
 from fedattn.learning.trainer import TrainConfig, train
+from fedattn.participant import secure
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +93,11 @@ def run_learning(
     trained: list[int] = []
     last_loss = None
     idle_since = last_hello = time.monotonic()
+    leftover: wire.Message | None = None  # a message that interrupted a secure round's key exchange
+    secure_client: secagg.SecAggClient | None = None  # this round's, until the aggregator asks it to reveal
     while True:
         try:
-            msg = channel.recv(timeout_seconds=1.0)
+            msg, leftover = leftover or channel.recv(timeout_seconds=1.0), None
         except Timeout:
             now = time.monotonic()
             if session_over() or now - idle_since > idle_timeout_seconds:
@@ -112,7 +116,17 @@ def run_learning(
             params, last_loss = train(arch, global_params, shard, round_config, seed=round_seed)
             if byzantine is not None:
                 params = byzantine_update(global_params, params, mode=byzantine[0], scale=byzantine[1])
-            arrays, extra = _payload(feedback, global_params, params)
+            if "secagg" in msg.meta:
+                secure_client, leftover = secure.exchange_keys(
+                    channel, round=msg.round, config=msg.meta["secagg"], timeout_seconds=idle_timeout_seconds
+                )
+                if secure_client is None:
+                    log.warning("secure aggregation did not complete", extra={**ctx, "round": msg.round})
+                    continue
+                masked = secure.masked(secure_client, params, weight=len(shard), config=msg.meta["secagg"])
+                arrays, extra = (masked,), {"masked": True}
+            else:
+                arrays, extra = _payload(feedback, global_params, params)
             channel.send(
                 "update",
                 round=msg.round,
@@ -126,6 +140,8 @@ def run_learning(
             )
             trained.append(msg.round)
             log.info("trained round %d loss %.4f", msg.round, last_loss, extra={**ctx, "round": msg.round})
+        elif msg.kind == "secagg_unmask" and secure_client is not None and secure_client.round == msg.round:
+            channel.send("secagg_reveal", round=msg.round, meta=secure.reveal(secure_client, msg.meta))
         elif msg.kind == "error":
             log.warning("aggregator rejected: %s", msg.meta, extra={**ctx, "round": msg.round})
             if msg.meta.get("code") == "unknown_session" and not trained:
