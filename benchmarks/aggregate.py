@@ -16,6 +16,15 @@ weighted copies), and the alternatives the fold was chosen over: ``numpy_chunked
 numpy widen + multiply + add instead of daxpy), ``f64_fullsize`` (multiply into a full-size float64
 temporary, then add), ``f32_kahan`` (float32 accumulator with Kahan compensation, chunked).
 
+Robust rules and secure aggregation, against Flower's functions on the same inputs where Flower has
+them: ``median_ours`` / ``median_flower`` (``aggregate_median``), ``trimmed_ours`` / ``trimmed_flower``
+(``aggregate_trimmed_avg``, cutting 20% at each end), ``krum_ours`` / ``krum_flower`` (``aggregate_krum``
+with the largest f that n >= 2f + 3 allows), and ``secagg_ours``: the aggregator's part of a secure
+aggregation round (sum N masked uint32 inputs, unmask with the revealed shares, decode the fixed-point
+weighted mean); the participants' part (keys, shares, masking) is prepared before timing. Each row's
+``max_abs_error`` is against a direct float64 computation of that rule (for Krum, ties between
+equally scored inputs may pick different rows).
+
     .venv/bin/python benchmarks/aggregate.py --params 10000000 --n 4 16 [--json]
 
 Flower is not a dependency of fedattn: install it into the venv (or any directory, then pass
@@ -35,7 +44,25 @@ from collections.abc import Callable
 
 import numpy as np
 
-METHODS = ("ours", "ours_one_by_one", "copy", "flower", "numpy_chunked", "f64_fullsize", "f32_kahan")
+METHODS = (
+    "ours",
+    "ours_one_by_one",
+    "copy",
+    "flower",
+    "numpy_chunked",
+    "f64_fullsize",
+    "f32_kahan",
+    "median_ours",
+    "median_flower",
+    "trimmed_ours",
+    "trimmed_flower",
+    "krum_ours",
+    "krum_flower",
+    "secagg_ours",
+)
+#: robust rules' parameters, the same for ours and Flower's
+TRIM = 0.2
+SECAGG_FRAC_BITS = 16
 CHUNK = 1 << 17
 
 
@@ -123,6 +150,130 @@ def f32_kahan(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
     return acc / np.float32(sum(weights))
 
 
+# --- robust rules and secure aggregation (server side) -------------------------------------------------
+
+
+def _byzantine(n: int) -> int:
+    """The most Byzantine updates Krum tolerates among n (n >= 2f + 3), at least 0."""
+    return max(0, (n - 3) // 2)
+
+
+def _rule(name: str, size: int, params: dict):
+    """A session's robust rule, preallocated once and reused every round (its (N, P) buffer too)."""
+    from fedattn.aggregator.strategies import build_strategy
+
+    key = hash((name, size))
+    if key not in _SESSION:
+        _SESSION[key] = build_strategy(name, params, size=size)
+    return _SESSION[key]
+
+
+def _fold_rule(rule, xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    rule.begin_round(round=1, global_params=xs[0], n_expected=len(xs))
+    for x, w in zip(xs, weights, strict=True):
+        rule.fold(x, float(w))
+    return rule.finish()
+
+
+def median_ours(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    return _fold_rule(_rule("median", xs[0].size, {}), xs, weights)
+
+
+def trimmed_ours(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    return _fold_rule(_rule("trimmedmean", xs[0].size, {"trimFraction": TRIM}), xs, weights)
+
+
+def krum_ours(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    return _fold_rule(_rule("krum", xs[0].size, {"byzantine": _byzantine(len(xs))}), xs, weights)
+
+
+def _flower_results(xs: list[np.ndarray], weights: list[int]) -> list:
+    return [([x], w) for x, w in zip(xs, weights, strict=True)]
+
+
+def median_flower(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    from flwr.server.strategy.aggregate import aggregate_median
+
+    return aggregate_median(_flower_results(xs, weights))[0]
+
+
+def trimmed_flower(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    from flwr.server.strategy.aggregate import aggregate_trimmed_avg
+
+    return aggregate_trimmed_avg(_flower_results(xs, weights), TRIM)[0]
+
+
+def krum_flower(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    from flwr.server.strategy.aggregate import aggregate_krum
+
+    return aggregate_krum(_flower_results(xs, weights), _byzantine(len(xs)), 0)[0]
+
+
+_SECAGG: dict[tuple[int, int], tuple] = {}
+
+
+def _secagg_round(xs: list[np.ndarray], weights: list[int]) -> tuple:
+    """Participants' side, done once per input set (not timed): keys, shares, masked inputs, reveals."""
+    from fedattn.learning import secagg
+
+    key = (len(xs), xs[0].size)
+    if key not in _SECAGG:
+        names = [f"p{i:03d}" for i in range(len(xs))]
+        keys = {name: secagg.ClientKeys() for name in names}
+        public = {name: k.public for name, k in keys.items()}
+        threshold = len(names) // 2 + 1
+        clients = {
+            name: secagg.SecAggClient(
+                name=name, session="bench", round=1, public_keys=public, keys=keys[name], threshold=threshold
+            )
+            for name in names
+        }
+        for sender, client in clients.items():
+            for peer, blob in client.sealed_shares().items():
+                clients[peer].receive_shares(sender, blob)
+        total = float(sum(weights))
+        masked = {}
+        for name, x, w in zip(names, xs, weights, strict=True):
+            packed = secagg.pack_weighted(x, w / total)  # NB: normalised weights keep the sum in range
+            fixed = secagg.encode_fixed(packed, frac_bits=SECAGG_FRAC_BITS, n_summands=len(xs))
+            masked[name] = clients[name].mask(fixed)
+        reveals = {name: c.reveal(survivors=names, dropped=[]) for name, c in clients.items()}
+        _SECAGG[key] = (public, threshold, masked, reveals)
+    return _SECAGG[key]
+
+
+def secagg_ours(xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    """The aggregator's share of a secure-aggregation round: sum masked uint32 inputs, unmask, decode."""
+    from fedattn.learning import secagg
+
+    public, threshold, masked, reveals = _secagg_round(xs, weights)
+    server = secagg.SecAggServer(
+        session="bench", round=1, public_keys=public, threshold=threshold, size=xs[0].size + 1
+    )
+    for name, y in masked.items():
+        server.add(name, y)
+    server.close()
+    total = server.unmask(reveals)
+    return secagg.unpack_weighted(secagg.decode_fixed(total, frac_bits=SECAGG_FRAC_BITS)).astype(np.float32)
+
+
+def _reference(method: str, xs: list[np.ndarray], weights: list[int]) -> np.ndarray:
+    """What ``method`` should return, computed directly in float64 (independently of both)."""
+    stack = np.stack([x.astype(np.float64) for x in xs])
+    if method.startswith("median"):
+        return np.median(stack, axis=0)
+    if method.startswith("trimmed"):
+        from scipy import stats
+
+        return stats.trim_mean(stack, TRIM, axis=0)
+    if method.startswith("krum"):
+        f = _byzantine(len(xs))
+        dist = np.array([[float(np.sum((a - b) ** 2)) for b in stack] for a in stack])  # NB: O(P) memory
+        scores = [np.sort(np.delete(row, i))[: len(xs) - f - 2].sum() for i, row in enumerate(dist)]
+        return stack[int(np.argmin(scores))]
+    return (np.asarray(weights, dtype=np.float64) @ stack) / sum(weights)
+
+
 def worker(method: str, *, n: int, size: int, repeats: int) -> dict:
     """Run one method in this process: best time of ``repeats``, then one traced run for the peak."""
     fn: Callable[[list[np.ndarray], list[int]], np.ndarray] = globals()[method]
@@ -145,7 +296,7 @@ def worker(method: str, *, n: int, size: int, repeats: int) -> dict:
     out["wall_gbps"] = n * size * 4 / best_wall / 1e9
     out["peak_mb"] = peak / 2**20
     if method != "copy":
-        reference = sum(w * x.astype(np.float64) for x, w in zip(xs, weights, strict=True)) / sum(weights)
+        reference = _reference(method, xs, weights)
         out["max_abs_error"] = float(np.max(np.abs(result - reference)))
     return out
 

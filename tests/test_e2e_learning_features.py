@@ -119,3 +119,12 @@ def test_two_byzantine_of_seven_break_fedavg_but_not_krum(tmp_path):
     fedavg = _run(tmp_path, _example("byzantine-fedavg", rounds=rounds))
     assert krum["final_accuracy"] >= 0.85, krum["accuracy"]
     assert fedavg["final_accuracy"] < 0.5, fedavg["accuracy"]
+
+
+@pytest.mark.slow
+def test_secure_aggregation_learns_like_plain_fedavg(tmp_path):
+    rounds = 4
+    plain = _run(tmp_path, _example("digits", rounds=rounds))
+    masked = _run(tmp_path, _example("secagg", rounds=rounds))
+    # same seeds, same local training: the masked sum decodes to FedAvg's model up to fixed point (2^-16)
+    np.testing.assert_allclose(masked["accuracy"], plain["accuracy"], atol=0.01)
