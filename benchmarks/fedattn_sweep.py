@@ -165,30 +165,43 @@ def sweep_row(model, tokenizer, cases, centrals, *, h, n, shared_prefix, run_pre
     }
 
 
-def llama_cpp_throughput(path: Path, prompts: list[np.ndarray], *, max_new: int) -> dict | str:
-    """llama.cpp's prefill/decode tokens per second on the same prompts, or why it was skipped."""
+def llama_cpp_throughput(path: Path, centrals: list[Centralized]) -> dict | str:
+    """llama.cpp's prefill/decode tokens per second on the same prompts, or why it was skipped.
+
+    Decoding is teacher-forced on our centralized continuation, so ``top1_agreement_with_ours`` is the
+    share of steps where llama.cpp's (quantized-kernel) argmax picks our float32 model's token.
+    """
     try:
+        import llama_cpp
         from llama_cpp import Llama
     except ImportError as exc:
         return f"llama.cpp row skipped: llama-cpp-python is not installed ({exc})"
     llm = Llama(model_path=str(path), n_ctx=1024, n_batch=512, n_threads=2, verbose=False)
     prefill_s = decode_s = 0.0
-    prompt_tokens = new_tokens = 0
-    for ids in prompts:
+    prompt_tokens = new_tokens = agree = steps = 0
+    for central in centrals:
         llm.reset()
         started = time.perf_counter()
-        llm.eval(ids.tolist())
+        llm.eval(central.layout.token_ids.tolist())
         prefill_s += time.perf_counter() - started
-        prompt_tokens += len(ids)
-        started = time.perf_counter()
-        for _ in range(max_new - 1):
-            llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        prompt_tokens += len(central.layout.token_ids)
+        ours = central.generation.tokens
+        for step, token in enumerate(ours):
+            # NB: Llama.scores is only filled with logits_all (which would slow prefill); read the last row.
+            last = np.ctypeslib.as_array(llama_cpp.llama_get_logits(llm.ctx), shape=(llm.n_vocab(),))
+            agree += int(np.argmax(last)) == token
+            steps += 1
+            if step == len(ours) - 1:
+                break
+            started = time.perf_counter()
+            llm.eval([token])
+            decode_s += time.perf_counter() - started
             new_tokens += 1
-        decode_s += time.perf_counter() - started
     return {
         "engine": "llama.cpp",
         "prefill_tokens_per_s": round(prompt_tokens / prefill_s, 1),
-        "decode_tokens_per_s": round(new_tokens / decode_s, 1),
+        "decode_tokens_per_s": round(new_tokens / max(decode_s, 1e-9), 1),
+        "top1_agreement_with_ours": round(agree / steps, 4),
     }
 
 
@@ -200,6 +213,7 @@ def ours_throughput(centrals: list[Centralized]) -> dict:
         "engine": "fedattn numpy",
         "prefill_tokens_per_s": round(prompt_tokens / sum(c.prefill_seconds for c in centrals), 1),
         "decode_tokens_per_s": round(new_tokens / max(sum(c.decode_seconds for c in centrals), 1e-9), 1),
+        "top1_agreement_with_ours": 1.0,
     }
 
 
@@ -262,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{row} ({time.perf_counter() - started:.1f} s)", file=sys.stderr)
     throughput = [ours_throughput(centrals)]
     if not args.no_llama_cpp:
-        llama = llama_cpp_throughput(
-            resolve_model_path(), [c.layout.token_ids for c in centrals], max_new=args.max_new_tokens
-        )
+        llama = llama_cpp_throughput(resolve_model_path(), centrals)
         if isinstance(llama, str):
             print(llama, file=sys.stderr)
         else:
