@@ -13,9 +13,10 @@ chunks after the chat template header (N=1: one participant holds everything). P
   sync_p50_ms / sync_p99_ms (each participant's wall time in exchange, pooled), prefill_ratio (wall
   time of all participants' prefill on this machine / centralized prefill).
 
-BLAS runs one thread per compute thread throughout, so centralized and federated runs compete for
-the cores the same way. A throughput comparison with llama.cpp (llama-cpp-python, benchmark-only) is
-printed when that package is installed.
+BLAS (and llama.cpp) run one thread per compute thread throughout, so centralized, federated and
+llama.cpp runs compete for the cores the same way (multi-threaded kernels spin badly on busy
+cores). A throughput comparison with llama.cpp (llama-cpp-python, benchmark-only; it compiles from
+source, so install it by hand) is printed when that package is installed.
 
     .venv/bin/python benchmarks/fedattn_sweep.py --quick
     .venv/bin/python benchmarks/fedattn_sweep.py --json > sweep.json
@@ -176,7 +177,7 @@ def llama_cpp_throughput(path: Path, centrals: list[Centralized]) -> dict | str:
         from llama_cpp import Llama
     except ImportError as exc:
         return f"llama.cpp row skipped: llama-cpp-python is not installed ({exc})"
-    llm = Llama(model_path=str(path), n_ctx=1024, n_batch=512, n_threads=2, verbose=False)
+    llm = Llama(model_path=str(path), n_ctx=1024, n_batch=512, n_threads=1, n_threads_batch=1, verbose=False)
     prefill_s = decode_s = 0.0
     prompt_tokens = new_tokens = agree = steps = 0
     for central in centrals:
