@@ -27,7 +27,7 @@ class SyncFailed(RuntimeError):
     """The aggregator answered a sync with an error (timeout without quorum, rejected KV...)."""
 
 
-def _await(channel: AggregatorClient, kind: str, *, layer: int | None = None, timeout_seconds: float):
+def await_kind(channel: AggregatorClient, kind: str, *, layer: int | None = None, timeout_seconds: float):
     """The next ``kind`` message (for ``layer`` when given); an ``error`` ends the wait with its reason."""
     deadline = time.monotonic() + timeout_seconds
     while True:
@@ -44,7 +44,7 @@ def zmq_exchange(channel: AggregatorClient, *, timeout_seconds: float):
 
     def exchange(layer: int, k: np.ndarray, v: np.ndarray, positions: np.ndarray):
         channel.send("kv", layer=layer, arrays=[k, v, positions.astype(np.int64)])
-        msg = _await(channel, "kv_global", layer=layer, timeout_seconds=timeout_seconds)
+        msg = await_kind(channel, "kv_global", layer=layer, timeout_seconds=timeout_seconds)
         return msg.arrays[0], msg.arrays[1], msg.arrays[2]
 
     return exchange
@@ -69,7 +69,7 @@ def run_attention(
     )
     timeout = float(spec.get("roundTimeoutSeconds", 300))
     channel.send("hello", meta={"tokens": len(tokens.own)})
-    welcome = _await(channel, "welcome", timeout_seconds=timeout)
+    welcome = await_kind(channel, "welcome", timeout_seconds=timeout)
     start = len(tokens.prefix) + int(welcome.meta["tokens_before"])
     positions = np.arange(start, start + len(tokens.own), dtype=np.int64)
     plan = attention_spec.plan(spec, n_layers=model.config.n_layers)

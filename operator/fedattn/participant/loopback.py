@@ -1,0 +1,97 @@
+"""Every participant of one prompt over a real aggregator on loopback (CurveZMQ, ZAP allowlist).
+
+The same ``run_prefill(model, layout, *, plan)`` shape as the in-memory driver
+(:func:`fedattn.attention.driver.run_prefill`), but each participant's exchange is the network one a
+participant process uses (:func:`fedattn.participant.attention.zmq_exchange`), its position offset
+comes from the aggregator's prompt-layout handshake, and the K/V union is the aggregator's. Tests
+compare its logits with the single-process reference; the FedAttn sweep measures sync latency with it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from threadpoolctl import threadpool_limits
+
+from fedattn import pki, wire
+from fedattn.aggregator.client import AggregatorClient
+from fedattn.aggregator.server import CONTROL_IDENTITY, Aggregator
+from fedattn.attention.driver import run_threads
+from fedattn.attention.gguf_model import LlamaModel
+from fedattn.attention.layout import PromptLayout
+from fedattn.attention.participant import PrefillResult, participant_prefill
+from fedattn.attention.reference import FedAttnPlan
+from fedattn.participant.attention import await_kind, zmq_exchange
+
+SESSION = "loopback"
+TIMEOUT_SECONDS = 120.0
+
+
+def _names(n: int) -> list[str]:
+    return [f"p{i}" for i in range(n)]
+
+
+def _configure(aggregator: Aggregator, server: pki.CurveKeyPair, control: pki.CurveKeyPair, names: list[str]) -> None:
+    spec = {"mode": "attention", "minParticipants": len(names), "roundTimeoutSeconds": TIMEOUT_SECONDS,
+            "publisher": names[-1]}
+    with AggregatorClient(endpoint=aggregator.endpoint, server_public=server.public, public=control.public,
+                          secret=control.secret, session=SESSION, name=CONTROL_IDENTITY,
+                          timeout_seconds=TIMEOUT_SECONDS) as link:
+        reply = link.request("ctl_configure", meta={"mode": "attention", "spec": spec,
+                                                    "participants": dict.fromkeys(names, 1.0)})
+        if not reply.meta.get("ok"):
+            raise RuntimeError(f"aggregator refused the loopback session: {reply.meta}")
+
+
+def run_prefill(model: LlamaModel, layout: PromptLayout, *, plan: FedAttnPlan) -> list[PrefillResult]:
+    """Every participant's prefill through an in-process aggregator, in participant order."""
+    names = _names(layout.n_participants)
+    keys = {name: pki.curve_keypair() for name in [CONTROL_IDENTITY, *names]}
+    server = pki.curve_keypair()
+    with tempfile.TemporaryDirectory() as tmp:
+        allow = Path(tmp)
+        for name, pair in keys.items():
+            (allow / f"{name}.curve.pub").write_bytes(pair.public)
+        aggregator = Aggregator(bind="tcp://127.0.0.1:0", server_public=server.public,
+                                server_secret=server.secret, allow_dir=allow)
+        aggregator.start()
+        try:
+            _configure(aggregator, server, keys[CONTROL_IDENTITY], names)
+            return _run_participants(model, layout, plan=plan, aggregator=aggregator, server=server,
+                                     keys=keys, names=names)
+        finally:
+            aggregator.close()
+
+
+def _run_participants(model, layout, *, plan, aggregator, server, keys, names) -> list[PrefillResult]:
+    clients = [
+        AggregatorClient(endpoint=aggregator.endpoint, server_public=server.public, public=keys[n].public,
+                         secret=keys[n].secret, session=SESSION, name=n, timeout_seconds=TIMEOUT_SECONDS)
+        for n in names
+    ]
+
+    def task(index: int):
+        def prefill() -> PrefillResult:
+            channel = clients[index]
+            own = layout.ids_of(index)
+            channel.send("hello", meta={"tokens": len(own)})
+            welcome = await_kind(channel, "welcome", timeout_seconds=TIMEOUT_SECONDS)
+            start = layout.n_prefix + int(welcome.meta["tokens_before"])
+            if start != int(layout.positions_of(index)[0]):
+                raise wire.WireError("bad_layout", f"aggregator placed {names[index]} at {start}")
+            return participant_prefill(
+                model, participant=index, own_ids=own, own_positions=layout.positions_of(index),
+                prefix_ids=layout.prefix_ids, plan=plan,
+                exchange=zmq_exchange(channel, timeout_seconds=TIMEOUT_SECONDS),
+            )
+
+        return prefill
+
+    try:
+        # NB: participants run in parallel threads; BLAS pools on top of them would oversubscribe the cores.
+        with threadpool_limits(limits=1, user_api="blas"):
+            return run_threads([task(i) for i in range(len(names))], on_error=lambda: None)
+    finally:
+        for client in clients:
+            client.close()
