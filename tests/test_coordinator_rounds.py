@@ -78,6 +78,31 @@ def test_round_closes_when_every_member_contributed_then_the_session_finishes():
     assert m.tick(now=1e9) == []
 
 
+def test_stop_after_a_closing_round_succeeds_with_the_reason_and_counts_the_round():
+    m = learning(rounds=5)
+    ready(m, "a", "b", "c")
+    for n in ("a", "b", "c"):
+        _, commands = m.contribution(n, 1, now=1)
+    assert commands == [CloseRound(round=1)]
+    assert m.stop("PrivacyBudgetExhausted", "round 2 would spend epsilon 9.0 > 8") == [
+        Finish(reason="PrivacyBudgetExhausted")
+    ]
+    assert (m.phase, m.rounds_closed, m.round) == (SUCCEEDED, 1, None)
+    assert m.message == "PrivacyBudgetExhausted: round 2 would spend epsilon 9.0 > 8"
+    assert m.round_closed(1, now=2) == [] and m.tick(now=1e9) == []  # nothing opens after the stop
+    assert m.stop("PrivacyBudgetExhausted", "again") == [] and m.message.endswith("> 8")
+
+
+def test_stop_while_a_round_is_open_drops_that_round():
+    m = learning(rounds=5)
+    ready(m, "a", "b", "c")  # round 1 open (its opening refused by the aggregator)
+    assert m.stop("PrivacyBudgetExhausted", "round 1 would spend too much") == [
+        Finish(reason="PrivacyBudgetExhausted")
+    ]
+    assert (m.phase, m.rounds_closed, m.round) == (SUCCEEDED, 0, None)
+    assert m.contribution("a", 1, now=1) == (Verdict.LATE, [])
+
+
 def test_wait_after_min_closes_with_the_quorum():
     m = learning()
     ready(m, "a", "b", "c")

@@ -119,6 +119,10 @@ async def test_session_participant_round_round_trip(store: Store):
     await store.update_participant("s1", "alice", phase="Done", result={"accuracy": 0.9})
     await store.open_round("s1", 1, participants=2, opened_at=14.0)
     await store.close_round("s1", 1, state="Closed", closed_at=15.0, contributions=2, weight_total=3.0, accuracy=0.5)
+    await store.open_round("s1", 2, participants=2, opened_at=16.0)
+    await store.close_round(
+        "s1", 2, state="Closed", closed_at=17.0, contributions=2, epsilon=4.733185, update_bytes=2**40 + 3
+    )
 
     session = await store.get_session("s1")
     assert session is not None
@@ -130,7 +134,9 @@ async def test_session_participant_round_round_trip(store: Store):
     assert (bob.name, bob.position, alice.position) == ("bob", 0, 1)
     assert (alice.weight, alice.phase, alice.joined_at, alice.last_heartbeat) == (2.0, "Done", 13.0, 13.0)
     assert alice.result == {"accuracy": 0.9}
-    [r1] = await store.list_rounds("s1")
+    r1, r2 = await store.list_rounds("s1")
+    assert (r1.epsilon, r1.update_bytes) == (None, None)
+    assert (r2.epsilon, r2.update_bytes) == (4.733185, 2**40 + 3)  # float8 and BIGINT on both backends
     assert (r1.state, r1.participants, r1.contributions, r1.weight_total, r1.accuracy) == (
         "Closed",
         2,

@@ -38,6 +38,10 @@ class ControlError(RuntimeError):
     """The aggregator refused a control request (``ok: false`` or an ``error`` reply)."""
 
 
+class BudgetExhausted(ControlError):
+    """The aggregator refused a round: the DP budget is spent. A planned stop, so never retried."""
+
+
 class ControlTimeout(ControlError, TimeoutError):
     """No reply in time: the aggregator is down, unreachable, or does not accept our key."""
 
@@ -114,7 +118,10 @@ class ControlLink:
         if reply.kind == "error":
             raise ControlError(f"{kind} rejected: {reply.meta.get('code')}: {reply.meta.get('message')}")
         if not reply.meta.get("ok"):
-            raise ControlError(f"{kind} for {session} failed: {reply.meta.get('error', 'no reason given')}")
+            error = str(reply.meta.get("error", "no reason given"))
+            if error.startswith("PrivacyBudgetExhausted"):
+                raise BudgetExhausted(error)
+            raise ControlError(f"{kind} for {session} failed: {error}")
         return reply.meta
 
     def _forget_abandoned(self, *, now: float) -> None:

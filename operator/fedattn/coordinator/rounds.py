@@ -241,6 +241,19 @@ class SessionMachine:
         self.waiting_since = now
         return self.tick(now=now)
 
+    def stop(self, reason: str, message: str) -> list[Command]:
+        """A planned early end (e.g. ``PrivacyBudgetExhausted``): the model so far is the result.
+
+        A round we asked to close counts as closed; one still open (its opening was refused) is dropped.
+        """
+        if self.finished:
+            return []
+        if self.round is not None and self.round.closing:
+            self.rounds_closed = self.round.number
+        self.round = None
+        self.phase, self.message = SUCCEEDED, f"{reason}: {message}"
+        return [Finish(reason=reason)]
+
     def fail(self, reason: str, message: str) -> list[Command]:
         """The driver could not carry out a command (e.g. the aggregator is unreachable)."""
         if self.finished:

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +24,7 @@ import pybreaker
 import tenacity
 
 from fedattn.coordinator import rounds
-from fedattn.coordinator.control import ControlError, ControlLink
+from fedattn.coordinator.control import BudgetExhausted, ControlError, ControlLink
 from fedattn.coordinator.manifest import SessionDefinition, settings_for
 from fedattn.coordinator.metrics import Metrics
 from fedattn.resilience import Policy
@@ -106,6 +106,28 @@ def int64(value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
         return value
     return None
+
+
+def per_member(value: Any, members: Iterable[str]) -> dict[str, float]:
+    """``{participant: number}`` from a close reply, kept to session members with finite values."""
+    if not isinstance(value, dict):
+        return {}
+    known = set(members)
+    return {p: v for p, x in value.items() if p in known and (v := finite(x)) is not None}
+
+
+def latest_epsilon(round_log: dict[int, dict[str, Any]]) -> float | None:
+    """DP epsilon spent so far: the last round's that reported one (None without DP)."""
+    spent = [round_log[r]["epsilon"] for r in sorted(round_log) if round_log[r].get("epsilon") is not None]
+    return spent[-1] if spent else None
+
+
+def stop_reason(text: str) -> tuple[str, str]:
+    """``"Reason: detail"`` from the aggregator as (reason, detail); a bare text is its own detail."""
+    reason, sep, detail = text.partition(":")
+    if sep and reason and reason.isidentifier():
+        return reason, detail.strip()
+    return "Stopped", text
 
 
 def _iso(ts: float | None) -> str | None:
@@ -282,6 +304,8 @@ class Coordinator:
                         "accuracy": r.accuracy,
                         "weight_total": r.weight_total,
                         "aggregation_seconds": r.aggregation_seconds,
+                        "epsilon": r.epsilon,
+                        "update_bytes": r.update_bytes,
                     }
                     for r in round_rows
                 },
@@ -426,6 +450,7 @@ class Coordinator:
             },
             "participant_status": participant_status,
             "rounds": [session.round_log[r] for r in sorted(session.round_log)],
+            "epsilon": latest_epsilon(session.round_log),
             "syncs": session.syncs,
             "avg_sync_latency_ms": session.sync_latency_ms_total / session.syncs if session.syncs else None,
             "contributions_recorded": recorded,
@@ -553,7 +578,9 @@ class Coordinator:
         retrying = tenacity.AsyncRetrying(
             stop=tenacity.stop_after_attempt(policy.retries + 1),
             wait=tenacity.wait_exponential(multiplier=policy.backoff_seconds, max=60),
-            retry=tenacity.retry_if_exception(lambda e: isinstance(e, ControlError) and not isinstance(e, CircuitOpen)),
+            retry=tenacity.retry_if_exception(
+                lambda e: isinstance(e, ControlError) and not isinstance(e, CircuitOpen | BudgetExhausted)
+            ),
             reraise=True,
         )
         async for attempt in retrying:
@@ -581,6 +608,21 @@ class Coordinator:
                 log.exception("executing %s failed", command, extra=ids)
                 self._dispatch(session, session.machine.fail("InternalError", f"executing {command} failed"))
 
+    async def _evict_low_score(self, session: Session, participant: str, round_: int) -> None:
+        """Evict a participant the aggregator scored out (spec.eviction); the session goes on if the
+        store is slow (the machine has evicted it already, the write stays queued)."""
+        try:
+            await self.evict(session.name, participant, "LowContributionScore")
+        except ApiError as exc:
+            ids = {"session": session.name, "participant": participant, "round": round_}
+            log.warning("eviction not stored yet: %s", exc.message, extra=ids)
+
+    def _stop(self, session: Session, text: str) -> None:
+        """The aggregator says no further round may run (e.g. the DP budget is spent): end cleanly."""
+        reason, detail = stop_reason(text)
+        log.info("session stops: %s", text, extra={"session": session.name})
+        self._dispatch(session, session.machine.stop(reason, detail))
+
     async def _execute(self, session: Session, command: Any) -> None:
         name, now, spec = session.name, self.clock(), session.definition.spec
         machine = session.machine
@@ -601,7 +643,13 @@ class Coordinator:
                 session.round_log[r] = {"round": r, "state": "Open", "participants": len(members), "contributions": 0}
                 self.store.open_round(name, r, participants=len(members), opened_at=now)
                 self.store.update_session(name, phase=machine.phase, message="", round=r)
-                await self._control(session, "ctl_open_round", round=r, meta={"participants": list(members)})
+                try:
+                    await self._control(session, "ctl_open_round", round=r, meta={"participants": list(members)})
+                except BudgetExhausted as exc:
+                    session.round_log[r]["state"] = "Refused"
+                    self.store.close_round(name, r, state="Refused", closed_at=self.clock(), contributions=0)
+                    self._stop(session, str(exc))
+                    return
                 log.info("round opened with %d participants", len(members), extra={"session": name, "round": r})
             case rounds.CloseRound(round=r):
                 reply = await self._control(session, "ctl_close_round", round=r)
@@ -612,8 +660,13 @@ class Coordinator:
                     "accuracy": finite(reply.get("accuracy")),
                     "weight_total": finite(reply.get("weight_total")),
                     "aggregation_seconds": finite(reply.get("aggregation_seconds")),
+                    "epsilon": finite(reply.get("epsilon")),
+                    "update_bytes": int64(reply.get("update_bytes")),
+                    "scores": per_member(reply.get("scores"), machine.members),
+                    "reliability": per_member(reply.get("reliability"), machine.members),
                 }
-                session.round_log[r] = {**session.round_log.get(r, {}), **summary}
+                evict = [p for p in reply.get("evict") or [] if isinstance(p, str) and p in machine.members]
+                session.round_log[r] = {**session.round_log.get(r, {}), **summary, "evict": evict}
                 self.store.close_round(
                     name,
                     r,
@@ -624,10 +677,22 @@ class Coordinator:
                     aggregation_seconds=summary["aggregation_seconds"],
                     accuracy=summary["accuracy"],
                     model_checksum=int64(reply.get("model_checksum")),
+                    epsilon=summary["epsilon"],
+                    update_bytes=summary["update_bytes"],
                 )
+                if summary["scores"] or summary["reliability"]:
+                    scores = {"scores": summary["scores"], "reliability": summary["reliability"]}
+                    self.store.record_event(Event(name, "scores", round=r, message=json.dumps(scores), at=now))
                 self.metrics.rounds.inc()
                 log.info("round closed: %s", summary, extra={"session": name, "round": r})
-                self._dispatch(session, machine.round_closed(r, now=self.clock()))
+                for participant in evict:
+                    if machine.members[participant].phase != rounds.P_EVICTED:
+                        await self._evict_low_score(session, participant, r)
+                stop = reply.get("stop")
+                if isinstance(stop, str) and stop:
+                    self._stop(session, stop)
+                else:
+                    self._dispatch(session, machine.round_closed(r, now=self.clock()))
             case rounds.Finish(reason=reason) | rounds.Fail(reason=reason):
                 session.completed_at = now
                 self.store.update_session(

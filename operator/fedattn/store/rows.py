@@ -80,3 +80,5 @@ class RoundRow:
     aggregation_seconds: float | None
     accuracy: float | None
     model_checksum: int | None
+    epsilon: float | None = None
+    update_bytes: int | None = None

@@ -173,12 +173,14 @@ class Store:
         aggregation_seconds: float | None = None,
         accuracy: float | None = None,
         model_checksum: int | None = None,
+        epsilon: float | None = None,
+        update_bytes: int | None = None,
     ) -> Pending:
         return self.writes.submit(
             f"round {session}/{round} {state}",
             (
                 "UPDATE rounds SET state = %s, closed_at = %s, contributions = %s, weight_total = %s, "
-                "aggregation_seconds = %s, accuracy = %s, model_checksum = %s "
+                "aggregation_seconds = %s, accuracy = %s, model_checksum = %s, epsilon = %s, update_bytes = %s "
                 "WHERE session = %s AND round = %s",
                 (
                     state,
@@ -188,6 +190,8 @@ class Store:
                     aggregation_seconds,
                     accuracy,
                     model_checksum,
+                    epsilon,
+                    update_bytes,
                     session,
                     round,
                 ),
@@ -255,7 +259,8 @@ class Store:
     async def list_rounds(self, session: str) -> list[RoundRow]:
         rows = await self._fetch(
             "SELECT session, round, state, participants, opened_at, closed_at, contributions, weight_total, "
-            "aggregation_seconds, accuracy, model_checksum FROM rounds WHERE session = %s ORDER BY round",
+            "aggregation_seconds, accuracy, model_checksum, epsilon, update_bytes FROM rounds "
+            "WHERE session = %s ORDER BY round",
             (session,),
         )
         return [RoundRow(*r) for r in rows]
