@@ -1,0 +1,43 @@
+"""End to end through real processes: a DP session stops cleanly when its privacy budget is spent."""
+
+from __future__ import annotations
+
+import copy
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fedattn.learning.privacy import epsilon_after
+from fedattn.runner import local, manifests
+from fedattn.runner.processes import supervised
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_dp_session_succeeds_with_privacy_budget_exhausted_after_the_rounds_it_allows(tmp_path):
+    bundle = manifests.load(ROOT / "examples/learning-dp.yaml")
+    session = copy.deepcopy(bundle.session)
+    dp = session["spec"]["privacy"]["dp"]
+    dp["targetEpsilon"] = 9.5
+    bundle = manifests.Bundle(session=session, participants=bundle.participants, private=bundle.private)
+    spent = [epsilon_after(r, dp["noiseMultiplier"], 1.0, dp["delta"]) for r in range(1, 21)]
+    allowed = sum(e <= dp["targetEpsilon"] for e in spent)
+    assert allowed == 3 < session["spec"]["rounds"]  # the budget, not the round count, ends this session
+
+    with supervised(tmp_path / "logs") as supervisor:
+        running = local.start(bundle, workdir=tmp_path, supervisor=supervisor)
+        status = local.follow(running, on_status=lambda s: None, timeout_seconds=300)
+
+    assert status["phase"] == "Succeeded", status["message"]
+    assert status["message"].startswith(f"PrivacyBudgetExhausted: round {allowed + 1} would"), status["message"]
+    closed = [r for r in status["rounds"] if r["state"] == "Closed"]
+    assert [r["round"] for r in status["rounds"]] == [r["round"] for r in closed] == list(range(1, allowed + 1))
+    assert status["round"] == allowed
+    assert [r["epsilon"] for r in closed] == pytest.approx(spent[:allowed], rel=1e-9)
+    assert status["epsilon"] == pytest.approx(spent[allowed - 1], rel=1e-9)
+    assert all(r["update_bytes"] > 0 for r in closed)
+    with sqlite3.connect(tmp_path / "store.sqlite3") as db:
+        stored = db.execute("SELECT round, epsilon FROM rounds ORDER BY round").fetchall()
+    assert [r for r, _ in stored] == list(range(1, allowed + 1))
+    assert [e for _, e in stored] == pytest.approx(spent[:allowed], rel=1e-9)
