@@ -25,6 +25,7 @@ from fedattn.participant.coordinator_api import CoordinatorClient, identity_from
 from fedattn.participant.heartbeat import Heartbeat
 from fedattn.runner import local, manifests
 from fedattn.runner.processes import supervised
+from polling import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -82,15 +83,6 @@ def _bundle(rounds: int, names: list[str], min_participants: int) -> manifests.B
     return manifests.Bundle(session=session, participants=participants, private={})
 
 
-def _wait_for(predicate, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 def test_killed_participant_duplicate_and_late_updates_on_postgres(tmp_path, fresh_database):
     names = ["p1", "p2", "p3", "p4", "rogue"]
@@ -122,7 +114,7 @@ def test_killed_participant_duplicate_and_late_updates_on_postgres(tmp_path, fre
             killed_at = session.status()["round"]
 
             # A late update: for the round we already passed, after it closed.
-            _wait_for(lambda: session.status()["round"] > first_round + 1, timeout=120, what="two more rounds")
+            wait_for(lambda: session.status()["round"] > first_round + 1, timeout=120, what="two more rounds")
             rogue.send("update", round=first_round, arrays=[model.arrays[0].copy()], meta={"num_examples": 10})
             late = _next_of(rogue, "ack", "error")
             assert (late.kind, late.meta["code"]) in {("error", "stale_round"), ("error", "duplicate")}, late.meta

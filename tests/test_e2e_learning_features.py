@@ -12,7 +12,6 @@ import json
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +22,7 @@ from fedattn.aggregator import checkpoint
 from fedattn.participant.learner import byzantine_update
 from fedattn.runner import local, manifests
 from fedattn.runner.processes import supervised
+from polling import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,15 +43,6 @@ def _example(name: str, **spec_changes) -> manifests.Bundle:
     return manifests.Bundle(session=session, participants=bundle.participants, private=bundle.private)
 
 
-def _wait_for(predicate, *, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
 
 @pytest.mark.slow
 def test_killed_aggregator_resumes_from_its_checkpoint(tmp_path):
@@ -62,7 +53,7 @@ def test_killed_aggregator_resumes_from_its_checkpoint(tmp_path):
     name = bundle.name
     with supervised(tmp_path / "logs") as supervisor:
         session = local.start(bundle, workdir=tmp_path, supervisor=supervisor)
-        _wait_for(lambda: (checkpoint.load(ckpt, name) or ({}, {"round": 0}))[1]["round"] >= 3,
+        wait_for(lambda: (checkpoint.load(ckpt, name) or ({}, {"round": 0}))[1]["round"] >= 3,
                   timeout=180, what="the checkpoint of round 3")
         args = supervisor.children["aggregator"].popen.args[3:]  # [python, -m, fedattn.cli, *args]
         supervisor.kill("aggregator")
