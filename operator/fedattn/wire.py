@@ -24,38 +24,21 @@ import xxhash
 
 VERSION = 1
 
-#: Kinds a peer may send. Participant -> aggregator, aggregator -> participant, and the
-#: coordinator <-> aggregator control link (``ctl_*``), see docs/protocol.md.
-KINDS = frozenset(
-    {
-        # participant -> aggregator
-        "hello",
-        "update",
-        "kv",
-        "bye",
-        "secagg_keys",  # also aggregator -> participant: every member's key
-        "secagg_shares",  # also aggregator -> participant: bundles forwarded from a peer
-        "secagg_reveal",
-        # aggregator -> participant
-        "welcome",
-        "model",
-        "ack",
-        "error",
-        "kv_global",
-        "done",
-        "secagg_unmask",
-        # coordinator <-> aggregator
-        "ctl_configure",
-        "ctl_open_round",
-        "ctl_close_round",
-        "ctl_finish",
-        "ctl_allow",
-        "ctl_revoke",
-        "ctl_status",
-        "ctl_event",
-        "ctl_reply",
-    }
+#: Kinds a participant may send to the aggregator.
+PARTICIPANT_KINDS = frozenset(
+    {"hello", "update", "kv", "bye", "secagg_keys", "secagg_shares", "secagg_reveal"}
 )
+#: Kinds the aggregator sends to participants (``secagg_keys``/``secagg_shares`` also go this way,
+#: carrying every member's key and the bundles forwarded from peers).
+AGGREGATOR_KINDS = frozenset(
+    {"welcome", "model", "ack", "error", "kv_global", "done", "secagg_keys", "secagg_shares", "secagg_unmask"}
+)
+#: Requests on the coordinator's control link; answered by ``ctl_reply``, alongside pushed ``ctl_event``s.
+CONTROL_KINDS = frozenset(
+    {"ctl_configure", "ctl_open_round", "ctl_close_round", "ctl_finish", "ctl_allow", "ctl_revoke", "ctl_status"}
+)
+#: Every kind a peer may send, see docs/protocol.md.
+KINDS = PARTICIPANT_KINDS | AGGREGATOR_KINDS | CONTROL_KINDS | {"ctl_event", "ctl_reply"}
 
 #: Array dtypes accepted on the wire (little-endian, fixed width).
 DTYPES = frozenset({"float32", "float16", "float64", "int8", "uint8", "int32", "uint32", "int64"})

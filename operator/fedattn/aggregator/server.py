@@ -39,22 +39,8 @@ log = logging.getLogger("fedattn.aggregator")
 
 #: Identity (Curve key name) of the coordinator's control link; only it may send ``ctl_*``.
 CONTROL_IDENTITY = "coordinator-client"
-PARTICIPANT_KINDS = frozenset(
-    {"hello", "update", "kv", "bye", "secagg_keys", "secagg_shares", "secagg_reveal"}
-)
 #: a control handler's answer meaning "the reply is sent later" (a secure round still being unmasked)
 DEFERRED: dict[str, Any] = {"deferred": True}
-CONTROL_KINDS = frozenset(
-    {
-        "ctl_configure",
-        "ctl_open_round",
-        "ctl_close_round",
-        "ctl_finish",
-        "ctl_allow",
-        "ctl_revoke",
-        "ctl_status",
-    }
-)
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 IO_THREADS = 2
 MAX_EARLY_HELLOS = 10_000
@@ -293,15 +279,15 @@ class Aggregator:
                     "identity_mismatch", f"header says {participant!r} but the Curve key is {user!r}"
                 )
             if user == CONTROL_IDENTITY:
-                if kind not in CONTROL_KINDS:
+                if kind not in wire.CONTROL_KINDS:
                     raise wire.WireError("unexpected_kind", f"{kind} is not a control request")
                 self._control_route = route
                 msg = wire.decode(body, max_bytes=self.max_message_bytes)
                 self._on_control(route, msg)
                 return
-            if kind not in PARTICIPANT_KINDS:
+            if kind not in wire.PARTICIPANT_KINDS:
                 raise wire.WireError(
-                    "unexpected_kind", f"participants may send {sorted(PARTICIPANT_KINDS)}, not {kind}"
+                    "unexpected_kind", f"participants may send {sorted(wire.PARTICIPANT_KINDS)}, not {kind}"
                 )
             state = self.sessions.get(session)
             if state is None:
