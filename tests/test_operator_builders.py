@@ -117,6 +117,28 @@ def test_aggregator_mounts_the_allowlist_configmap() -> None:
     assert _parse("aggregator", _container(dep)["args"][1:]).bind == "tcp://0.0.0.0:5555"
 
 
+def test_aggregator_checkpoints_to_a_writable_mounted_directory() -> None:
+    dep = builders.build_aggregator_deployment(_session(checkpoint={"everyRounds": 2}))
+    parsed = _parse("aggregator", _container(dep)["args"][1:])
+    mounts = {m["mountPath"]: m for m in _container(dep)["volumeMounts"]}
+    mount = mounts[str(parsed.checkpoint_dir)]
+    assert not mount.get("readOnly")
+    volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+    assert volumes[mount["name"]] == {"name": mount["name"], "emptyDir": {}}
+
+
+def test_participant_job_passes_its_simulation_to_the_participant_cli() -> None:
+    session = _session()
+    honest = _parse("participant", _container(builders.build_participant_job(_participant(), session))["args"][1:])
+    assert honest.simulate_byzantine is None
+    attacker = _participant(simulation={"byzantine": "signflip", "scale": 3.5})
+    parsed = _parse("participant", _container(builders.build_participant_job(attacker, session))["args"][1:])
+    assert (parsed.simulate_byzantine, parsed.simulate_scale) == ("signflip", 3.5)
+    defaulted = _participant(simulation={"byzantine": "signflip"})
+    parsed = _parse("participant", _container(builders.build_participant_job(defaulted, session))["args"][1:])
+    assert parsed.simulate_scale == 10.0
+
+
 def test_services_select_their_deployment_pods() -> None:
     s = _session()
     for dep, svc in [

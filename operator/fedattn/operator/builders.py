@@ -282,6 +282,10 @@ def build_coordinator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) -
     )
 
 
+#: where the aggregator writes learning checkpoints (spec.checkpoint.everyRounds)
+CHECKPOINT_DIR = f"{names.STATE_DIR}/checkpoints"
+
+
 def build_aggregator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
     """The aggregator: ZMQ ROUTER with the Curve server key, allowlist mounted as a directory."""
     s = session["metadata"]["name"]
@@ -293,6 +297,7 @@ def build_aggregator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) ->
         "--allow-dir", names.ALLOW_DIR,
         "--metrics-host", "0.0.0.0",
         "--metrics-port", str(names.METRICS_PORT),
+        "--checkpoint-dir", CHECKPOINT_DIR,
     ]  # fmt: skip
     return _deployment(
         session,
@@ -303,10 +308,14 @@ def build_aggregator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) ->
         volumes=[
             _secret_volume("curve", names.curve_secret(s), [f"{names.SERVER}.curve.pub", f"{names.SERVER}.curve.sec"]),
             {"name": "allow", "configMap": {"name": names.allowlist(s)}},
+            # NB: an emptyDir survives container restarts, not pod rescheduling; checkpoints that must
+            # outlive the pod need a PersistentVolumeClaim here instead.
+            {"name": "checkpoints", "emptyDir": {}},
         ],
         mounts=[
             {"name": "curve", "mountPath": curve, "readOnly": True},
             {"name": "allow", "mountPath": names.ALLOW_DIR, "readOnly": True},
+            {"name": "checkpoints", "mountPath": CHECKPOINT_DIR},
         ],
         image=image,
     )
@@ -374,6 +383,10 @@ def build_participant_job(participant: dict, session: dict, *, image: str = DEFA
         "--name", p,
         "--pki-dir", names.PKI_DIR,
     ]  # fmt: skip
+    simulation = spec.get("simulation") or {}
+    if simulation.get("byzantine"):  # testing only: a deliberately misbehaving participant
+        args += ["--simulate-byzantine", str(simulation["byzantine"]),
+                 "--simulate-scale", str(simulation.get("scale", 10.0))]  # fmt: skip
     curve = (f"{p}.curve.pub", f"{p}.curve.sec")
     volumes = [
         _identity_volume(
