@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from fedattn import pki, wire
-from fedattn.coordinator.control import ControlError, ControlLink, ControlTimeout
+from fedattn.coordinator.control import BudgetExhausted, ControlError, ControlLink, ControlTimeout
 
 
 def reply(session: str, round: int, **meta) -> wire.Message:
@@ -60,3 +60,13 @@ async def test_refusals_raise_with_the_aggregators_reason(link):
     link._deliver(reply("s", 3, ok=False, error="round 2 is still open"))
     with pytest.raises(ControlError, match="ctl_open_round for s failed: round 2 is still open"):
         await refused
+
+
+async def test_a_spent_privacy_budget_is_its_own_refusal_with_the_reason_verbatim(link):
+    refused = asyncio.create_task(link.request("ctl_open_round", session="s", round=4, timeout_seconds=30))
+    await asyncio.sleep(0)
+    reason = "PrivacyBudgetExhausted: round 4 would spend epsilon 10.73 > targetEpsilon 9.5"
+    link._deliver(reply("s", 4, ok=False, error=reason))
+    with pytest.raises(BudgetExhausted) as caught:
+        await refused
+    assert str(caught.value) == reason and isinstance(caught.value, ControlError)
