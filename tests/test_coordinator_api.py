@@ -517,8 +517,16 @@ async def test_a_restarted_coordinator_resumes_the_open_round_from_the_store(pki
                 (2, "Closed", 3),
             ]
             assert status["contributions_recorded"] == 6
+            assert status["rounds"][1]["scores"].keys() == set(PARTICIPANTS)  # cosines from round 2 on
+            assert all(r["update_bytes"] > 0 for r in status["rounds"])
         finally:
             await second.stop()
+        third = await serve(cfg)  # a finished session comes back with the same per-round status
+        try:
+            restored = (await as_(third, pki_dir, "operator").call("GET", "/v1/sessions/again"))[1]
+            assert restored["rounds"] == status["rounds"]
+        finally:
+            await third.stop()
     finally:
         gate.set()
         await asyncio.gather(training, return_exceptions=True)

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 SYNC_PARTICIPANT = "*"
 PHASES = (rounds.PENDING, rounds.RUNNING, rounds.SUCCEEDED, rounds.FAILED)
 HEARTBEAT_WRITE_SECONDS = 5.0
+#: close-reply fields about participants, stored as one ``scores`` event per round (JSON in ``message``)
+JUDGEMENT = {"scores": dict, "reliability": dict, "evict": list}
 
 
 class CircuitOpen(ControlError):
@@ -310,6 +312,7 @@ class Coordinator:
                     for r in round_rows
                 },
             )
+            await self._restore_judgements(session)
             for c in contributions:
                 if c.participant == SYNC_PARTICIPANT:
                     session.syncs += 1
@@ -324,6 +327,22 @@ class Coordinator:
             log.info("session restored (%s)", row.phase, extra={"session": row.name})
         self._update_gauges()
         return len(self.sessions)
+
+    async def _restore_judgements(self, session: Session) -> None:
+        """Scores, reliability and evictions of closed rounds, from their ``scores`` events."""
+        for entry in session.round_log.values():
+            if entry["state"] == "Closed":
+                entry.update({k: kind() for k, kind in JUDGEMENT.items()})
+        for event in await self.store.list_events(session.name, kind="scores"):
+            entry = session.round_log.get(event.round or 0)
+            try:
+                judged = json.loads(event.message)
+            except ValueError:
+                judged = None
+            if entry is None or not isinstance(judged, dict):
+                log.warning("unreadable scores event", extra={"session": session.name, "round": event.round})
+                continue
+            entry.update({k: judged[k] for k, kind in JUDGEMENT.items() if isinstance(judged.get(k), kind)})
 
     async def join(self, name: str, participant: str) -> dict[str, Any]:
         session = self._get(name)
@@ -680,9 +699,9 @@ class Coordinator:
                     epsilon=summary["epsilon"],
                     update_bytes=summary["update_bytes"],
                 )
-                if summary["scores"] or summary["reliability"]:
-                    scores = {"scores": summary["scores"], "reliability": summary["reliability"]}
-                    self.store.record_event(Event(name, "scores", round=r, message=json.dumps(scores), at=now))
+                judged = {k: session.round_log[r][k] for k in JUDGEMENT}
+                if any(judged.values()):
+                    self.store.record_event(Event(name, "scores", round=r, message=json.dumps(judged), at=now))
                 self.metrics.rounds.inc()
                 log.info("round closed: %s", summary, extra={"session": name, "round": r})
                 for participant in evict:
