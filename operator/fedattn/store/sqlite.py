@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tenacity
+
 from fedattn.store.backend import SCHEMA_MIGRATIONS, Op, Params, pending
 from fedattn.store.migrations import Migration
 
@@ -38,7 +40,16 @@ class SqliteBackend:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute(f"PRAGMA busy_timeout = {self._busy_ms}")
-        conn.execute("PRAGMA journal_mode = WAL")
+        # NB: switching a fresh file to WAL while another connection opens it can fail with "database is
+        # locked" at once, without waiting on busy_timeout; so retry it for as long as busy_timeout.
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(self._busy_ms / 1000),
+            wait=tenacity.wait_random(0.01, 0.05),
+            retry=tenacity.retry_if_exception(lambda e: isinstance(e, sqlite3.OperationalError) and "locked" in str(e)),
+            reraise=True,
+        ):
+            with attempt:
+                conn.execute("PRAGMA journal_mode = WAL")
         # NB: NORMAL in WAL mode keeps every commit across a process crash (not across power loss).
         conn.execute("PRAGMA synchronous = NORMAL")
         conn.execute("PRAGMA foreign_keys = ON")
