@@ -43,7 +43,6 @@ def test_dp_session_succeeds_with_privacy_budget_exhausted_after_the_rounds_it_a
     assert [e for _, e in stored] == pytest.approx(spent[:allowed], rel=1e-9)
 
 
-@pytest.mark.slow
 def test_low_scoring_attackers_are_evicted_and_left_out_of_later_rounds(tmp_path):
     bundle = manifests.load(ROOT / "examples/learning-krum.yaml")  # sites f and g flip their updates' sign
     session = copy.deepcopy(bundle.session)
