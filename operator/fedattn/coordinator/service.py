@@ -708,7 +708,8 @@ class Coordinator:
                     if machine.members[participant].phase != rounds.P_EVICTED:
                         await self._evict_low_score(session, participant, r)
                 stop = reply.get("stop")
-                if isinstance(stop, str) and stop:
+                # NB: after the last round the session completed; a spent budget is no news then.
+                if isinstance(stop, str) and stop and r < machine.settings.rounds:
                     self._stop(session, stop)
                 else:
                     self._dispatch(session, machine.round_closed(r, now=self.clock()))
