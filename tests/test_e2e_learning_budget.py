@@ -15,22 +15,27 @@ from fedattn.runner.processes import supervised
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_dp_session_succeeds_with_privacy_budget_exhausted_after_the_rounds_it_allows(tmp_path):
+@pytest.mark.parametrize(
+    ("rounds", "ending"),
+    [(20, "PrivacyBudgetExhausted: round 4 would"), (3, "3 rounds completed")],  # budget / rounds end it
+)
+def test_dp_session_succeeds_with_privacy_budget_exhausted_after_the_rounds_it_allows(tmp_path, rounds, ending):
     bundle = manifests.load(ROOT / "examples/learning-dp.yaml")
     session = copy.deepcopy(bundle.session)
+    session["spec"]["rounds"] = rounds
     dp = session["spec"]["privacy"]["dp"]
     dp["targetEpsilon"] = 9.5
     bundle = manifests.Bundle(session=session, participants=bundle.participants, private=bundle.private)
     spent = [epsilon_after(r, dp["noiseMultiplier"], 1.0, dp["delta"]) for r in range(1, 21)]
     allowed = sum(e <= dp["targetEpsilon"] for e in spent)
-    assert allowed == 3 < session["spec"]["rounds"]  # the budget, not the round count, ends this session
+    assert allowed == 3
 
     with supervised(tmp_path / "logs") as supervisor:
         running = local.start(bundle, workdir=tmp_path, supervisor=supervisor)
         status = local.follow(running, on_status=lambda s: None, timeout_seconds=300)
 
     assert status["phase"] == "Succeeded", status["message"]
-    assert status["message"].startswith(f"PrivacyBudgetExhausted: round {allowed + 1} would"), status["message"]
+    assert status["message"].startswith(ending), status["message"]
     closed = [r for r in status["rounds"] if r["state"] == "Closed"]
     assert [r["round"] for r in status["rounds"]] == [r["round"] for r in closed] == list(range(1, allowed + 1))
     assert status["round"] == allowed
