@@ -26,6 +26,7 @@ import zmq
 import zmq.asyncio
 
 from fedattn import wire
+from fedattn.aggregator.client import curve_dealer
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,7 @@ class ControlLink:
         self._on_event = on_event
         self._on_status = on_status
         self._ctx = zmq.asyncio.Context()
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.curve_serverkey = server_public.strip()
-        sock.curve_publickey = public.strip()
-        sock.curve_secretkey = secret.strip()
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.HEARTBEAT_IVL, 2000)
-        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 6000)
-        self._sock = sock
+        self._sock = curve_dealer(self._ctx, server_public=server_public, public=public, secret=secret)
         self._seq = 0
         self._pings = 0
         self._waiting: deque[tuple[str, int, asyncio.Future[wire.Message], float]] = deque()
