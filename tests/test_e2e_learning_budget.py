@@ -26,7 +26,8 @@ def test_dp_session_succeeds_with_privacy_budget_exhausted_after_the_rounds_it_a
     dp = session["spec"]["privacy"]["dp"]
     dp["targetEpsilon"] = 9.5
     bundle = manifests.Bundle(session=session, participants=bundle.participants, private=bundle.private)
-    spent = [epsilon_after(r, dp["noiseMultiplier"], 1.0, dp["delta"]) for r in range(1, 21)]
+    accounting = {"noise_multiplier": dp["noiseMultiplier"], "sampling_rate": 1.0, "delta": dp["delta"]}
+    spent = [epsilon_after(r, **accounting) for r in range(1, 21)]
     allowed = sum(e <= dp["targetEpsilon"] for e in spent)
     assert allowed == 3
 

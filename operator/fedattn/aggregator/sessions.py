@@ -6,7 +6,6 @@ the :class:`~fedattn.wire.WireError` raised, whose code names the problem) into 
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -18,9 +17,9 @@ import numpy as np
 from fedattn import wire
 from fedattn.aggregator.kv import Barrier, KVPart
 from fedattn.aggregator.secure import SecureRound
-from fedattn.aggregator.strategies import build_session_strategy
+from fedattn.aggregator.strategies import Strategy, build_session_strategy
+from fedattn.aggregator.strategies.fedavg import FOLD_GROUP
 from fedattn.aggregator.strategies.scores import Reliability, cosine, should_evict, update_reliability
-from fedattn.aggregator.strategy import FOLD_GROUP, Strategy, fold_all
 from fedattn.attention.exchange import union_kv
 from fedattn.attention.spec import participant_order
 from fedattn.learning import compression, secagg
@@ -108,7 +107,6 @@ class LearningSession(Session):
         super().__init__(name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=limit)
         # NB: DP noise must not be predictable, so its generator is seeded from the OS, not the spec.
         self.strategy: Strategy = build_session_strategy(spec, size=initial.size, rng=np.random.default_rng())
-        self._sized_rounds = "n_expected" in inspect.signature(self.strategy.begin_round).parameters
         dp = (spec.get("privacy") or {}).get("dp")
         self.budget: PrivacyBudget | None = DPSettings.from_manifest(dp).budget() if dp else None
         self.last_result: RoundResult | None = None
@@ -165,12 +163,7 @@ class LearningSession(Session):
             raise ValueError(f"participants must be non-empty session members; unknown: {unknown}")
         if self.budget is not None and not (check := self.budget.check_next_round()).allowed:
             raise ValueError(check.reason)
-        if self._sized_rounds:
-            self.strategy.begin_round(
-                round=round, global_params=self.global_params, n_expected=len(participants)
-            )
-        else:
-            self.strategy.begin_round(round=round, global_params=self.global_params)
+        self.strategy.begin_round(round=round, global_params=self.global_params, n_expected=len(participants))
         self.round, self.open, self.members = round, True, frozenset(participants)
         self.contributed = {}
         self.similarity = {}
@@ -219,7 +212,7 @@ class LearningSession(Session):
         update = self._update_of(arrays, meta)
         if self.last_step is not None:
             self.similarity[participant] = cosine(update - self.global_params, self.last_step)
-        if hasattr(self.strategy, "fold_many"):
+        if self.strategy.folds_in_batches:
             # NB: held (a view of the received frame, no copy) until fold_pending at the end of the socket
             # burst or when FOLD_GROUP are waiting, so updates that arrive together share one pass.
             self._pending.append((update, weight))
@@ -251,7 +244,7 @@ class LearningSession(Session):
     def _timed_fold(self, updates: list[np.ndarray], weights: list[float]) -> None:
         start = time.perf_counter()
         try:
-            fold_all(self.strategy, updates, weights)
+            self.strategy.fold_many(updates, weights)
         except ValueError as exc:  # a strategy's own checks (robust rules' buffers, parameters)
             raise wire.WireError("rejected_by_strategy", str(exc)) from None
         finally:
@@ -339,7 +332,7 @@ class LearningSession(Session):
         """What a checkpoint holds between rounds: global model, rule state, round, privacy rounds."""
         if self.open:
             raise ValueError(f"round {self.round} is open; checkpoints are taken between rounds")
-        state = self.strategy.state_dict() if hasattr(self.strategy, "state_dict") else {}
+        state = self.strategy.state_dict()
         arrays = {"global": self.global_params, **{f"strategy.{k}": np.asarray(v) for k, v in state.items()}}
         meta = {
             "spec": dict(self.spec),
@@ -365,8 +358,7 @@ class LearningSession(Session):
         if not np.isfinite(model).all():
             raise ValueError("checkpoint model has non-finite values")
         state = {k.removeprefix("strategy."): v for k, v in arrays.items() if k.startswith("strategy.")}
-        if hasattr(self.strategy, "load_state_dict"):
-            self.strategy.load_state_dict(state)
+        self.strategy.load_state_dict(state)
         self.global_params = np.ascontiguousarray(model, dtype=np.float32)
         self.round, self.open = int(meta["round"]), False
         if self.budget is not None:

@@ -1,38 +1,39 @@
-"""``spec.strategy {name, params}`` -> a rule, plus the checks and schema the CRD needs for it.
+"""``spec.strategy {name, params}`` -> a rule, plus the cross-field checks of a learning spec.
 
-Every factory has the aggregator's signature ``factory(size=P, params=spec.strategy.params)``
-(:data:`fedattn.aggregator.strategy.STRATEGIES`); FedAvg and FedProx are the server's own.
+:data:`STRATEGIES` lists every rule by its ``name``; each class has the factory shape
+``Rule(size=P, params=spec.strategy.params)`` of :class:`fedattn.aggregator.strategies.base.Strategy`
+and takes its parameter table from ``fedattn.api.strategy_params.RULE_PARAMS``. Adding a rule:
+docs/strategies.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from fedattn.aggregator.strategies.base import Strategy
+from fedattn.aggregator.strategies.fedavg import FedAvg, FedProx
 from fedattn.aggregator.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
-from fedattn.aggregator.strategies.params import Param, StrategyError, Table, parse_params, schema_of
+from fedattn.aggregator.strategies.private import DifferentiallyPrivate
 from fedattn.aggregator.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
-from fedattn.aggregator.strategy import FedAvg, FedProx, Strategy
-from fedattn.learning.privacy import MEAN_BASED, DPSettings
+from fedattn.api.strategy_params import StrategyError, Table, parse_params, schema_of
+from fedattn.learning.privacy import DPSettings
 from fedattn.learning.secagg import resolve_threshold
 
-_RULES = (FedAvgM, FedAdam, FedYogi, FedAdagrad, Krum, MultiKrum, TrimmedMean, Median)
-
-#: name -> factory(size=P, params=CRD params)
-STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    "fedavg": FedAvg,
-    "fedprox": FedProx,
-    **{rule.name: rule for rule in _RULES},
+#: name -> rule class, the factory ``Rule(size=P, params=CRD params)``
+STRATEGIES: dict[str, type[Strategy]] = {
+    rule.name: rule
+    for rule in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, Krum, MultiKrum, TrimmedMean, Median)
 }
 
-#: name -> parameter table (CRD names); the server's FedAvg/FedProx declared here
-PARAMS: dict[str, Table] = {
-    "fedavg": {},
-    "fedprox": {"proximalMu": Param("proximal_mu", float, 0.01, 0.0, doc="client proximal weight mu")},
-    **{rule.name: rule.PARAMS for rule in _RULES},
-}
+#: name -> parameter table (CRD names), as each rule declares it
+PARAMS: dict[str, Table] = {name: rule.PARAMS for name, rule in STRATEGIES.items()}
+
+#: rules whose result depends on the updates only through their mean: noising the mean privatises
+#: them and a secure sum suffices; robust rules (Krum, median, trimmed mean) are not means
+MEAN_BASED = frozenset(name for name, rule in STRATEGIES.items() if rule.mean_based)
 
 
 def _check_params(name: str, params: Mapping[str, Any] | None) -> None:
@@ -105,4 +106,6 @@ def build_session_strategy(spec: Mapping[str, Any], *, size: int, rng: np.random
     name, params = _strategy_of(spec)
     strategy = build_strategy(name, params, size=size)
     dp = (spec.get("privacy") or {}).get("dp")
-    return DPSettings.from_manifest(dp).wrap(strategy, size=size, rng=rng) if dp else strategy
+    if not dp:
+        return strategy
+    return DifferentiallyPrivate.from_settings(DPSettings.from_manifest(dp), strategy, size=size, rng=rng)
