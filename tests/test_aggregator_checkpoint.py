@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from fedattn.aggregator import checkpoint
+from fedattn.aggregator.learning_session import LearningSession
 from fedattn.aggregator.server import Aggregator
-from fedattn.aggregator.sessions import LearningSession
 from test_aggregator_server import CONTROL_IDENTITY, Harness, ctl, join, open_round
 
 SPEC = {
@@ -123,7 +123,7 @@ def test_a_restarted_aggregator_resumes_and_reopens_the_open_round(tmp_path):
     initial = np.zeros(size, np.float32)
     h = Harness(tmp_path)
     try:
-        h.server.checkpoint_dir = ckpt
+        _restart(h, ckpt)  # an aggregator that checkpoints into ckpt from the start
         coord, _ = _configure(h, SPEC, size, initial)
         alice = join(h, "alice")
         open_round(h, coord, 1, ["alice"])
