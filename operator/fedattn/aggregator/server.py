@@ -29,7 +29,7 @@ from typing import Any
 
 import zmq
 
-from fedattn import wire
+from fedattn import pki, wire
 from fedattn.aggregator.allowlist import Allowlist, NamingAuthenticator, start_authenticator
 from fedattn.aggregator.attention_protocol import AttentionProtocol
 from fedattn.aggregator.conversation import DEFERRED, Conversation
@@ -43,7 +43,7 @@ from fedattn.aggregator.sessions import Session
 log = logging.getLogger("fedattn.aggregator")
 
 #: Identity (Curve key name) of the coordinator's control link; only it may send ``ctl_*``.
-CONTROL_IDENTITY = "coordinator-client"
+CONTROL_IDENTITY = pki.CONTROL_CLIENT
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 IO_THREADS = 2
 MAX_EARLY_HELLOS = 10_000
