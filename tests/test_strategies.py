@@ -26,6 +26,7 @@ from fedattn.aggregator.strategies.robust import (
     pairwise_sq_distances,
     trimmed_mean_inplace,
 )
+from fedattn.api.spec import SessionSpec
 
 
 def run_round(strategy, global_params, updates, weights=None, *, round=1):
@@ -305,7 +306,7 @@ def test_params_schema_mirrors_the_table():
 def _spec(**over):
     spec = {"mode": "learning", "minParticipants": 5, "strategy": {"name": "fedavg", "params": {}}}
     spec.update(over)
-    return spec
+    return SessionSpec.from_manifest(spec)
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from typing import Any
 
 from fedattn import wire
 from fedattn.aggregator.attention_session import AttentionSession, Release
 from fedattn.aggregator.conversation import Conversation, Handler, Link
+from fedattn.api.spec import SessionSpec
 from fedattn.attention.exchange import rows_up_to
 
 log = logging.getLogger("fedattn.aggregator")
@@ -35,7 +35,7 @@ class AttentionProtocol(Conversation):
         return self._handlers
 
     def configure(
-        self, *, msg: wire.Message, spec: Mapping[str, Any], weights: dict[str, float]
+        self, *, msg: wire.Message, spec: SessionSpec, weights: dict[str, float]
     ) -> AttentionSession:
         limit = int(msg.meta.get("max_payload_bytes", self.max_message_bytes))
         return AttentionSession(name=msg.session, spec=spec, weights=weights, max_payload_bytes=limit)

@@ -7,7 +7,6 @@ Socket-free (see :mod:`fedattn.aggregator.sessions`); the conversation that driv
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +15,7 @@ import numpy as np
 from fedattn import wire
 from fedattn.aggregator.kv import Barrier, KVPart
 from fedattn.aggregator.sessions import Session
+from fedattn.api.spec import SessionSpec
 from fedattn.attention.exchange import union_kv
 from fedattn.attention.spec import participant_order
 
@@ -38,7 +38,7 @@ class AttentionSession(Session):
     """KV sync barriers, one per sync layer, over the session's participants."""
 
     def __init__(
-        self, *, name: str, spec: Mapping[str, Any], weights: dict[str, float], max_payload_bytes: int
+        self, *, name: str, spec: SessionSpec, weights: dict[str, float], max_payload_bytes: int
     ):
         super().__init__(
             name=name, mode="attention", spec=spec, weights=weights, max_payload_bytes=max_payload_bytes
@@ -92,7 +92,7 @@ class AttentionSession(Session):
 
     def _fix_layout(self) -> dict[str, int]:
         present = [n for n in self.weights if n in self.prompt_tokens]
-        publisher = self.spec.get("publisher")
+        publisher = self.spec.publisher
         order = participant_order(present, publisher) if publisher in present else present
         before, self.layout = 0, {}
         for name in order:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 from fedattn import wire
 from fedattn.aggregator.metrics import Metrics
 from fedattn.aggregator.sessions import Session
+from fedattn.api.spec import SessionSpec
 
 #: a control handler's answer meaning "the reply is sent later" (a secure round still being unmasked);
 #: the server keeps the request and runs it again on :meth:`Link.answer_deferred`
@@ -64,8 +65,9 @@ class Conversation(ABC):
         """Participant message kind -> handler, for the kinds this mode takes besides ``bye``."""
 
     @abstractmethod
-    def configure(self, *, msg: wire.Message, spec: Mapping[str, Any], weights: dict[str, float]) -> Session:
-        """A new session of this mode from ``ctl_configure``; raises ValueError naming what is wrong."""
+    def configure(self, *, msg: wire.Message, spec: SessionSpec, weights: dict[str, float]) -> Session:
+        """A new session of this mode from ``ctl_configure`` (``spec`` parsed there once); raises
+        ValueError naming what is wrong."""
 
     def final_arrays(self, state: Any) -> list[Any]:
         """The arrays ``done`` carries to every participant when the session finishes (none by default)."""

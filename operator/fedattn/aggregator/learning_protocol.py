@@ -22,6 +22,7 @@ from fedattn import wire
 from fedattn.aggregator import checkpoint
 from fedattn.aggregator.conversation import DEFERRED, Conversation, Handler, Link
 from fedattn.aggregator.learning_session import Evaluate, LearningSession
+from fedattn.api.spec import SessionSpec
 
 log = logging.getLogger("fedattn.aggregator")
 
@@ -32,6 +33,7 @@ class Hooks:
 
     ``initial_params(session, spec)`` gives the initial model when ``ctl_configure`` carries none;
     ``evaluator(session, spec)`` gives a held-out ``evaluate(params) -> accuracy`` for close replies.
+    Both get the session's defaulted spec as a dict (``SessionSpec.to_manifest()``, mode included).
     """
 
     initial_params: Callable[[str, Mapping[str, Any]], np.ndarray | None] | None = None
@@ -61,8 +63,8 @@ class LearningProtocol(Conversation):
 
     # --- session life cycle -----------------------------------------------------------------------
 
-    def configure(self, *, msg: wire.Message, spec: Mapping[str, Any], weights: dict[str, float]) -> LearningSession:
-        initial = self._initial_params(msg)
+    def configure(self, *, msg: wire.Message, spec: SessionSpec, weights: dict[str, float]) -> LearningSession:
+        initial = self._initial_params(msg, spec)
         state = self._session_of(name=msg.session, spec=spec, weights=weights, initial=initial)
         self._resume(state)
         fresh = (state.round, state.open) == (0, False)
@@ -71,9 +73,9 @@ class LearningProtocol(Conversation):
         return state
 
     def _session_of(
-        self, *, name: str, spec: Mapping[str, Any], weights: dict[str, float], initial: np.ndarray
+        self, *, name: str, spec: SessionSpec, weights: dict[str, float], initial: np.ndarray
     ) -> LearningSession:
-        evaluate = self.hooks.evaluator(name, spec) if self.hooks.evaluator else None
+        evaluate = self.hooks.evaluator(name, spec.to_manifest()) if self.hooks.evaluator else None
         return LearningSession(name=name, spec=spec, weights=weights, initial=initial, evaluate=evaluate)
 
     def restore_checkpointed(self) -> dict[str, LearningSession]:
@@ -93,7 +95,9 @@ class LearningProtocol(Conversation):
                     continue
                 arrays, meta = saved
                 weights = {str(n): float(w) for n, w in meta["weights"].items()}
-                state = self._session_of(name=name, spec=meta["spec"], weights=weights, initial=arrays["global"])
+                # NB: checkpoints written before the typed spec stored the spec without its mode
+                spec = SessionSpec.from_manifest({"mode": "learning", **meta["spec"]})
+                state = self._session_of(name=name, spec=spec, weights=weights, initial=arrays["global"])
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.error("checkpoint %s not restored: %s", path.name, exc, extra={"session": name})
                 continue
@@ -132,11 +136,11 @@ class LearningProtocol(Conversation):
         except ValueError as exc:  # CheckpointError, StrategyError, PrivacyError
             log.error("checkpoint not used: %s", exc, extra=ids)
 
-    def _initial_params(self, msg: wire.Message) -> np.ndarray:
+    def _initial_params(self, msg: wire.Message, spec: SessionSpec) -> np.ndarray:
         if msg.arrays:
             return msg.arrays[0]
         if self.hooks.initial_params is not None:
-            got = self.hooks.initial_params(msg.session, msg.meta.get("spec") or {})
+            got = self.hooks.initial_params(msg.session, spec.to_manifest())
             if got is not None:
                 return got
         size = msg.meta.get("params")
@@ -160,7 +164,7 @@ class LearningProtocol(Conversation):
     # --- participants -----------------------------------------------------------------------------
 
     def _send_model(self, state: LearningSession, name: str) -> bool:
-        meta = {"rounds": int(state.spec.get("rounds", 0)), **state.strategy.client_config()}
+        meta = {"rounds": state.spec.rounds, **state.strategy.client_config()}
         if state.secure is not None:
             meta.update(state.secure.client_config(), members=sorted(state.members))
         frames = wire.encode(

@@ -20,6 +20,7 @@ from fedattn.aggregator.sessions import Session
 from fedattn.aggregator.strategies import Strategy, build_session_strategy
 from fedattn.aggregator.strategies.fedavg import FOLD_GROUP
 from fedattn.aggregator.strategies.scores import Reliability, cosine, should_evict, update_reliability
+from fedattn.api.spec import SessionSpec
 from fedattn.learning import compression, secagg
 from fedattn.learning.privacy import DPSettings, PrivacyBudget
 
@@ -63,7 +64,7 @@ class LearningSession(Session):
         self,
         *,
         name: str,
-        spec: Mapping[str, Any],
+        spec: SessionSpec,
         weights: dict[str, float],
         initial: np.ndarray,
         evaluate: Evaluate | None = None,
@@ -76,13 +77,12 @@ class LearningSession(Session):
         super().__init__(name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=limit)
         # NB: DP noise must not be predictable, so its generator is seeded from the OS, not the spec.
         self.strategy: Strategy = build_session_strategy(spec, size=initial.size, rng=np.random.default_rng())
-        dp = (spec.get("privacy") or {}).get("dp")
-        self.budget: PrivacyBudget | None = DPSettings.from_manifest(dp).budget() if dp else None
+        self.budget: PrivacyBudget | None = DPSettings.from_spec(spec.dp).budget() if spec.dp else None
         self.last_result: RoundResult | None = None
-        secure = (spec.get("privacy") or {}).get("secureAggregation") or {}
+        secure = spec.secure_aggregation
         self.secure_threshold = (
-            secagg.resolve_threshold(secure, min_participants=self.min_participants)
-            if secure.get("enabled")
+            secagg.resolve_threshold({"threshold": secure.threshold}, min_participants=self.min_participants)
+            if secure is not None and secure.enabled
             else None
         )
         self.secure: SecureRound | None = None  # this round's secure aggregation, when enabled
@@ -110,7 +110,7 @@ class LearningSession(Session):
     @property
     def checkpoint_every(self) -> int:
         """``spec.checkpoint.everyRounds`` (0: never)."""
-        return int((self.spec.get("checkpoint") or {}).get("everyRounds", 0))
+        return self.spec.checkpoint.every_rounds
 
     def open_round(self, round: int, participants: list[str]) -> None:
         """Start round ``round`` (any number above the last one) for ``participants`` (session members).
@@ -276,16 +276,16 @@ class LearningSession(Session):
         """
         if not self.similarity:
             return None, None, None
-        eviction = self.spec.get("eviction")
-        min_score = float((eviction or {}).get("minScore", 0.0))
+        eviction = self.spec.eviction
+        min_score = eviction.min_score if eviction is not None else 0.0
         for name in self.members:
             record = self.reliability.get(name, Reliability())
             self.reliability[name] = update_reliability(
                 record, similarity=self.similarity.get(name), min_score=min_score
             )
         evict = None
-        if eviction:
-            after = int(eviction.get("afterRounds", 3))
+        if eviction is not None:
+            after = eviction.after_rounds
             evict = sorted(
                 n
                 for n in self.members - self.evicted
@@ -304,12 +304,12 @@ class LearningSession(Session):
         state = self.strategy.state_dict()
         arrays = {"global": self.global_params, **{f"strategy.{k}": np.asarray(v) for k, v in state.items()}}
         meta = {
-            "spec": dict(self.spec),
+            "spec": self.spec.to_manifest(),
             "weights": self.weights,
             "finished": False,
             "round": self.round,
             "size": self.size,
-            "strategy": (self.spec.get("strategy") or {}).get("name", "fedavg"),
+            "strategy": self.spec.strategy.name,
             "dp_rounds": self.budget.rounds_done if self.budget is not None else None,
             "last_result": None if self.last_result is None else vars(self.last_result),
         }
@@ -317,7 +317,7 @@ class LearningSession(Session):
 
     def restore(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
         """Continue from :meth:`snapshot`'s output; raises ValueError when it belongs to another setup."""
-        strategy = (self.spec.get("strategy") or {}).get("name", "fedavg")
+        strategy = self.spec.strategy.name
         model = arrays.get("global")
         if meta.get("strategy") != strategy or model is None or model.shape != (self.size,):
             raise ValueError(

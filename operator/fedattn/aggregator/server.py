@@ -23,7 +23,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from fedattn.aggregator.learning_session import LearningSession
 from fedattn.aggregator.metrics import Metrics
 from fedattn.aggregator.probes import serve_probes
 from fedattn.aggregator.sessions import Session
+from fedattn.api.spec import SessionSpec
 
 log = logging.getLogger("fedattn.aggregator")
 
@@ -366,7 +367,7 @@ class Aggregator:
 
     def _ctl_configure(self, msg: wire.Message) -> dict[str, Any]:
         meta = msg.meta
-        mode, spec = meta.get("mode"), meta.get("spec") or {}
+        mode, raw_spec = meta.get("mode"), meta.get("spec") or {}
         members = meta.get("participants")
         if not isinstance(members, dict) or not members:
             raise ValueError("participants must be a non-empty map of name -> weight")
@@ -381,6 +382,10 @@ class Aggregator:
         conversation = self.conversations.get(mode) if isinstance(mode, str) else None
         if conversation is None:
             raise ValueError(f"mode must be 'learning' or 'attention', got {mode!r}")
+        if not isinstance(raw_spec, Mapping):
+            raise ValueError(f"spec must be a map, got {type(raw_spec).__name__}")
+        # NB: the one place the aggregator reads a spec: parsed and defaulted here, typed from now on
+        spec = SessionSpec.from_manifest({**raw_spec, "mode": mode})
         state = conversation.configure(msg=msg, spec=spec, weights=weights)
         self.sessions[msg.session] = state
         for name in weights:

@@ -9,11 +9,11 @@ code names the problem) into replies and events. The session state itself lives 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fedattn import wire
+from fedattn.api.spec import SessionSpec
 
 
 @dataclass
@@ -22,7 +22,7 @@ class Session:
 
     name: str
     mode: str
-    spec: Mapping[str, Any]
+    spec: SessionSpec
     weights: dict[str, float]
     max_payload_bytes: int
     routes: dict[str, bytes] = field(default_factory=dict)  # participant -> ROUTER routing id
@@ -30,11 +30,11 @@ class Session:
 
     @property
     def min_participants(self) -> int:
-        return int(self.spec.get("minParticipants", 2))
+        return self.spec.min_participants
 
     @property
     def timeout_seconds(self) -> float:
-        return float(self.spec.get("roundTimeoutSeconds", 300))
+        return float(self.spec.round_timeout_seconds)
 
     def check_seq(self, participant: str, seq: int) -> None:
         """Sequence numbers must increase per sender; a replayed or repeated message is a duplicate."""

@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 import dp_accounting
 import numpy as np
 
+from fedattn.api.spec import DPSpec
+
 
 class PrivacyError(ValueError):
     """Invalid DP settings or a rule DP cannot wrap; the text says which."""
@@ -217,6 +219,19 @@ class DPSettings:
         )
         _check_accounting(noise_multiplier=settings.noise_multiplier, sampling_rate=1.0, delta=settings.delta)
         return settings
+
+    @classmethod
+    def from_spec(cls, dp: DPSpec) -> DPSettings:
+        """The typed ``spec.privacy.dp`` (defaults applied by the schema), checked like :meth:`from_manifest`."""
+        return cls.from_manifest(
+            {
+                "mechanism": dp.mechanism,
+                "noiseMultiplier": dp.noise_multiplier,
+                "clipNorm": dp.clip_norm,
+                "targetEpsilon": dp.target_epsilon,
+                "delta": dp.delta,
+            }
+        )
 
     def budget(self, *, sampling_rate: float = 1.0) -> PrivacyBudget:
         return PrivacyBudget(

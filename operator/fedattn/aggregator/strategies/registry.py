@@ -18,6 +18,7 @@ from fedattn.aggregator.strategies.fedavg import FedAvg, FedProx
 from fedattn.aggregator.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
 from fedattn.aggregator.strategies.private import DifferentiallyPrivate
 from fedattn.aggregator.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
+from fedattn.api.spec import SessionSpec
 from fedattn.api.strategy_params import StrategyError, Table, parse_params, schema_of
 from fedattn.learning.privacy import DPSettings
 from fedattn.learning.secagg import resolve_threshold
@@ -70,42 +71,34 @@ def params_schema(name: str) -> dict[str, Any]:
     return schema_of(PARAMS[name])
 
 
-def check_learning_spec(spec: Mapping[str, Any]) -> None:
-    """Cross-field rules of a learning ``FedSession.spec`` (defaults applied).
+def check_learning_spec(spec: SessionSpec) -> None:
+    """Cross-field rules of a learning ``FedSession.spec``.
 
     Raises a ``ValueError`` naming the conflict: :class:`StrategyError`, or the owning module's error
     for its own block (``SecAggError`` for ``secureAggregation``).
     """
-    name, params = _strategy_of(spec)
+    name, params = spec.strategy.name, spec.strategy.params
     _check_params(name, params)
-    check_quorum(name, params, min_participants=int(spec.get("minParticipants", 2)))
-    privacy = spec.get("privacy") or {}
-    secure_aggregation = privacy.get("secureAggregation") or {}
-    secure = bool(secure_aggregation.get("enabled", False))
+    check_quorum(name, params, min_participants=spec.min_participants)
+    secure_aggregation = spec.secure_aggregation
+    secure = secure_aggregation is not None and secure_aggregation.enabled
     if secure:
-        resolve_threshold(secure_aggregation, min_participants=int(spec.get("minParticipants", 2)))
-    if privacy.get("dp") and name not in MEAN_BASED:
+        resolve_threshold({"threshold": secure_aggregation.threshold}, min_participants=spec.min_participants)
+    if spec.dp is not None and name not in MEAN_BASED:
         raise StrategyError(f"privacy.dp needs a mean-based strategy ({sorted(MEAN_BASED)}), not {name}")
     if secure and name not in MEAN_BASED:
         raise StrategyError(f"secureAggregation reveals only the sum, which {name} cannot aggregate")
-    compression = spec.get("compression") or {}
-    quantized = bool(compression.get("quantizeBits", 0))
-    sparse = 0 < compression.get("topK", 1.0) < 1
+    compression = spec.compression
+    quantized = compression is not None and bool(compression.quantize_bits)
+    sparse = compression is not None and 0 < compression.top_k < 1
     if secure and (quantized or sparse):
         raise StrategyError("secureAggregation masks every value uniformly, so updates cannot also be compressed")
 
 
-def _strategy_of(spec: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
-    strategy = spec.get("strategy") or {}
-    return str(strategy.get("name", "fedavg")), strategy.get("params") or {}
-
-
-def build_session_strategy(spec: Mapping[str, Any], *, size: int, rng: np.random.Generator) -> Strategy:
+def build_session_strategy(spec: SessionSpec, *, size: int, rng: np.random.Generator) -> Strategy:
     """The rule a learning session runs: ``spec.strategy``, wrapped in central DP when ``privacy.dp`` is set."""
     check_learning_spec(spec)
-    name, params = _strategy_of(spec)
-    strategy = build_strategy(name, params, size=size)
-    dp = (spec.get("privacy") or {}).get("dp")
-    if not dp:
+    strategy = build_strategy(spec.strategy.name, spec.strategy.params, size=size)
+    if spec.dp is None:
         return strategy
-    return DifferentiallyPrivate.from_settings(DPSettings.from_manifest(dp), strategy, size=size, rng=rng)
+    return DifferentiallyPrivate.from_settings(DPSettings.from_spec(spec.dp), strategy, size=size, rng=rng)
