@@ -74,7 +74,6 @@ class Aggregator:
         checkpoint_dir: Path | None = None,
     ) -> None:
         self.bind = bind
-        self.checkpoint_dir = checkpoint_dir
         self.max_message_bytes = max_message_bytes
         self.hooks = hooks or Hooks()
         self.metrics = Metrics()
