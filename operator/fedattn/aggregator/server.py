@@ -684,6 +684,10 @@ class Aggregator:
         self.metrics.rounds_closed.inc()
         if result.epsilon is not None:
             self.metrics.dp_epsilon.labels(session=state.name).set(result.epsilon)
+        if state.budget is not None:
+            self.metrics.dp_epsilon_target.labels(session=state.name).set(state.budget.target_epsilon)
+        if result.accuracy is not None:
+            self.metrics.accuracy.labels(session=state.name).set(result.accuracy)
         for name, score in (result.reliability or {}).items():
             self.metrics.reliability.labels(session=state.name, participant=name).set(score)
         every = state.checkpoint_every
