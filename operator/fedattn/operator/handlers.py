@@ -294,7 +294,7 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
             return  # the session changed meanwhile (or is being deleted): decide again on the next pass
         for kind, reason, message in status.transitions(previous, new):
             kopf.event(body, type=kind, reason=reason, message=message)
-    cfg.phases.set(ns, s, new["phase"])
+    cfg.phases.set(ns, s, new["phase"], conditions=new.get("conditions", []))
     if coordinator is not None:
         await _update_participants(cfg, session, members, coordinator.get("participant_status") or {}, now=now)
 
