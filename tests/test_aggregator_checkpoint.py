@@ -179,6 +179,7 @@ def test_epsilon_per_round_matches_dp_accounting_and_the_budget_stops_rounds(tmp
             reply = ctl(coord, h.events, "ctl_close_round", round=r)
             assert reply["epsilon"] == pytest.approx(expected[r - 1], rel=1e-9)
             assert h.metric("fedattn_aggregator_dp_epsilon", session="s1") == pytest.approx(expected[r - 1])
+            assert h.metric("fedattn_aggregator_dp_epsilon_target", session="s1") == budget  # alerts divide by it
         assert reply["stop"].startswith("PrivacyBudgetExhausted")
         refused = ctl(coord, h.events, "ctl_open_round", round=allowed + 1, meta={"participants": ["alice"]})
         assert not refused["ok"] and refused["error"].startswith("PrivacyBudgetExhausted"), refused

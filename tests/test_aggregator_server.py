@@ -371,6 +371,7 @@ def test_fedavg_matches_closed_form_and_reports_accuracy(tmp_path):
             assert reply["ok"] and reply["contributions"] == 3
             assert reply["weight_total"] == pytest.approx(sum(w))
             assert reply["accuracy"] == pytest.approx(np.mean(expected > 0), abs=1e-3)
+            assert h.metric("fedattn_aggregator_accuracy_ratio", session=SESSION) == reply["accuracy"]
             assert reply["aggregation_seconds"] > 0
         assert ctl(coord, h.events, "ctl_finish", meta={"reason": "rounds"})["ok"]
         for c in clients.values():

@@ -285,6 +285,10 @@ class LearningProtocol(Conversation):
         metrics.rounds_closed.inc()
         if result.epsilon is not None:
             metrics.dp_epsilon.labels(session=state.name).set(result.epsilon)
+        if state.budget is not None:
+            metrics.dp_epsilon_target.labels(session=state.name).set(state.budget.target_epsilon)
+        if result.accuracy is not None:
+            metrics.accuracy.labels(session=state.name).set(result.accuracy)
         for name, score in (result.reliability or {}).items():
             metrics.reliability.labels(session=state.name, participant=name).set(score)
         every = state.checkpoint_every
