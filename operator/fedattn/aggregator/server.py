@@ -340,7 +340,7 @@ class Aggregator:
         """The rejection of a participant kind the session's mode does not take."""
         if msg.kind.startswith("secagg_"):  # NB: the answer a learning session without secure rounds gives
             return wire.WireError("stale_round", f"no secure aggregation round {msg.round} is open")
-        owner = next(c.mode for c in self.conversations.values() if msg.kind in c.handlers)
+        owner = next((c.mode for c in self.conversations.values() if msg.kind in c.handlers), "other")
         return wire.WireError("unexpected_kind", f"{msg.kind} is for {owner} sessions")
 
     # --- control link -----------------------------------------------------------------------------
