@@ -18,6 +18,7 @@ from fedattn import pki
 from fedattn.operator import builders, names
 from fedattn.operator.kube import Kube
 from fedattn.operator.metrics import CERTIFICATES_RENEWED
+from fedattn.operator.objects import Participant, Session
 
 
 def _owned(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
@@ -25,13 +26,16 @@ def _owned(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def _validity(session: dict[str, Any]) -> tuple[int, int]:
-    tls = session["spec"].get("tls") or {}
-    self_signed = tls.get("selfSigned") or {}
-    return int(self_signed.get("validityDays", 365)), int(self_signed.get("renewBeforeDays", 30))
+def _validity(session: Session) -> tuple[int, int]:
+    """(validity, renew before) in days of self-signed certificates; only called without issuerRef,
+    where the CEL rule makes ``tls.selfSigned`` set (and the schema defaults its fields)."""
+    self_signed = session["spec"].tls.self_signed
+    if self_signed is None:  # NB: issuerRef and selfSigned are exclusive (CEL); callers checked
+        raise ValueError("spec.tls.selfSigned is not set: certificates are cert-manager's")
+    return self_signed.validity_days, self_signed.renew_before_days
 
 
-async def session_ca(kube: Kube, session: dict[str, Any]) -> pki.KeyPair | None:
+async def session_ca(kube: Kube, session: Session) -> pki.KeyPair | None:
     meta = session["metadata"]
     secret = await kube.read("Secret", meta["namespace"], names.ca_secret(meta["name"]))
     if secret is None:
@@ -39,7 +43,7 @@ async def session_ca(kube: Kube, session: dict[str, Any]) -> pki.KeyPair | None:
     return pki.KeyPair(builders.secret_bytes(secret, "ca.crt"), builders.secret_bytes(secret, "ca.key"))
 
 
-async def ensure_session_pki(kube: Kube, session: dict[str, Any], *, owner: dict[str, Any]) -> bool:
+async def ensure_session_pki(kube: Kube, session: Session, *, owner: dict[str, Any]) -> bool:
     """CA, server certificate, operator client certificate, Curve keys and allowlist; True when ready.
 
     Under cert-manager, ready means cert-manager has written the server and operator Secrets.
@@ -71,7 +75,7 @@ async def ensure_session_pki(kube: Kube, session: dict[str, Any], *, owner: dict
     return True
 
 
-def _operator_secret(session: dict[str, Any], ca: pki.KeyPair, validity: int) -> dict[str, Any]:
+def _operator_secret(session: Session, ca: pki.KeyPair, validity: int) -> dict[str, Any]:
     s = session["metadata"]["name"]
     pair = pki.issue(ca, names.OPERATOR, organization=s, validity_days=validity)
     return builders.build_identity_secret(
@@ -84,7 +88,7 @@ def _operator_secret(session: dict[str, Any], ca: pki.KeyPair, validity: int) ->
     )
 
 
-async def _ensure_certificates(kube: Kube, session: dict[str, Any], *, owner: dict[str, Any]) -> None:
+async def _ensure_certificates(kube: Kube, session: Session, *, owner: dict[str, Any]) -> None:
     s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
     if not await kube.has_group_version(f"{builders.CERT_MANAGER_GROUP}/v1"):
         raise kopf.TemporaryError("spec.tls.issuerRef is set but cert-manager.io/v1 is not served", delay=60)
@@ -107,7 +111,7 @@ async def _ensure_certificates(kube: Kube, session: dict[str, Any], *, owner: di
         await kube.apply(_owned(cert, owner))
 
 
-async def operator_identity(kube: Kube, session: dict[str, Any]) -> dict[str, bytes] | None:
+async def operator_identity(kube: Kube, session: Session) -> dict[str, bytes] | None:
     """The operator's client identity for this session's coordinator (files by ``--pki-dir`` name)."""
     meta = session["metadata"]
     secret = await kube.read("Secret", meta["namespace"], names.operator_secret(meta["name"]))
@@ -116,8 +120,8 @@ async def operator_identity(kube: Kube, session: dict[str, Any]) -> dict[str, by
 
 async def ensure_participant(
     kube: Kube,
-    participant: dict[str, Any],
-    session: dict[str, Any],
+    participant: Participant,
+    session: Session,
     *,
     owner: dict[str, Any],
     retry_seconds: float = 2.0,
@@ -198,7 +202,7 @@ def due(cert_pem: bytes, *, now: dt.datetime, renew_before_days: int) -> bool:
     return pki.not_after(cert_pem) - now <= dt.timedelta(days=renew_before_days)
 
 
-async def renew_due(kube: Kube, session: dict[str, Any], participants: list[str], *, now: dt.datetime) -> list[str]:
+async def renew_due(kube: Kube, session: Session, participants: list[str], *, now: dt.datetime) -> list[str]:
     """Reissue self-signed certificates close to expiry (same CN, same Curve key); returns who was renewed.
 
     cert-manager renews its own certificates, so this is a no-op under ``issuerRef``.

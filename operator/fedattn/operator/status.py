@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedattn.api.schema import PARTICIPANT_CONDITIONS, PARTICIPANT_PHASES, SESSION_CONDITIONS, SESSION_PHASES
+from fedattn.api.spec import SessionSpec
+from fedattn.operator.objects import Session
 
 TERMINAL = ("Succeeded", "Failed")
 CONNECTED = ("Joined", "Contributing", "Done")
@@ -69,10 +71,10 @@ def age_seconds(timestamp: str | None, now: dt.datetime) -> float | None:
     return (now - dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
 
 
-def deadline_failure(session: dict[str, Any], *, now: dt.datetime) -> tuple[str, str] | None:
+def deadline_failure(session: Session, *, now: dt.datetime) -> tuple[str, str] | None:
     """``(reason, message)`` once a session has outlived ``activeDeadlineSeconds`` (counted from creation,
     like a Job's, so a suspended or never-started session still ends)."""
-    deadline = session["spec"].get("activeDeadlineSeconds")
+    deadline = session["spec"].active_deadline_seconds
     age = age_seconds(session["metadata"].get("creationTimestamp"), now)
     if deadline is None or age is None or age <= deadline:
         return None
@@ -105,7 +107,7 @@ def _phase(previous: str | None, seen: Observation) -> str:
 
 
 def session_status(
-    *, previous: dict[str, Any], spec: dict[str, Any], generation: int, seen: Observation, now: dt.datetime
+    *, previous: dict[str, Any], spec: SessionSpec, generation: int, seen: Observation, now: dt.datetime
 ) -> dict[str, Any]:
     """The FedSession ``.status`` after one observation (``previous`` is the current status)."""
     phase = _phase(previous.get("phase"), seen)
@@ -156,7 +158,7 @@ def session_status(
         "CoordinatorReachable" if reachable else ("Suspended" if seen.suspended else "CoordinatorUnreachable"),
         "coordinator answers" if reachable else (seen.error or "coordinator not reached yet"),
     )
-    minimum = int(spec.get("minParticipants", 2))
+    minimum = spec.min_participants
     conds = put(
         conds,
         "QuorumReached",
