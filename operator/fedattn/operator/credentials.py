@@ -37,7 +37,7 @@ def _validity(session: Session) -> tuple[int, int]:
 
 async def session_ca(kube: Kube, session: Session) -> pki.KeyPair | None:
     meta = session["metadata"]
-    secret = await kube.read("Secret", meta["namespace"], names.ca_secret(meta["name"]))
+    secret = await kube.read(kind="Secret", namespace=meta["namespace"], name=names.ca_secret(meta["name"]))
     if secret is None:
         return None
     return pki.KeyPair(builders.secret_bytes(secret, "ca.crt"), builders.secret_bytes(secret, "ca.key"))
@@ -59,8 +59,8 @@ async def ensure_session_pki(kube: Kube, session: Session, *, owner: dict[str, A
     await kube.ensure(_owned(builders.build_allowlist(session, {names.CONTROL_CLIENT: control_pub}), owner))
     if builders.uses_cert_manager(session):
         await _ensure_certificates(kube, session, owner=owner)
-        tls = await kube.read("Secret", ns, names.server_tls_secret(s))
-        op = await kube.read("Secret", ns, names.operator_secret(s))
+        tls = await kube.read(kind="Secret", namespace=ns, name=names.server_tls_secret(s))
+        op = await kube.read(kind="Secret", namespace=ns, name=names.operator_secret(s))
         return bool(tls and op and "tls.crt" in (tls.get("data") or {}) and "tls.crt" in (op.get("data") or {}))
     validity, _ = _validity(session)
     # NB: the CA outlives its leaves many times over, so a renewed leaf is not cut short by the CA's expiry
@@ -114,7 +114,7 @@ async def _ensure_certificates(kube: Kube, session: Session, *, owner: dict[str,
 async def operator_identity(kube: Kube, session: Session) -> dict[str, bytes] | None:
     """The operator's client identity for this session's coordinator (files by ``--pki-dir`` name)."""
     meta = session["metadata"]
-    secret = await kube.read("Secret", meta["namespace"], names.operator_secret(meta["name"]))
+    secret = await kube.read(kind="Secret", namespace=meta["namespace"], name=names.operator_secret(meta["name"]))
     return None if secret is None else builders.identity_files(secret, names.OPERATOR)
 
 
@@ -184,12 +184,12 @@ async def revoke(kube: Kube, *, namespace: str, session: str, participant: str) 
         ("Secret", names.participant_certificate(participant)),
         ("Job", names.participant_job(participant)),
     ):
-        await kube.delete(kind, namespace, name)  # NB: already gone (or never made) is fine
+        await kube.delete(kind=kind, namespace=namespace, name=name)  # NB: already gone (or never made) is fine
 
 
 async def _patch_allowlist(kube: Kube, namespace: str, session: str, body: dict[str, Any]) -> bool:
     try:
-        await kube.patch("ConfigMap", namespace, names.allowlist(session), body)
+        await kube.patch(kind="ConfigMap", namespace=namespace, name=names.allowlist(session), body=body)
         return True
     except ApiException as exc:
         if exc.status == 404:
@@ -218,7 +218,7 @@ async def renew_due(kube: Kube, session: Session, participants: list[str], *, no
     targets = [(names.SERVER, names.server_tls_secret(s)), (names.OPERATOR, names.operator_secret(s))]
     targets += [(p, names.participant_secret(p)) for p in participants]
     for identity, secret_name in targets:
-        secret = await kube.read("Secret", ns, secret_name)
+        secret = await kube.read(kind="Secret", namespace=ns, name=secret_name)
         if secret is None or not due(
             builders.secret_bytes(secret, f"{identity}.crt"), now=now, renew_before_days=before
         ):
@@ -228,7 +228,8 @@ async def renew_due(kube: Kube, session: Session, participants: list[str], *, no
         else:
             pair = pki.issue(ca, identity, organization=s, validity_days=validity)
         data = {f"{identity}.crt": pair.cert_pem, f"{identity}.key": pair.key_pem, "ca.crt": ca.cert_pem}
-        await kube.patch("Secret", ns, secret_name, {"data": {k: builders.b64(v) for k, v in data.items()}})
+        body = {"data": {k: builders.b64(v) for k, v in data.items()}}
+        await kube.patch(kind="Secret", namespace=ns, name=secret_name, body=body)
         CERTIFICATES_RENEWED.labels("server" if identity == names.SERVER else "client").inc()
         renewed.append(identity)
     return renewed

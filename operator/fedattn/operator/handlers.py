@@ -19,6 +19,7 @@ import kopf
 from kubernetes.client import ApiException
 
 from fedattn.api import ManifestError, apply_defaults_and_validate, crds, schema
+from fedattn.api.schema import ParticipantPhase, SessionPhase
 from fedattn.api.spec import ParticipantSpec, SessionSpec
 from fedattn.operator import builders, credentials, names, status
 from fedattn.operator.kube import Kube
@@ -160,7 +161,7 @@ def _participant(body: dict[str, Any]) -> Participant:
 def _invalid_status(previous: dict, exc: ManifestError, generation: int, now: dt.datetime) -> dict:
     seen = status.Observation(failure=("InvalidSpec", "; ".join(exc.problems)))
     return {
-        "phase": "Failed",
+        "phase": SessionPhase.FAILED,
         "message": seen.failure[1],
         "conditions": status.set_condition(
             previous.get("conditions", []),
@@ -223,13 +224,13 @@ async def _sync_participant_jobs(cfg: Config, session: Session) -> None:
     1.21, and they would burn their backoffLimit against a scaled-down coordinator); resuming recreates
     them for every credentialed, in-cluster, not evicted participant."""
     ns = session["metadata"]["namespace"]
-    for p in _members(session, await cfg.kube.list("FedParticipant", ns)):
+    for p in _members(session, await cfg.kube.list(kind="FedParticipant", namespace=ns)):
         participant = _participant(p)
         current = participant["status"]
-        if participant["spec"].external or current.get("phase") == "Evicted":
+        if participant["spec"].external or current.get("phase") == ParticipantPhase.EVICTED:
             continue
         if session["spec"].suspend:
-            await cfg.kube.delete("Job", ns, names.participant_job(p["metadata"]["name"]))
+            await cfg.kube.delete(kind="Job", namespace=ns, name=names.participant_job(p["metadata"]["name"]))
         elif current.get("credentialsSecret"):
             job = builders.build_participant_job(participant, session, image=cfg.image("participant"))
             kopf.adopt(job, owner=p)
@@ -240,7 +241,7 @@ async def _scale_down(cfg: Config, session: Session) -> None:
     s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
     for name in (names.coordinator(s), names.aggregator(s)):
         try:
-            await cfg.kube.patch("Deployment", ns, name, {"spec": {"replicas": 0}})
+            await cfg.kube.patch(kind="Deployment", namespace=ns, name=name, body={"spec": {"replicas": 0}})
         except ApiException as exc:
             if exc.status != 404:  # NB: a missing Deployment has nothing to scale
                 raise
@@ -267,11 +268,11 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
         age = status.age_seconds(previous.get("completedAt"), now)
         if age is not None and age >= ttl:
             logger.info("deleting finished session after its TTL", extra={"session": s})
-            await cfg.kube.delete("FedSession", ns, s)
+            await cfg.kube.delete(kind="FedSession", namespace=ns, name=s)
             cfg.phases.set(ns, s, None)
             return
     failure = None if previous.get("phase") in status.TERMINAL else status.deadline_failure(session, now=now)
-    members = _members(session, await cfg.kube.list("FedParticipant", ns))
+    members = _members(session, await cfg.kube.list(kind="FedParticipant", namespace=ns))
     if state.get("renewed_at") is None or (now - state["renewed_at"]).total_seconds() >= cfg.renew_check_seconds:
         renewed = await credentials.renew_due(cfg.kube, session, [p["metadata"]["name"] for p in members], now=now)
         state["renewed_at"] = now
@@ -332,7 +333,7 @@ async def _update_participants(
             generation=int(p["metadata"].get("generation") or 0),
             now=now,
         )
-        if new["phase"] == "Evicted" and previous.get("phase") != "Evicted":
+        if new["phase"] == ParticipantPhase.EVICTED and previous.get("phase") != ParticipantPhase.EVICTED:
             await credentials.revoke(cfg.kube, namespace=ns, session=session["metadata"]["name"], participant=name)
         new = {**previous, **new}
         if new != previous:
@@ -344,7 +345,7 @@ async def _write_status(cfg: Config, kind: str, meta: dict[str, Any], new: dict[
     a status computed from a stale read must not land on an object that moved on. False on conflict."""
     body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": new}
     try:
-        await cfg.kube.patch(kind, meta["namespace"], meta["name"], body, status=True)
+        await cfg.kube.patch(kind=kind, namespace=meta["namespace"], name=meta["name"], body=body, status=True)
         return True
     except ApiException as exc:
         if exc.status in (404, 409):
@@ -368,7 +369,7 @@ async def progress(stopped: kopf.DaemonStopped, body: kopf.Body, memo: Any, logg
 
 async def _session_for(cfg: Config, participant: Participant) -> Session:
     ns, ref = participant["metadata"]["namespace"], participant["spec"].session_ref
-    found = await cfg.kube.read("FedSession", ns, ref)
+    found = await cfg.kube.read(kind="FedSession", namespace=ns, name=ref)
     if found is None:
         raise kopf.TemporaryError(f"FedSession {ref} not found in {ns}", delay=cfg.retry_seconds)
     try:
@@ -392,7 +393,7 @@ async def issue_participant(
     except ManifestError as exc:
         patch.status.update(
             {
-                "phase": "Failed",
+                "phase": ParticipantPhase.FAILED,
                 "conditions": status.set_condition(
                     raw["status"].get("conditions", []),
                     type="CertificateIssued",
@@ -405,7 +406,7 @@ async def issue_participant(
             }
         )
         raise kopf.PermanentError(str(exc)) from exc
-    if participant["status"].get("phase") == "Evicted":
+    if participant["status"].get("phase") == ParticipantPhase.EVICTED:
         return  # NB: credentials of an evicted participant stay revoked across operator restarts
     session = await _session_for(cfg, participant)
     await credentials.ensure_participant(cfg.kube, participant, session, owner=raw, retry_seconds=cfg.retry_seconds)
@@ -431,7 +432,7 @@ async def revoke_participant(body: kopf.Body, meta: kopf.Meta, memo: Any, logger
     cfg = _config(memo)
     ref = (body.get("spec") or {}).get("sessionRef", "")
     extra = {"session": ref, "participant": meta["name"]}
-    found = await cfg.kube.read("FedSession", meta["namespace"], ref) if ref else None
+    found = await cfg.kube.read(kind="FedSession", namespace=meta["namespace"], name=ref) if ref else None
     session = None
     if found is not None:
         try:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from fedattn.api import ManifestError
+from fedattn.api.schema import SessionPhase
 from fedattn.runner import local, manifests, summary
 from fedattn.runner.processes import supervised
 
@@ -61,4 +62,4 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
     else:
         print(f"{bundle.name}: {result['phase']}; details in {workdir}")
-    return 0 if result["phase"] == "Succeeded" else 1
+    return 0 if result["phase"] == SessionPhase.SUCCEEDED else 1

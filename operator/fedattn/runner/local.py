@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from fedattn import pki
+from fedattn.api.schema import SessionPhase
 from fedattn.participant.coordinator_api import CoordinatorClient
 from fedattn.resilience import Policy
 from fedattn.runner.manifests import Bundle
 from fedattn.runner.processes import Supervisor, free_port, wait_ready
 
-TERMINAL_PHASES = ("Succeeded", "Failed")
+TERMINAL_PHASES = (SessionPhase.SUCCEEDED, SessionPhase.FAILED)
 
 
 @dataclass(frozen=True)
