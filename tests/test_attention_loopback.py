@@ -13,7 +13,7 @@ from attention_prompts import TEXTS
 from fedattn.attention.layout import SharedPrefix, chat_layout
 from fedattn.attention.masks import sync_layers
 from fedattn.attention.reference import FedAttnPlan, reference_logits
-from fedattn.participant.loopback import run_prefill
+from fedattn.runner.loopback import run_prefill
 
 #: same float32 math in another order (row subsets, concatenations); measured max ~1e-4
 TOLERANCE = 1e-3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
+from fedattn import pki
 from fedattn.api import schema
 
 MAX_LABEL = 63
@@ -25,7 +26,7 @@ METRICS_PORT = 9090
 ZMQ_PORT = 5555
 
 SERVER = "server"
-CONTROL_CLIENT = "coordinator-client"
+CONTROL_CLIENT = pki.CONTROL_CLIENT
 OPERATOR = "operator"
 
 

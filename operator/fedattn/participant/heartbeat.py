@@ -7,7 +7,7 @@ import threading
 from typing import Any
 
 from fedattn.api.schema import SessionPhase
-from fedattn.participant.coordinator_api import CoordinatorClient
+from fedattn.coordinator.client import CoordinatorClient
 
 log = logging.getLogger(__name__)
 
