@@ -35,7 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0)
     parser.add_argument("--simulate-byzantine", choices=BYZANTINE,
                         help="TESTING ONLY: send sign-flipped, scaled updates (spec.simulation)")
-    parser.add_argument("--simulate-scale", type=float, default=10.0, help="scale of --simulate-byzantine")
+    parser.add_argument("--simulate-scale", type=float,
+                        help="scale of --simulate-byzantine (required with it: spec.simulation.scale)")
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -87,6 +88,8 @@ def _contribute(
 
 def run(args: argparse.Namespace) -> int:
     logs.configure("participant", level=args.log_level)
+    if args.simulate_byzantine and args.simulate_scale is None:
+        raise SystemExit("fedattn participant: --simulate-byzantine needs --simulate-scale (spec.simulation.scale)")
     identity = identity_from_dir(args.pki_dir, args.name)
     client = CoordinatorClient(base_url=args.coordinator, identity=identity)
     joined = client.join(args.session, args.name)
