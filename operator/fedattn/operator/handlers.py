@@ -225,7 +225,10 @@ async def _sync_participant_jobs(cfg: Config, session: Session) -> None:
     them for every credentialed, in-cluster, not evicted participant."""
     ns = session["metadata"]["namespace"]
     for p in _members(session, await cfg.kube.list(kind="FedParticipant", namespace=ns)):
-        participant = _participant(p)
+        try:
+            participant = _participant(p)
+        except ManifestError:
+            continue  # NB: its own handler marked it Failed; it has no credentials and no Job
         current = participant["status"]
         if participant["spec"].external or current.get("phase") == ParticipantPhase.EVICTED:
             continue
@@ -248,6 +251,7 @@ async def _scale_down(cfg: Config, session: Session) -> None:
 
 
 def _members(session: Session, participants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # NB: a raw read of listed objects, to pick the session's before parsing them one by one
     return [p for p in participants if (p.get("spec") or {}).get("sessionRef") == session["metadata"]["name"]]
 
 
@@ -430,7 +434,7 @@ async def revoke_participant(body: kopf.Body, meta: kopf.Meta, memo: Any, logger
     """Deleting a participant revokes it at once: evicted at the coordinator (which revokes its key at
     the aggregator), allowlist entry and credentials Secret removed."""
     cfg = _config(memo)
-    ref = (body.get("spec") or {}).get("sessionRef", "")
+    ref = (body.get("spec") or {}).get("sessionRef", "")  # NB: raw: a deleted object may be invalid
     extra = {"session": ref, "participant": meta["name"]}
     found = await cfg.kube.read(kind="FedSession", namespace=meta["namespace"], name=ref) if ref else None
     session = None
