@@ -8,7 +8,6 @@ from pathlib import Path
 
 from fedattn import logs
 from fedattn.aggregator.server import DEFAULT_MAX_MESSAGE_BYTES, Aggregator, Hooks
-from fedattn.api.spec import SessionSpec
 from fedattn.learning import session as learning_session
 
 
@@ -53,11 +52,7 @@ def run(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         checkpoint_dir=args.checkpoint_dir,
-        # NB: the hooks get the spec as ctl_configure carried it; the learning layer reads it typed
-        hooks=Hooks(
-            initial_params=lambda s, spec: learning_session.initial_params(s, SessionSpec.from_manifest(spec)),
-            evaluator=lambda s, spec: learning_session.evaluator(s, SessionSpec.from_manifest(spec)),
-        ),
+        hooks=Hooks(initial_params=learning_session.initial_params, evaluator=learning_session.evaluator),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: aggregator.stop())

@@ -1,6 +1,6 @@
 """The objects the operator works on: a FedSession or FedParticipant as stored, with its spec typed.
 
-The handlers parse a body once (:func:`fedattn.operator.handlers` ``_validated``); builders, status,
+The handlers parse a body once (``handlers._session`` / ``handlers._participant``); builders, status,
 credentials and the status source then read spec fields through the typed view
 (:class:`fedattn.api.spec.SessionSpec`), and metadata and status as the API server stored them.
 """
