@@ -178,16 +178,47 @@ def _invalid_status(previous: dict, exc: ManifestError, generation: int, now: dt
     }
 
 
-def _session_children(session: Session, cfg: Config) -> list[dict[str, Any]]:
+def _with_database(session: Session, cfg: Config) -> Session:
+    """The session as it runs: with the chart's PostgreSQL when it names none of its own."""
     if session["spec"].database is None and cfg.default_database:
         spec = {**session["spec"].to_manifest(), "database": {"secretRef": cfg.default_database}}
         session = {**session, "spec": SessionSpec.from_manifest(spec)}
+    return session
+
+
+def _session_children(session: Session, cfg: Config) -> list[dict[str, Any]]:
     return [
         cfg.pods.apply(builders.build_coordinator_deployment(session, image=cfg.image("coordinator"))),
         builders.build_coordinator_service(session),
         cfg.pods.apply(builders.build_aggregator_deployment(session, image=cfg.image("aggregator"))),
         builders.build_aggregator_service(session),
     ]
+
+
+async def _ensure_state(cfg: Config, session: Session, *, owner: dict[str, Any]) -> None:
+    """The session's claims (store, checkpoints): created once, never patched (a claim's spec is
+    immutable once bound), so a restarted pod, a resumed session or a new coordinator finds its state."""
+    for claim in builders.build_state_claims(session):
+        kopf.adopt(claim, owner=owner)
+        await cfg.kube.ensure(claim)
+
+
+async def _sync_disruption_budgets(cfg: Config, session: Session, *, owner: dict[str, Any]) -> None:
+    """A running session's coordinator and aggregator survive a node drain; a suspended one has none."""
+    if session["spec"].suspend:
+        await _delete_disruption_budgets(cfg, session)
+        return
+    version = await cfg.kube.disruption_budget_version()
+    for component in builders.STATEFUL:
+        budget = builders.build_disruption_budget(session, component=component, api_version=version)
+        kopf.adopt(budget, owner=owner)
+        await cfg.kube.apply(budget)
+
+
+async def _delete_disruption_budgets(cfg: Config, session: Session) -> None:
+    s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
+    for component in builders.STATEFUL:
+        await cfg.kube.delete(kind="PodDisruptionBudget", namespace=ns, name=names.disruption_budget(s, component))
 
 
 @kopf.on.resume(*SESSIONS, registry=REGISTRY)
@@ -208,12 +239,15 @@ async def reconcile_session(
         raise kopf.PermanentError(str(exc)) from exc
     ready = await credentials.ensure_session_pki(cfg.kube, session, owner=raw)
     finished = session["status"].get("phase") in status.TERMINAL
+    session = _with_database(session, cfg)
     if finished or status.deadline_failure(session, now=cfg.clock()):
-        await _scale_down(cfg, session)  # NB: never (re)start a session that is over
+        await _clean_up(cfg, session)  # NB: never (re)start a session that is over
     else:
+        await _ensure_state(cfg, session, owner=raw)
         for child in _session_children(session, cfg):
             kopf.adopt(child, owner=raw)
             await cfg.kube.apply(child)
+        await _sync_disruption_budgets(cfg, session, owner=raw)
         if generation > 1:  # NB: an update (e.g. suspend toggled): the participants' Jobs follow
             await _sync_participant_jobs(cfg, session)
     # NB: status is written by the progress daemon only; two writers would race and regress it.
@@ -241,6 +275,20 @@ async def _sync_participant_jobs(cfg: Config, session: Session) -> None:
             job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
             kopf.adopt(job, owner=p)
             await cfg.kube.ensure(job)
+
+
+async def _clean_up(cfg: Config, session: Session) -> None:
+    """A finished session, per ``spec.cleanupPolicy``: ScaleDown (keep the claims: store, checkpoints),
+    Keep (leave it running, e.g. to read its coordinator), Delete (scale down, delete the claims)."""
+    policy = session["spec"].cleanup_policy
+    if policy == "Keep":
+        return
+    await _delete_disruption_budgets(cfg, session)
+    await _scale_down(cfg, session)
+    if policy == "Delete":
+        ns = session["metadata"]["namespace"]
+        for claim in builders.build_state_claims(session):
+            await cfg.kube.delete(kind="PersistentVolumeClaim", namespace=ns, name=claim["metadata"]["name"])
 
 
 async def _scale_down(cfg: Config, session: Session) -> None:
@@ -308,8 +356,8 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
     new = status.session_status(
         previous=previous, spec=spec, generation=int(meta.get("generation") or 0), seen=seen, now=now
     )
-    if failure and previous.get("phase") not in status.TERMINAL:
-        await _scale_down(cfg, session)
+    if previous.get("phase") not in status.TERMINAL and (failure or new["phase"] in status.TERMINAL):
+        await _clean_up(cfg, _with_database(session, cfg))  # NB: it just finished
     if new != previous:
         if not await _write_status(cfg, "FedSession", meta, new):
             return  # the session changed meanwhile (or is being deleted): decide again on the next pass

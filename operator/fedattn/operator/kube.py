@@ -28,7 +28,12 @@ _TYPED = {
     "Service": ("core", "namespaced_service"),
     "Deployment": ("apps", "namespaced_deployment"),
     "Job": ("batch", "namespaced_job"),
+    "PersistentVolumeClaim": ("core", "namespaced_persistent_volume_claim"),
 }
+#: PodDisruptionBudget is policy/v1 from Kubernetes 1.21, policy/v1beta1 before (same fields we use);
+#: it goes through the generic object API at whichever version the server serves.
+PDB = "PodDisruptionBudget"
+PDB_VERSIONS = ("policy/v1", "policy/v1beta1")
 #: kind -> (group, version, plural) of custom resources the operator touches.
 CUSTOM = {
     **{kind: (schema.GROUP, schema.VERSION, k.plural) for kind, k in crds.kinds().items()},
@@ -47,13 +52,26 @@ class Kube:
         self.apps = client.AppsV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        self._pdb: str | None = None  # NB: discovered on first use (policy/v1 or policy/v1beta1)
 
     def _plain(self, obj: Any) -> dict[str, Any]:
         return obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)
 
+    def _custom(self, kind: str) -> tuple[str, str, str] | None:
+        """(group, version, plural) of a kind served through the generic object API, else None."""
+        if kind == PDB:
+            group, version = self._pdb_version().split("/")
+            return group, version, "poddisruptionbudgets"
+        return CUSTOM.get(kind)
+
+    def _pdb_version(self) -> str:
+        if self._pdb is None:
+            self._pdb = next((v for v in PDB_VERSIONS if self._has_group_version(v)), PDB_VERSIONS[0])
+        return self._pdb
+
     def _call(self, verb: str, kind: str, namespace: str, *args: Any, **kw: Any) -> dict[str, Any]:
-        if kind in CUSTOM:
-            group, version, plural = CUSTOM[kind]
+        if (custom := self._custom(kind)) is not None:
+            group, version, plural = custom
             suffix = "_status" if kw.pop("status", False) else ""
             fn = getattr(self.custom, f"{verb}_namespaced_custom_object{suffix}")
             return self._plain(fn(group, version, namespace, plural, *args, **kw))
@@ -62,20 +80,20 @@ class Kube:
 
     def _create(self, obj: dict[str, Any]) -> dict[str, Any]:
         ns = obj["metadata"]["namespace"]
-        if obj["kind"] in CUSTOM:
-            group, version, plural = CUSTOM[obj["kind"]]
+        if (custom := self._custom(obj["kind"])) is not None:
+            group, version, plural = custom
             return self._plain(self.custom.create_namespaced_custom_object(group, version, ns, plural, obj))
         api, suffix = _TYPED[obj["kind"]]
         return self._plain(getattr(getattr(self, api), f"create_{suffix}")(ns, obj))
 
     def _patch(self, kind: str, namespace: str, name: str, body: dict[str, Any], *, status: bool = False) -> dict:
-        if kind in CUSTOM:
+        if self._custom(kind) is not None:
             return self._call("patch", kind, namespace, name, body, status=status, _content_type=MERGE)
         return self._call("patch", kind, namespace, name, body, _content_type=MERGE)
 
     def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            if kind in CUSTOM:
+            if self._custom(kind) is not None:
                 return self._call("get", kind, namespace, name)
             return self._call("read", kind, namespace, name)
         except client.ApiException as exc:
@@ -106,7 +124,7 @@ class Kube:
 
     def _delete(self, kind: str, namespace: str, name: str) -> bool:
         try:
-            if kind in CUSTOM:
+            if self._custom(kind) is not None:
                 self._call("delete", kind, namespace, name)
             else:
                 self._call("delete", kind, namespace, name, propagation_policy="Background")
@@ -154,6 +172,10 @@ class Kube:
 
     async def list(self, *, kind: str, namespace: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._list, kind, namespace)
+
+    async def disruption_budget_version(self) -> str:
+        """The PodDisruptionBudget apiVersion this server serves (policy/v1, or v1beta1 before 1.21)."""
+        return await asyncio.to_thread(self._pdb_version)
 
     async def has_group_version(self, group_version: str) -> bool:
         """API discovery (allowed to every authenticated user), e.g. is cert-manager installed?"""
