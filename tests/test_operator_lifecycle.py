@@ -508,3 +508,59 @@ async def test_cert_manager_issues_the_certificates_when_an_issuer_is_named(api)
         "tls.key": "server.key",
         "ca.crt": "ca.crt",
     }
+
+
+CLAIMS, BUDGETS = "v1/persistentvolumeclaims", "policy/v1/poddisruptionbudgets"
+
+
+@pytest.mark.parametrize(
+    ("policy", "replicas", "claims_left"),
+    [("ScaleDown", 0, True), ("Keep", 1, True), ("Delete", 0, False)],
+)
+async def test_state_claims_budgets_and_the_clean_up_policy(api, policy: str, replicas: int, claims_left: bool) -> None:
+    emulator, url = api
+    session = seeded("FedSession", "qa", {"mode": "attention", "publisher": "asker", "cleanupPolicy": policy})
+    uid = session["metadata"]["uid"][:8]
+    claims = {f"qa-coordinator-state-{uid}", f"qa-aggregator-state-{uid}"}
+    recorded = RecordedStatus({"qa": _running(3)})
+    async with running_operator(url, recorded) as config:
+        await _create_all(config, [session])
+        await eventually(lambda: _status(emulator, SESSIONS, "qa").get("phase") == "Running")
+        await eventually(lambda: names_of(emulator, CLAIMS) == claims)
+        await eventually(lambda: names_of(emulator, BUDGETS) == {"qa-coordinator", "qa-aggregator"})
+        for claim in claims:
+            assert _owned_by(stored(emulator, CLAIMS, claim), stored(emulator, SESSIONS, "qa"))
+        pod = stored(emulator, DEPLOYMENTS, "qa-coordinator")["spec"]["template"]["spec"]
+        assert {"persistentVolumeClaim": {"claimName": f"qa-coordinator-state-{uid}"}}.items() <= next(
+            v for v in pod["volumes"] if v["name"] == "state"
+        ).items()
+        recorded.statuses["qa"] = _running(3, phase="Succeeded", completed_at=1_700_000_600.0, message="done")
+        await eventually(lambda: _status(emulator, SESSIONS, "qa").get("phase") == "Succeeded")
+
+        def settled() -> bool:
+            deployments = {
+                stored(emulator, DEPLOYMENTS, n)["spec"]["replicas"] for n in ("qa-coordinator", "qa-aggregator")
+            }
+            budgets = names_of(emulator, BUDGETS) == (
+                {"qa-coordinator", "qa-aggregator"} if policy == "Keep" else set()
+            )
+            return deployments == {replicas} and budgets and (names_of(emulator, CLAIMS) == claims) == claims_left
+
+        await eventually(settled)
+
+
+async def test_suspend_drops_the_budgets_and_keeps_the_claims(api) -> None:
+    emulator, url = api
+    session = seeded("FedSession", "qa", {"mode": "attention", "publisher": "asker"})
+    async with running_operator(url, RecordedStatus({"qa": _running(3)})) as config:
+        await _create_all(config, [session])
+        await eventually(lambda: names_of(emulator, BUDGETS) == {"qa-coordinator", "qa-aggregator"})
+        claims = names_of(emulator, CLAIMS)
+        await config.kube.patch(
+            kind="FedSession",
+            namespace=NAMESPACE,
+            name="qa",
+            body={"spec": {"suspend": True}, "metadata": {"generation": 2}},
+        )
+        await eventually(lambda: names_of(emulator, BUDGETS) == set() and len(claims) == 2)
+        assert names_of(emulator, CLAIMS) == claims  # resume finds the same store and checkpoints
