@@ -211,7 +211,7 @@ async def test_create_is_idempotent_and_conflicts_on_another_spec(coordinator, p
     status, body = await operator.call("POST", "/v1/sessions", manifests(rounds=5))
     assert (status, body["error"]) == (409, "conflict")
     status, body = await operator.call("GET", "/v1/sessions/nope")
-    assert (status, body["error"]) == (404, "not_found")
+    assert (status, body["error"]) == (404, "no_session")
     status, body = await operator.call("POST", "/v1/sessions/s/participants/zed/join", {})
     assert status == 404 and "'zed' is not a participant" in body["message"]
     assert (await operator.call("DELETE", "/v1/sessions"))[0] == 405

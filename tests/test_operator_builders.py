@@ -208,9 +208,12 @@ def test_participant_job_mounts_only_its_own_private_data() -> None:
         promptRef={"secretKeyRef": {"name": "prompt-a", "key": "p"}},
         dataRef={"configMapKeyRef": {"name": "data-a", "key": "d"}},
     )
-    job = builders.build_participant_job(p, _session(resilience={"retries": 5}))
+    job = builders.build_participant_job(p, _session(resilience={"retries": 1}, startTimeoutSeconds=900))
     pod = job["spec"]["template"]["spec"]
-    assert job["spec"]["backoffLimit"] == 5 and pod["restartPolicy"] == "Never"
+    # pod restarts are not network retries: a Job keeps Kubernetes' 6 whatever resilience.retries says,
+    # and the participant waits for its session as long as the session waits for it
+    assert job["spec"]["backoffLimit"] == 6 and pod["restartPolicy"] == "Never"
+    assert _parse("participant", _container(job)["args"][1:]).wait_seconds == 900
     assert pod["nodeSelector"] == {"site": "a"} and _container(job)["image"] == "custom:2"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["pki"]["secret"]["secretName"] == "site-a-credentials"

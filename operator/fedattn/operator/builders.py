@@ -18,6 +18,8 @@ from fedattn.operator.objects import Participant, Session
 DEFAULT_IMAGE = "fedattn:0.1.0"
 UID = 10001
 CERT_MANAGER_GROUP = "cert-manager.io"
+#: a participant Job's backoffLimit: Kubernetes' own default, independent of spec.resilience.retries
+PARTICIPANT_POD_RESTARTS = 6
 
 
 def b64(data: bytes) -> str:
@@ -449,6 +451,7 @@ def build_participant_job(participant: Participant, session: Session, *, image: 
         "--session", s,
         "--name", p,
         "--pki-dir", names.PKI_DIR,
+        "--wait-seconds", str(session["spec"].start_timeout_seconds),
     ]  # fmt: skip
     simulation = spec.simulation
     if simulation is not None and simulation.byzantine:  # testing only: a deliberately misbehaving participant
@@ -473,13 +476,14 @@ def build_participant_job(participant: Participant, session: Session, *, image: 
             mounts.append({"name": f"private-{key}", "mountPath": path, "subPath": key, "readOnly": True})
             args += [f"--{key}-file", path]
     meta = _meta(names.participant_job(p), s, "participant", participant=p)
-    retries = session["spec"].resilience.retries
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": meta,
         "spec": {
-            "backoffLimit": retries,
+            # NB: pod restarts (OOM, node loss, a crash), not network retries: those are
+            # spec.resilience's, and waiting for the session is the participant's (--wait-seconds).
+            "backoffLimit": PARTICIPANT_POD_RESTARTS,
             "template": {
                 "metadata": {"labels": meta["labels"]},
                 "spec": {

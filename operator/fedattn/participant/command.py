@@ -17,6 +17,7 @@ from fedattn.aggregator.client import AggregatorClient
 from fedattn.api.spec import SessionSpec
 from fedattn.coordinator.client import CoordinatorClient, identity_from_dir
 from fedattn.participant.heartbeat import Heartbeat
+from fedattn.participant.joining import SessionNotReady, join_when_ready
 from fedattn.participant.learner import BYZANTINE, run_learning
 from fedattn.resilience import Policy
 
@@ -33,6 +34,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-file", type=Path, help="private data (reserved for custom trainers)")
     parser.add_argument("--result-file", type=Path, help="write this participant's own report here as JSON")
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0)
+    parser.add_argument("--wait-seconds", type=float, default=600.0,
+                        help="wait this long for the coordinator and the session to be there to join"
+                             " (the operator passes spec.startTimeoutSeconds)")
     parser.add_argument("--simulate-byzantine", choices=BYZANTINE,
                         help="TESTING ONLY: send sign-flipped, scaled updates (spec.simulation)")
     parser.add_argument("--simulate-scale", type=float,
@@ -92,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("fedattn participant: --simulate-byzantine needs --simulate-scale (spec.simulation.scale)")
     identity = identity_from_dir(args.pki_dir, args.name)
     client = CoordinatorClient(base_url=args.coordinator, identity=identity)
-    joined = client.join(args.session, args.name)
+    try:
+        joined = join_when_ready(client, session=args.session, participant=args.name, wait_seconds=args.wait_seconds)
+    except SessionNotReady as exc:
+        raise SystemExit(f"fedattn participant: {exc}") from None
     spec = SessionSpec.from_manifest(joined["spec"])  # NB: the one parse of the spec in this process
     client.policy = Policy.from_spec(spec.resilience)
     ctx = {"session": args.session, "participant": args.name}
