@@ -32,7 +32,7 @@ import zmq
 from fedattn import pki, wire
 from fedattn.aggregator.allowlist import Allowlist, NamingAuthenticator, start_authenticator
 from fedattn.aggregator.attention_protocol import AttentionProtocol
-from fedattn.aggregator.conversation import DEFERRED, Conversation
+from fedattn.aggregator.conversation import DEFERRED, Conversation, MissingUpdates
 from fedattn.aggregator.events import EventQueue
 from fedattn.aggregator.learning_protocol import Hooks, LearningProtocol
 from fedattn.aggregator.learning_session import LearningSession
@@ -352,6 +352,9 @@ class Aggregator:
                 self._pending_close[msg.session] = (route, msg)
                 return
             reply = {"ok": True, **meta}
+        except MissingUpdates as exc:
+            log.warning("control request refused: %s", exc, extra={"session": msg.session, "round": msg.round})
+            reply = {"ok": False, "error": str(exc), "missing": exc.participants}
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("control request failed: %s", exc, extra={"session": msg.session, "round": msg.round})
             reply = {"ok": False, "error": str(exc)}

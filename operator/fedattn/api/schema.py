@@ -307,7 +307,14 @@ def _learning() -> dict[str, Schema]:
         ),
         "checkpoint": obj(
             "Learning: aggregator checkpoints.",
-            {"everyRounds": integer("Checkpoint every k rounds (0 = never).", default=0, minimum=0)},
+            {
+                "everyRounds": integer(
+                    "Checkpoint every k rounds (0 = never); every round by default, so a restarted aggregator"
+                    " resumes where it stopped.",
+                    default=1,
+                    minimum=0,
+                )
+            },
             default={},
         ),
         "eviction": obj(

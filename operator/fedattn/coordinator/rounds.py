@@ -252,6 +252,18 @@ class SessionMachine:
         self.waiting_since = now
         return self.tick(now=now)
 
+    def updates_lost(self, round: int, participants: list[str], *, now: float) -> list[Command]:
+        """The aggregator does not hold these members' updates for the closing ``round`` (it restarted
+        after acknowledging them): the round is open again and waits for them to be sent again."""
+        current = self.round
+        if self.finished or current is None or current.number != round or not current.closing:
+            return []
+        current.closing = False
+        current.contributed -= set(participants)
+        if len(current.contributed) < self.settings.min_participants:
+            current.quorum_at = None
+        return self.tick(now=now)
+
     def stop(self, reason: str, message: str) -> list[Command]:
         """A planned early end (e.g. ``PrivacyBudgetExhausted``): the model so far is the result.
 

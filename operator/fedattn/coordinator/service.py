@@ -208,6 +208,7 @@ class Coordinator:
                     session.syncs += 1
                     session.sync_latency_ms_total += c.latency_ms or 0.0
                 elif c.participant in session.activity:
+                    session.recorded.add((c.participant, c.round))
                     session.activity[c.participant].contributions += 1
                     session.activity[c.participant].last_latency_ms = c.latency_ms
             if machine.finished:

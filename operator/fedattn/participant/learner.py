@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,16 @@ def _payload(
     arrays, description = feedback.compress(params - global_params)
     return tuple(arrays), {"compression": description}
 
+
+@dataclass(frozen=True)
+class Kept:
+    """An update as sent, kept to be sent again if the aggregator restarts before aggregating it."""
+
+    round: int
+    arrays: tuple[np.ndarray, ...]
+    meta: dict[str, Any]
+
+
 def private_shard(spec: SessionSpec, *, index: int, parts: int) -> data.Split:
     return data.participant_split(
         session.dataset(spec),
@@ -77,7 +87,9 @@ def run_learning(
     because we were too slow) is logged and skipped, never retried blindly: the next ``model``
     message starts the next round. After
     ``rehello_seconds`` without a message it says ``hello`` again: a restarted aggregator does not
-    know where we are, and answers a hello during an open round with that round's model.
+    know where we are, and answers a hello during an open round with that round's model; if that is
+    the round we sent an update for, the update died with the old aggregator and is sent again as it
+    was (``acknowledged`` in the record lists the rounds whose update the aggregator acknowledged).
     ``byzantine=(mode, scale)`` turns this participant into a simulated attacker
     (:func:`byzantine_update`); with ``spec.compression`` the update is a compressed delta.
     """
@@ -96,20 +108,34 @@ def run_learning(
     idle_since = last_hello = time.monotonic()
     leftover: wire.Message | None = None  # a message that interrupted a secure round's key exchange
     secure_client: secagg.SecAggClient | None = None  # this round's, until the aggregator asks it to reveal
+    kept: Kept | None = None  # the last update sent, until a later round's model shows it was aggregated
+    acknowledged: list[int] = []
     while True:
         try:
             msg, leftover = leftover or channel.recv(timeout_seconds=1.0), None
         except Timeout:
             now = time.monotonic()
             if session_over() or now - idle_since > idle_timeout_seconds:
-                return {"rounds": trained, "examples": len(shard), "loss": last_loss,
-                        "reason": "session over"}
+                return {
+                    "rounds": trained,
+                    "acknowledged": acknowledged,
+                    "examples": len(shard),
+                    "loss": last_loss,
+                    "reason": "session over",
+                }
             if now - max(idle_since, last_hello) > rehello_seconds:
                 channel.send("hello")
                 last_hello = now
             continue
         idle_since = time.monotonic()
-        if msg.kind == "model":
+        if msg.kind == "model" and kept is not None and kept.round == msg.round and "secagg" not in msg.meta:
+            # NB: the model of a round we already sent an update for: a restarted aggregator reopened the
+            # round without the updates that died with it. The same update again, not a retrained one.
+            log.warning(
+                "re-sending round %d's update to a restarted aggregator", msg.round, extra={**ctx, "round": msg.round}
+            )
+            channel.send("update", round=kept.round, arrays=kept.arrays, meta=kept.meta)
+        elif msg.kind == "model":
             started = time.perf_counter()
             round_seed = seed * 1_000_003 + msg.round * 101 + index
             round_config = replace(config, proximal_mu=float(msg.meta.get("proximal_mu", 0.0)))
@@ -128,32 +154,40 @@ def run_learning(
                 arrays, extra = (masked,), {"masked": True}
             else:
                 arrays, extra = _payload(feedback, global_params, params)
-            channel.send(
-                "update",
-                round=msg.round,
-                arrays=arrays,
-                meta={
-                    "num_examples": len(shard),
-                    "train_loss": last_loss,
-                    "compute_seconds": time.perf_counter() - started,
-                    **extra,
-                },
-            )
+            meta = {
+                "num_examples": len(shard),
+                "train_loss": last_loss,
+                "compute_seconds": time.perf_counter() - started,
+                **extra,
+            }
+            channel.send("update", round=msg.round, arrays=arrays, meta=meta)
+            kept = Kept(round=msg.round, arrays=arrays, meta=meta)
             trained.append(msg.round)
             log.info("trained round %d loss %.4f", msg.round, last_loss, extra={**ctx, "round": msg.round})
         elif msg.kind == "secagg_unmask" and secure_client is not None and secure_client.round == msg.round:
             channel.send("secagg_reveal", round=msg.round, meta=secure.reveal(secure_client, msg.meta))
+        elif msg.kind == "ack" and msg.round not in acknowledged:
+            acknowledged.append(msg.round)
         elif msg.kind == "error":
             log.warning("aggregator rejected: %s", msg.meta, extra={**ctx, "round": msg.round})
-            if msg.meta.get("code") == "unknown_session" and not trained:
-                # NB: we raced the coordinator's configure of this session; say hello again shortly.
+            if msg.meta.get("code") == "unknown_session":
+                # NB: the aggregator is not configured for the session yet: we raced the coordinator's
+                # configure, or the aggregator restarted. Say hello again shortly; its answer (the open
+                # round's model) makes us re-send an update it lost.
                 time.sleep(1.0)
                 channel.send("hello")
+                last_hello = time.monotonic()
         elif msg.kind == "done":
             final = msg.arrays[0] if msg.arrays else None
             accuracy = None
             if final is not None:
                 ds = session.dataset(spec)
                 accuracy = models.accuracy(arch, final, ds.test.x, ds.test.y)
-            return {"rounds": trained, "examples": len(shard), "loss": last_loss,
-                    "final_accuracy": accuracy, "reason": msg.meta.get("reason")}
+            return {
+                "rounds": trained,
+                "acknowledged": acknowledged,
+                "examples": len(shard),
+                "loss": last_loss,
+                "final_accuracy": accuracy,
+                "reason": msg.meta.get("reason"),
+            }
