@@ -16,7 +16,7 @@ from fedattn import logs
 from fedattn.aggregator.client import AggregatorClient
 from fedattn.api.spec import SessionSpec
 from fedattn.coordinator.client import CoordinatorClient, identity_from_dir
-from fedattn.participant.heartbeat import Heartbeat
+from fedattn.participant.heartbeat import Heartbeat, heartbeat_policy
 from fedattn.participant.joining import SessionNotReady, join_when_ready
 from fedattn.participant.learner import BYZANTINE, run_learning
 from fedattn.resilience import Policy
@@ -50,8 +50,11 @@ def _contribute(
     identity = identity_from_dir(args.pki_dir, args.name)
     aggregator = joined["aggregator"]
     policy = client.policy
+    beats = CoordinatorClient(
+        base_url=args.coordinator, identity=identity, policy=heartbeat_policy(policy, interval=args.heartbeat_seconds)
+    )
     with (
-        Heartbeat(client, session=args.session, participant=args.name, interval=args.heartbeat_seconds) as beat,
+        Heartbeat(beats, session=args.session, participant=args.name, interval=args.heartbeat_seconds) as beat,
         AggregatorClient(
             endpoint=aggregator["endpoint"],
             server_public=aggregator["public_key"].encode(),
