@@ -23,7 +23,19 @@ from fedattn.api.spec import SessionSpec
 DEFERRED: dict[str, Any] = {"deferred": True}
 
 
-class MissingUpdates(ValueError):
+class Refusal(ValueError):
+    """A control request refused for a reason the coordinator acts on; ``detail`` goes into the reply."""
+
+    detail: dict[str, Any] = {}
+
+
+class UnknownSession(Refusal):
+    """The session is not configured here (this aggregator restarted without a checkpoint of it)."""
+
+    detail = {"code": "unknown_session"}
+
+
+class MissingUpdates(Refusal):
     """``ctl_close_round`` names updates the round does not hold: they were acknowledged by a process that
     died (this aggregator restarted) and must be sent again before the round may close."""
 
@@ -33,6 +45,7 @@ class MissingUpdates(ValueError):
             " (lost in an aggregator restart; they are sent again on hello)"
         )
         self.participants = participants
+        self.detail = {"code": "missing_updates", "missing": participants}
 
 
 #: ``handler(route, session, message, checksums)``: one participant message kind of one mode

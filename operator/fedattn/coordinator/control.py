@@ -50,6 +50,10 @@ class MissingUpdates(ControlError):
         self.participants = participants
 
 
+class SessionUnknown(ControlError):
+    """The aggregator does not know the session (it restarted without a checkpoint of it)."""
+
+
 class ControlTimeout(ControlError, TimeoutError):
     """No reply in time: the aggregator is down, unreachable, or does not accept our key."""
 
@@ -124,8 +128,11 @@ class ControlLink:
             error = str(reply.meta.get("error", "no reason given"))
             if error.startswith("PrivacyBudgetExhausted"):
                 raise BudgetExhausted(error)
-            if error.startswith("MissingUpdates"):
+            code = reply.meta.get("code")
+            if code == "missing_updates":
                 raise MissingUpdates(error, [str(p) for p in reply.meta.get("missing") or []])
+            if code == "unknown_session":
+                raise SessionUnknown(error)
             raise ControlError(f"{kind} for {session} failed: {error}")
         return reply.meta
 

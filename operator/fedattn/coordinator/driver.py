@@ -20,7 +20,7 @@ import pybreaker
 import tenacity
 
 from fedattn.coordinator import rounds
-from fedattn.coordinator.control import BudgetExhausted, ControlError, ControlLink, MissingUpdates
+from fedattn.coordinator.control import BudgetExhausted, ControlError, ControlLink, MissingUpdates, SessionUnknown
 from fedattn.coordinator.metrics import Metrics
 from fedattn.coordinator.session import Session, Sessions
 from fedattn.coordinator.summary import RoundSummary, stop_reason
@@ -46,7 +46,7 @@ class Revoke:
 
 
 #: refusals a retry cannot change: an open breaker, a spent budget, updates the aggregator lost
-NOT_RETRIED = (CircuitOpen, BudgetExhausted, MissingUpdates)
+NOT_RETRIED = (CircuitOpen, BudgetExhausted, MissingUpdates, SessionUnknown)
 
 #: commands whose failure at the aggregator leaves the session as it is (already ending, or a revocation)
 FAILURE_KEEPS_SESSION = (rounds.Finish, rounds.Fail, Revoke)
@@ -93,6 +93,22 @@ class RoundDriver:
                 self.sessions.dispatch(session, session.machine.fail("InternalError", f"executing {command} failed"))
 
     async def _control(self, session: Session, kind: str, *, round: int = 0, meta: dict[str, Any] | None = None):
+        """:meth:`_request`, configuring the session first if the aggregator no longer knows it.
+
+        NB: a restarted aggregator forgets sessions it has no checkpoint of; the re-configure that
+        :mod:`fedattn.coordinator.events` queues would wait behind this very command, which would fail.
+        """
+        try:
+            return await self._request(session, kind, round=round, meta=meta)
+        except SessionUnknown:
+            if kind == "ctl_configure":
+                raise
+            log.warning("the aggregator does not know the session; configuring it before %s", kind,
+                        extra={"session": session.name, "round": round})
+            await self._configure(session, Configure())
+            return await self._request(session, kind, round=round, meta=meta)
+
+    async def _request(self, session: Session, kind: str, *, round: int = 0, meta: dict[str, Any] | None = None):
         """One control request with the session's timeout, retries, backoff and circuit breaker.
 
         Raises ControlError when it finally fails; an open breaker fails at once (CircuitOpen), so a
