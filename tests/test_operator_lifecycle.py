@@ -564,3 +564,38 @@ async def test_suspend_drops_the_budgets_and_keeps_the_claims(api) -> None:
         )
         await eventually(lambda: names_of(emulator, BUDGETS) == set() and len(claims) == 2)
         assert names_of(emulator, CLAIMS) == claims  # resume finds the same store and checkpoints
+
+
+async def test_a_session_deleted_and_applied_again_reissues_its_participants(api) -> None:
+    emulator, url = api
+    first = _attention_session()
+    async with running_operator(url, RecordedStatus()) as config:
+        await _create_all(config, [first, *_participants()])
+        await eventually(lambda: names_of(emulator, JOBS) == {"holder-a-participant", "holder-b-participant"})
+        await eventually(lambda: _status(emulator, PARTICIPANTS, "asker").get("phase") == "Credentialed")
+        await config.kube.delete(kind="FedSession", namespace=NAMESPACE, name="qa")
+        await eventually(lambda: stored(emulator, SESSIONS, "qa") is None)
+        for path, kind in ((SECRETS, "Secret"), (CONFIGMAPS, "ConfigMap")):  # the garbage collector's part
+            for name in names_of(emulator, path):
+                if _owned_by(stored(emulator, path, name), first):
+                    await config.kube.delete(kind=kind, namespace=NAMESPACE, name=name)
+        again = _attention_session()  # same name, new UID
+        await _create_all(config, [again])
+        uid = again["metadata"]["uid"]
+
+        def reissued(name: str) -> bool:
+            secret = stored(emulator, SECRETS, f"{name}-credentials")
+            return bool(secret) and secret["metadata"].get("annotations", {}).get("fedattn.io/session-uid") == uid
+
+        await eventually(lambda: all(reissued(n) for n in ("holder-a", "holder-b", "asker")))
+        await eventually(
+            lambda: stored(emulator, JOBS, "holder-a-participant")["metadata"]["annotations"]["fedattn.io/session-uid"]
+            == uid
+        )
+    ca = x509.load_pem_x509_certificate(_secret(emulator, "qa-ca")["ca.crt"])
+    creds = _secret(emulator, "holder-a-credentials")
+    assert creds["ca.crt"] == _secret(emulator, "qa-ca")["ca.crt"]
+    cert = x509.load_pem_x509_certificate(creds["holder-a.crt"])
+    ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+    allow = stored(emulator, CONFIGMAPS, "qa-allow")["data"]
+    assert allow["holder-a.curve.pub"].encode() == creds["holder-a.curve.pub"]

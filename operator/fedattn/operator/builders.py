@@ -476,6 +476,7 @@ def build_participant_job(participant: Participant, session: Session, *, image: 
             mounts.append({"name": f"private-{key}", "mountPath": path, "subPath": key, "readOnly": True})
             args += [f"--{key}-file", path]
     meta = _meta(names.participant_job(p), s, "participant", participant=p)
+    meta["annotations"] = {names.SESSION_UID: session["metadata"].get("uid", "")}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -248,12 +248,41 @@ async def reconcile_session(
             kopf.adopt(child, owner=raw)
             await cfg.kube.apply(child)
         await _sync_disruption_budgets(cfg, session, owner=raw)
+        await _reissue_earlier_runs(cfg, session)
         if generation > 1:  # NB: an update (e.g. suspend toggled): the participants' Jobs follow
             await _sync_participant_jobs(cfg, session)
     # NB: status is written by the progress daemon only; two writers would race and regress it.
     logger.info("session reconciled", extra={"session": meta["name"]})
     if not ready:
         raise kopf.TemporaryError("waiting for cert-manager to issue the session certificates", delay=cfg.retry_seconds)
+
+
+async def _reissue_earlier_runs(cfg: Config, session: Session) -> None:
+    """A session deleted and applied again under its name is a new run (a new UID, a new CA): members
+    still holding credentials and a Job of the earlier run get them issued again for this one. Members
+    without credentials are the participant handler's; evicted ones stay out."""
+    meta = session["metadata"]
+    ns, uid = meta["namespace"], meta.get("uid", "")
+    for p in _members(session, await cfg.kube.list(kind="FedParticipant", namespace=ns)):
+        name = p["metadata"]["name"]
+        if (p.get("status") or {}).get("phase") == ParticipantPhase.EVICTED:
+            continue
+        issued = await credentials.issued_for(cfg.kube, namespace=ns, participant=name)
+        # NB: "" = issued by an operator that did not stamp runs yet: left alone, so an upgrade never
+        # swaps the keys of a running participant
+        if not issued or issued == uid:
+            continue
+        try:
+            participant = _participant(p)
+        except ManifestError:
+            continue  # NB: its own handler marked it Failed; it has no credentials to renew
+        await credentials.forget_run(cfg.kube, namespace=ns, participant=name)
+        await credentials.ensure_participant(cfg.kube, participant, session, owner=p, retry_seconds=cfg.retry_seconds)
+        if not participant["spec"].external and not session["spec"].suspend:
+            job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
+            kopf.adopt(job, owner=p)
+            await cfg.kube.ensure(job)
+        kopf.info(p, reason="CredentialsReissued", message=f"issued again for run {uid} of session {meta['name']}")
 
 
 async def _sync_participant_jobs(cfg: Config, session: Session) -> None:

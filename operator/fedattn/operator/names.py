@@ -111,6 +111,10 @@ def curve_public_key(name: str) -> str:
     return f"{name}.curve.pub"
 
 
+#: annotation on a participant's credentials Secret and Job: the UID of the session run they belong to
+SESSION_UID = f"{schema.GROUP}/session-uid"
+
+
 def labels(session: str, component: str, *, participant: str | None = None) -> dict[str, str]:
     out = {
         "app.kubernetes.io/name": "fedattn",
