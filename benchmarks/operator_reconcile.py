@@ -28,6 +28,7 @@ import os
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ from typing import Any
 import kmock
 import yaml
 from kubernetes import client, config
+from prometheus_client.parser import text_string_to_metric_families
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path[:0] = [str(TESTS), str(TESTS / "k8s")]  # the emulator and the control plane the tests use
@@ -70,6 +72,8 @@ class Cluster:
     manifest: Callable[[str, str, dict[str, Any]], dict[str, Any]]
     kubeconfig: Path
     workdir: Path
+    #: "VERB resource[/subresource]" -> requests the API server has served so far (every client's), if it says
+    served: Callable[[], Awaitable[Counter[str]]] | None = None
 
 
 @contextlib.asynccontextmanager
@@ -106,6 +110,16 @@ async def emulated() -> AsyncIterator[Cluster]:
         )
 
 
+def _get(api: client.ApiClient, path: str, **query: Any) -> bytes:
+    """GET ``path`` through ``api``'s connection and credentials; the raw body (no client models)."""
+    request = api.param_serialize("GET", path, query_params=list(query.items()), auth_settings=["BearerToken"])
+    response = api.call_api(*request)
+    response.read()
+    if response.status != 200:
+        raise client.ApiException(http_resp=response)
+    return response.data
+
+
 @contextlib.asynccontextmanager
 async def real_apiserver() -> AsyncIterator[Cluster]:
     workdir = Path(tempfile.mkdtemp(prefix="fedattn-bench-k8s-"))
@@ -119,14 +133,7 @@ async def real_apiserver() -> AsyncIterator[Cluster]:
             # NB: limit=1 makes the API server count in etcd (remainingItemCount) instead of sending the
             # objects: polling stays cheap next to the load it measures.
             prefix = "/api/v1" if path.startswith("v1/") else f"/apis/{path.rsplit('/', 1)[0]}"
-            listed = admin.call_api(
-                f"{prefix}/namespaces/{ns}/{path.rsplit('/', 1)[1]}",
-                "GET",
-                query_params=[("limit", 1)],
-                response_type="object",
-                auth_settings=["BearerToken"],
-                _return_http_data_only=True,
-            )
+            listed = json.loads(_get(admin, f"{prefix}/namespaces/{ns}/{path.rsplit('/', 1)[1]}", limit=1))
             return len(listed["items"]) + int(listed["metadata"].get("remainingItemCount") or 0)
 
         async def count(path: str) -> int:
@@ -136,6 +143,21 @@ async def real_apiserver() -> AsyncIterator[Cluster]:
             meta = {"name": name, "namespace": ns}
             return {"apiVersion": "fedattn.io/v1alpha1", "kind": kind, "metadata": meta, "spec": spec}
 
+        def served_now() -> Counter[str]:
+            text = _get(admin, "/metrics").decode()
+            served: Counter[str] = Counter()
+            for family in text_string_to_metric_families(text):
+                for sample in family.samples:
+                    if sample.name == "apiserver_request_total" and sample.labels.get("resource"):
+                        sub = sample.labels.get("subresource")
+                        served[f"{sample.labels['verb']} {sample.labels['resource']}{'/' + sub if sub else ''}"] += int(
+                            sample.value
+                        )
+            return served
+
+        async def served() -> Counter[str]:
+            return await asyncio.to_thread(served_now)
+
         yield Cluster(
             namespace=ns,
             kube=Kube(admin),
@@ -143,6 +165,7 @@ async def real_apiserver() -> AsyncIterator[Cluster]:
             manifest=manifest,
             kubeconfig=release.operator_kubeconfig,
             workdir=workdir,
+            served=served,
         )
     finally:
         await asyncio.to_thread(plane.stop)
@@ -185,22 +208,28 @@ async def measure(cluster: Cluster, *, sessions: int, participants: int, timeout
             path: before[path] + per_session * sessions + per_participant * sessions * participants
             for path, (per_session, per_participant) in CHILDREN.items()
         }
+        served_before = await cluster.served() if cluster.served else Counter()
         start = time.perf_counter()
         for k in range(0, len(objs), 8):
             await asyncio.gather(*(cluster.kube.apply(o) for o in objs[k : k + 8]))
         created = time.perf_counter() - start
+        have = dict.fromkeys(CHILDREN, 0)
         while True:
-            have = {path: await cluster.count(path) for path in CHILDREN}
+            # NB: a kind once complete is not counted again: fewer requests competing with the operator's
+            have |= {path: await cluster.count(path) for path, n in expected.items() if have[path] < n}
             if all(have[path] >= n for path, n in expected.items()):
                 break
             if time.perf_counter() - start > timeout_s:
                 raise TimeoutError(f"children after {timeout_s} s: {have}, expected {expected}")
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.25)
         elapsed = time.perf_counter() - start
+        served = (await cluster.served() - served_before) if cluster.served else Counter()
         peak_mb = _status_value(pid, "VmHWM") / 1024
         cpu = _cpu_seconds(pid)
         await asyncio.to_thread(stack.close)
     print(f"operator log: {operator.log_path}", file=sys.stderr)
+    # NB: every client's requests (the benchmark's creates and counts too), to see the round trips
+    requests = {"api_requests": sum(served.values()), "api_requests_by_kind": dict(served.most_common())}
     return {
         "sessions": sessions,
         "participants_per_session": participants,
@@ -211,6 +240,7 @@ async def measure(cluster: Cluster, *, sessions: int, participants: int, timeout
         "ratio_to_limit": round(elapsed / LIMIT_S, 3),
         "operator_cpu_seconds": round(cpu, 2),
         "operator_peak_mb": round(peak_mb, 1),
+        **(requests if served else {}),
     }
 
 
