@@ -1,10 +1,12 @@
 """The operator's Kubernetes calls: create-then-patch-on-409, create-if-absent, read, delete.
 
-Why the official ``kubernetes`` client in a thread (``asyncio.to_thread``) rather than kopf's
-internal aiohttp session or ``kubernetes_asyncio``: it is a declared dependency, it is the same
-client every cluster tool is tested with (auth plugins, in-cluster config, proxies), and the
-operator's own calls are few per reconcile, so a thread hop costs nothing measurable next to the
-API round trip (see benchmarks/operator_reconcile.py). kopf keeps its own client for watching.
+Why the official ``kubernetes`` client in threads rather than kopf's internal aiohttp session or
+``kubernetes_asyncio``: it is a declared dependency, it is the same client every cluster tool is
+tested with (auth plugins, in-cluster config, proxies), and a thread hop costs little next to the
+API round trip. The threads are our own, as many as the client keeps connections
+(``connection_pool_maxsize``, :data:`CONCURRENCY` in ``fedattn operator``): a wave of reconciles is
+bound by API latency, and the event loop's default executor (cores + 4 threads) would let only ~6
+requests be in flight (see benchmarks/operator_reconcile.py). kopf keeps its own client for watching.
 
 Every function returns plain dicts (as the API would send them), never client models.
 """
@@ -12,12 +14,19 @@ Every function returns plain dicts (as the API would send them), never client mo
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 
 MERGE = "application/merge-patch+json"
+#: Requests in flight at once for ``fedattn operator`` (threads = kept-alive connections).
+CONCURRENCY = 32
+T = TypeVar("T")
 
 #: kind -> (API class attribute, method suffix). Namespaced kinds the operator manages.
 _TYPED = {
@@ -46,6 +55,14 @@ class Kube:
         self.apps = client.AppsV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
+        # NB: no more threads than pooled connections: urllib3 would open (and drop) a TLS connection per extra call
+        workers = self.api.configuration.connection_pool_maxsize
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+
+    async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """``fn(*args, **kw)`` on our threads, in a copy of the caller's context (as ``asyncio.to_thread``)."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kw)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
     def _plain(self, obj: Any) -> dict[str, Any]:
         return obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)
@@ -133,27 +150,27 @@ class Kube:
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create ``obj`` or, if it exists ("already exists" is success), merge-patch it to match."""
-        return await asyncio.to_thread(self._apply, obj)
+        return await self._run(self._apply, obj)
 
     async def ensure(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create ``obj`` unless it exists; returns (the stored object, created?). Never overwrites
         (key material must survive a retried handler)."""
-        return await asyncio.to_thread(self._ensure, obj)
+        return await self._run(self._ensure, obj)
 
     async def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None if it is gone (it may be deleted while we work)."""
-        return await asyncio.to_thread(self._read, kind, namespace, name)
+        return await self._run(self._read, kind, namespace, name)
 
     async def patch(self, kind: str, namespace: str, name: str, body: dict, *, status: bool = False) -> dict:
-        return await asyncio.to_thread(self._patch, kind, namespace, name, body, status=status)
+        return await self._run(self._patch, kind, namespace, name, body, status=status)
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete; False if it was already gone."""
-        return await asyncio.to_thread(self._delete, kind, namespace, name)
+        return await self._run(self._delete, kind, namespace, name)
 
     async def list(self, kind: str, namespace: str) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._list, kind, namespace)
+        return await self._run(self._list, kind, namespace)
 
     async def has_group_version(self, group_version: str) -> bool:
         """API discovery (allowed to every authenticated user), e.g. is cert-manager installed?"""
-        return await asyncio.to_thread(self._has_group_version, group_version)
+        return await self._run(self._has_group_version, group_version)
