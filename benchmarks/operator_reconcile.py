@@ -11,7 +11,7 @@ Two API servers:
   manager on loopback, binaries from scripts/k8s/build.sh), the Helm chart installed (CRDs, Role,
   ServiceAccount), the operator authenticated with the ServiceAccount's token: the chart's RBAC applies,
   as in tests/k8s/test_k8s_operator.py. Nothing runs the pods (no kubelet). The objects are created with
-  the admin's client, 8 at a time.
+  the admin's client, 16 at a time.
 - default: kmock's emulator in this process (its cost grows with its request log, so the wall time is
   an upper bound on the operator's).
 
@@ -47,6 +47,8 @@ from release import OperatorProcess, install_release, run_operator  # noqa: E402
 from fedattn.operator.kube import Kube  # noqa: E402
 from operator_cluster import ApiServer, declare, names_of, seeded  # noqa: E402
 
+#: How many creates the benchmark keeps in flight (as a parallel ``kubectl apply`` would).
+CREATE_CONCURRENCY = 16
 #: The target of issue 13: 100 sessions x 4 participants to all children on a real API server.
 LIMIT_S = 30.0
 #: child kind (group/version/plural, as kmock names it) -> how many per session and per participant
@@ -125,7 +127,9 @@ async def real_apiserver() -> AsyncIterator[Cluster]:
     workdir = Path(tempfile.mkdtemp(prefix="fedattn-bench-k8s-"))
     plane = await asyncio.to_thread(start_control_plane, workdir=workdir)
     try:
-        admin = config.new_client_from_config(config_file=str(plane.admin_kubeconfig))
+        settings = client.Configuration()
+        settings.connection_pool_maxsize = CREATE_CONCURRENCY
+        admin = config.new_client_from_config(config_file=str(plane.admin_kubeconfig), client_configuration=settings)
         release = await asyncio.to_thread(install_release, plane, admin, name="fedattn", namespace="fedattn")
         ns = release.namespace
 
@@ -210,8 +214,8 @@ async def measure(cluster: Cluster, *, sessions: int, participants: int, timeout
         }
         served_before = await cluster.served() if cluster.served else Counter()
         start = time.perf_counter()
-        for k in range(0, len(objs), 8):
-            await asyncio.gather(*(cluster.kube.apply(o) for o in objs[k : k + 8]))
+        for k in range(0, len(objs), CREATE_CONCURRENCY):
+            await asyncio.gather(*(cluster.kube.apply(o) for o in objs[k : k + CREATE_CONCURRENCY]))
         created = time.perf_counter() - start
         have = dict.fromkeys(CHILDREN, 0)
         while True:
