@@ -12,6 +12,7 @@ import datetime as dt
 import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,16 +311,20 @@ async def progress_once(
         participants_total=len(members),
         failure=failure,
     )
-    new = status.session_status(
-        previous=previous, spec=spec, generation=int(meta.get("generation") or 0), seen=seen, now=now
-    )
     if failure and previous.get("phase") not in status.TERMINAL:
         await _scale_down(cfg, session)
-    if new != previous:
-        if not await _write_status(cfg, "FedSession", meta, new):
-            return  # the session changed meanwhile (or is being deleted): decide again on the next pass
-        for kind, reason, message in status.transitions(previous, new):
-            kopf.event(body, type=kind, reason=reason, message=message)
+
+    def decide(previous: dict[str, Any]) -> dict[str, Any]:
+        return status.session_status(
+            previous=previous, spec=spec, generation=int(meta.get("generation") or 0), seen=seen, now=now
+        )
+
+    written = await _write_session_status(cfg, meta, previous, decide)
+    if written is None:
+        return  # the session changed meanwhile (or is being deleted): decide again on the next pass
+    previous, new = written
+    for kind, reason, message in status.transitions(previous, new):
+        kopf.event(body, type=kind, reason=reason, message=message)
     cfg.phases.set(ns, s, new["phase"])
     if coordinator is not None:
         await _update_participants(cfg, session, members, coordinator.get("participant_status") or {}, now=now)
@@ -350,6 +355,31 @@ async def _update_participants(
         new = {**previous, **new}
         if new != previous:
             await _write_status(cfg, "FedParticipant", p["metadata"], new)
+
+
+async def _write_session_status(
+    cfg: Config, meta: dict[str, Any], previous: dict[str, Any], decide: Callable[[dict[str, Any]], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Write ``decide(previous)`` as the session's status unless it is ``previous``; returns (previous, new)
+    as decided, or None if the session moved on twice, changed its spec or is being deleted.
+
+    On a conflict the observation still stands for the same spec, so it is decided once more on a fresh
+    read rather than a poll period (and a coordinator round trip) later: at a session's first pass the
+    conflict is the rule, with kopf's own finalizer patch.
+    """
+    new = decide(previous)
+    if new == previous or await _write_status(cfg, "FedSession", meta, new):
+        return previous, new
+    fresh = await cfg.kube.read("FedSession", meta["namespace"], meta["name"])
+    if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+        return None
+    if fresh["metadata"].get("generation") != meta.get("generation"):
+        return None
+    previous = fresh.get("status") or {}
+    new = decide(previous)
+    if new == previous or await _write_status(cfg, "FedSession", fresh["metadata"], new):
+        return previous, new
+    return None
 
 
 async def _write_status(cfg: Config, kind: str, meta: dict[str, Any], new: dict[str, Any]) -> bool:
