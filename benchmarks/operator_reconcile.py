@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +76,8 @@ class Cluster:
     workdir: Path
     #: "VERB resource[/subresource]" -> requests the API server has served so far (every client's), if it says
     served: Callable[[], Awaitable[Counter[str]]] | None = None
+    #: name -> pid of the API server's own processes, whose CPU seconds during the run are reported too
+    server_pids: dict[str, int] = field(default_factory=dict)
 
 
 @contextlib.asynccontextmanager
@@ -170,6 +172,7 @@ async def real_apiserver() -> AsyncIterator[Cluster]:
             kubeconfig=release.operator_kubeconfig,
             workdir=workdir,
             served=served,
+            server_pids={name: proc.pid for name, proc in plane.processes.items()},
         )
     finally:
         await asyncio.to_thread(plane.stop)
@@ -213,6 +216,7 @@ async def measure(cluster: Cluster, *, sessions: int, participants: int, timeout
             for path, (per_session, per_participant) in CHILDREN.items()
         }
         served_before = await cluster.served() if cluster.served else Counter()
+        servers_before = {name: _cpu_seconds(pid) for name, pid in cluster.server_pids.items()}
         start = time.perf_counter()
         for k in range(0, len(objs), CREATE_CONCURRENCY):
             await asyncio.gather(*(cluster.kube.apply(o) for o in objs[k : k + CREATE_CONCURRENCY]))
@@ -230,6 +234,10 @@ async def measure(cluster: Cluster, *, sessions: int, participants: int, timeout
         served = (await cluster.served() - served_before) if cluster.served else Counter()
         peak_mb = _status_value(pid, "VmHWM") / 1024
         cpu = _cpu_seconds(pid)
+        servers = {
+            f"{name}_cpu_seconds": round(_cpu_seconds(server) - servers_before[name], 2)
+            for name, server in cluster.server_pids.items()
+        }
         await asyncio.to_thread(stack.close)
     print(f"operator log: {operator.log_path}", file=sys.stderr)
     # NB: every client's requests (the benchmark's creates and counts too), to see the round trips
@@ -244,6 +252,7 @@ async def measure(cluster: Cluster, *, sessions: int, participants: int, timeout
         "ratio_to_limit": round(elapsed / LIMIT_S, 3),
         "operator_cpu_seconds": round(cpu, 2),
         "operator_peak_mb": round(peak_mb, 1),
+        **servers,
         **(requests if served else {}),
     }
 
