@@ -46,6 +46,10 @@ class Config:
     clock: Any = field(default=lambda: dt.datetime.now(dt.UTC))
     phases: PhaseCounter = field(default_factory=PhaseCounter)
     authorities: credentials.SessionAuthorities = field(default_factory=credentials.SessionAuthorities)
+    allowlists: credentials.AllowlistWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.allowlists = credentials.AllowlistWriter(self.kube)
 
     def image(self, component: str) -> str:
         return self.images.get(component) or builders.DEFAULT_IMAGE
@@ -476,6 +480,7 @@ async def issue_participant(
         session,
         owner=raw,
         authorities=cfg.authorities,
+        allowlists=cfg.allowlists,
         ca_wait_seconds=cfg.ca_wait_seconds,
         retry_seconds=cfg.retry_seconds,
     )
