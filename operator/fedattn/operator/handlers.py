@@ -8,6 +8,7 @@ benchmark run exactly these handlers and nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import json
@@ -29,6 +30,8 @@ REGISTRY = kopf.OperatorRegistry()
 SESSIONS = ("fedattn.io", "v1alpha1", "fedsessions")
 PARTICIPANTS = ("fedattn.io", "v1alpha1", "fedparticipants")
 PREFIX = "fedattn.io"
+#: The annotation where kopf keeps the spec it last handled (see configure_settings).
+HANDLED = f"{PREFIX}/last-handled-configuration"
 
 
 @dataclass
@@ -60,7 +63,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
+        prefix=PREFIX, key=HANDLED.rpartition("/")[2]
     )
     # NB: a namespaced Role cannot list namespaces or CRDs cluster-wide; the operator is given its
     # namespaces explicitly and the CRDs are installed before it starts, so no scanning is needed.
@@ -401,6 +404,20 @@ async def _write_status(cfg: Config, kind: str, meta: dict[str, Any], new: dict[
         raise
 
 
+async def _until_handled(body: kopf.Body, stopped: kopf.DaemonStopped, *, timeout_s: float) -> None:
+    """Until kopf has handled the session once (its annotation is on the live body), ``timeout_s`` at most.
+
+    Why: kopf patches a new session (finalizer, then the handled configuration) while its daemon starts,
+    and a status written meanwhile conflicts (a re-read and a second write each, for every new session).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while HANDLED not in (body["metadata"].get("annotations") or {}) and not stopped and loop.time() < deadline:
+        # NB: asyncio.sleep, not stopped.wait(): kopf re-raises the TimeoutError of a time-limited stopper
+        # wait that is still pending when the operator exits, and these short waits would often be
+        await asyncio.sleep(0.05)
+
+
 @kopf.daemon(*SESSIONS, registry=REGISTRY, cancellation_timeout=5.0)
 async def progress(
     stopped: kopf.DaemonStopped,
@@ -414,6 +431,7 @@ async def progress(
     cfg = _config(memo)
     state: dict[str, Any] = {}
     run = measured("fedsessions", "progress")(progress_once)
+    await _until_handled(body, stopped, timeout_s=cfg.poll_seconds)
     try:
         while not stopped:
             try:
