@@ -91,16 +91,23 @@ class OperatorProcess:
 
 @contextlib.contextmanager
 def run_operator(
-    *, kubeconfig: Path, namespace: str, workdir: Path, log_name: str, args: list[str]
+    *,
+    kubeconfig: Path,
+    namespace: str,
+    workdir: Path,
+    log_name: str,
+    args: list[str],
+    env: dict[str, str] | None = None,
 ) -> Iterator[OperatorProcess]:
     """``fedattn operator ARGS...`` with ``kubeconfig`` and ``POD_NAMESPACE``, healthy; stopped on exit.
+    ``env``: more environment, e.g. what the chart's Deployment sets.
 
     Its coordinator client dials in-cluster names; :func:`loopback_dns` keeps those lookups local.
     A process that exits before it is healthy raises RuntimeError with the tail of its log.
     """
     log_path = workdir / f"{log_name}.log"
     port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": namespace}
+    env = {**os.environ, **(env or {}), "KUBECONFIG": str(kubeconfig), "POD_NAMESPACE": namespace}
     env.pop("KUBERNETES_SERVICE_HOST", None)  # NB: never the in-cluster config of a machine inside a pod
     argv = [sys.executable, "-m", "fedattn.cli", "operator", *args, f"--health-address=127.0.0.1:{port}"]
     with open(log_path, "wb") as log:

@@ -26,14 +26,18 @@ FORBIDDEN = re.compile(r"[Ff]orbidden|\(403\)")
 
 
 @contextlib.contextmanager
-def running_operator(plane: ControlPlane, release: Release, *scope: str) -> Iterator[Path]:
-    """``fedattn operator SCOPE...`` authenticated as ``release``'s ServiceAccount, healthy; yields its log."""
+def running_operator(
+    plane: ControlPlane, release: Release, *scope: str, env: dict[str, str] | None = None
+) -> Iterator[Path]:
+    """``fedattn operator SCOPE...`` authenticated as ``release``'s ServiceAccount, healthy; yields its log.
+    ``env``: more environment, e.g. what the chart's Deployment sets."""
     with run_operator(
         kubeconfig=release.operator_kubeconfig,
         namespace=release.namespace,
         workdir=plane.workdir,
         log_name=f"{release.name}-operator",
         args=[*scope, "--log-level=DEBUG", "--poll-seconds=1"],
+        env=env,
     ) as running:
         yield running.log_path
 
