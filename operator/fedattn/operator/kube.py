@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 from kubernetes import client
 
+from fedattn.api import crds, schema
+
 MERGE = "application/merge-patch+json"
 #: Requests in flight at once for ``fedattn operator`` (threads = kept-alive connections).
 CONCURRENCY = 32
@@ -39,8 +41,7 @@ PATHS = {
     "Service": ("/api/v1", "services"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Job": ("/apis/batch/v1", "jobs"),
-    "FedSession": ("/apis/fedattn.io/v1alpha1", "fedsessions"),
-    "FedParticipant": ("/apis/fedattn.io/v1alpha1", "fedparticipants"),
+    **{kind: (f"/apis/{schema.GROUP}/{schema.VERSION}", k.plural) for kind, k in crds.kinds().items()},
     "Certificate": ("/apis/cert-manager.io/v1", "certificates"),
 }
 
@@ -165,18 +166,18 @@ class Kube:
         (key material must survive a retried handler)."""
         return await self._run(self._ensure, obj)
 
-    async def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    async def read(self, *, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None if it is gone (it may be deleted while we work)."""
         return await self._run(self._read, kind, namespace, name)
 
-    async def patch(self, kind: str, namespace: str, name: str, body: dict, *, status: bool = False) -> dict:
+    async def patch(self, *, kind: str, namespace: str, name: str, body: dict, status: bool = False) -> dict:
         return await self._run(self._patch, kind, namespace, name, body, status=status)
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+    async def delete(self, *, kind: str, namespace: str, name: str) -> bool:
         """Delete; False if it was already gone."""
         return await self._run(self._delete, kind, namespace, name)
 
-    async def list(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+    async def list(self, *, kind: str, namespace: str) -> list[dict[str, Any]]:
         return await self._run(self._list, kind, namespace)
 
     async def has_group_version(self, group_version: str) -> bool:
