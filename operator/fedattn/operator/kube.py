@@ -10,7 +10,8 @@ requests be in flight (see benchmarks/operator_reconcile.py). kopf keeps its own
 
 Requests go through the client's REST layer (authentication, TLS, connection pool) with JSON in and
 out, not through its generated typed methods: those validate every argument with pydantic and build
-models that we turned back into dicts, a third of the operator's CPU in the 100 x 4 benchmark profile.
+models that we turned back into dicts (~15% of the operator's GIL time in the 100 x 4 benchmark profile,
+more than the HTTP work of the same threads).
 Every function returns plain dicts (as the API sends them).
 """
 
