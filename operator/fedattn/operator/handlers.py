@@ -241,9 +241,10 @@ async def reconcile_session(
     if finished or status.deadline_failure(session, now=cfg.clock()):
         await _scale_down(cfg, session)  # NB: never (re)start a session that is over
     else:
-        for child in _session_children(session, cfg):
+        children = _session_children(session, cfg)
+        for child in children:
             kopf.adopt(child, owner=raw)
-            await cfg.kube.apply(child)
+        await asyncio.gather(*(cfg.kube.apply(child) for child in children))
         if generation > 1:  # NB: an update (e.g. suspend toggled): the participants' Jobs follow
             await _sync_participant_jobs(cfg, session)
     # NB: status is written by the progress daemon only; two writers would race and regress it.
