@@ -13,7 +13,7 @@ Two API servers:
   manager on loopback, binaries from scripts/k8s/build.sh), the Helm chart installed (CRDs, Role,
   ServiceAccount), the operator authenticated with the ServiceAccount's token: the chart's RBAC applies,
   as in tests/k8s/test_k8s_operator.py. Nothing runs the pods (no kubelet). The objects are created with
-  the admin's client, 16 at a time.
+  the admin's client (its own threads, 16 in flight), whichever operator code is measured.
 - default: kmock's emulator in this process (its cost grows with its request log, so the wall time is
   an upper bound on the operator's).
 
@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,6 @@ sys.path[:0] = [str(TESTS), str(TESTS / "k8s")]  # the emulator and the control 
 from apiserver import start_control_plane  # noqa: E402
 from release import OperatorProcess, install_release, run_operator  # noqa: E402
 
-from fedattn.operator.kube import Kube  # noqa: E402
 from operator_cluster import ApiServer, declare, names_of, seeded  # noqa: E402
 
 #: How many creates the benchmark keeps in flight (as a parallel ``kubectl apply`` would).
@@ -68,8 +68,9 @@ class Cluster:
     """What the measurement needs from an API server, whichever it is."""
 
     namespace: str
-    #: the admin's access, to create the FedSessions and FedParticipants
-    kube: Kube
+    #: the admin's client, to create the FedSessions and FedParticipants (with :func:`_create`, not the
+    #: operator's code: the load generator stays the same whichever operator is measured)
+    api: client.ApiClient
     #: kind path -> how many objects of it the namespace holds now
     count: Callable[[str], Awaitable[int]]
     #: a custom object as this API server wants it created: (kind, name, spec) -> manifest
@@ -108,7 +109,7 @@ async def emulated() -> AsyncIterator[Cluster]:
 
         yield Cluster(
             namespace="default",
-            kube=Kube(client.ApiClient(client.Configuration(host=str(server.url)))),
+            api=_client(client.Configuration(host=str(server.url))),
             count=count,
             manifest=seeded,
             kubeconfig=kubeconfig,
@@ -116,14 +117,31 @@ async def emulated() -> AsyncIterator[Cluster]:
         )
 
 
-def _get(api: client.ApiClient, path: str, **query: Any) -> bytes:
-    """GET ``path`` through ``api``'s connection and credentials; the raw body (no client models)."""
-    request = api.param_serialize("GET", path, query_params=list(query.items()), auth_settings=["BearerToken"])
+def _client(settings: client.Configuration) -> client.ApiClient:
+    settings.connection_pool_maxsize = CREATE_CONCURRENCY
+    return client.ApiClient(settings)
+
+
+def _call(api: client.ApiClient, method: str, path: str, *, body: Any = None, **query: Any) -> bytes:
+    """One request through ``api``'s connection and credentials; the raw body (no client models)."""
+    request = api.param_serialize(
+        method, path, query_params=list(query.items()), body=body, auth_settings=["BearerToken"]
+    )
     response = api.call_api(*request)
     response.read()
-    if response.status != 200:
+    if not 200 <= response.status <= 299:
         raise client.ApiException(http_resp=response)
     return response.data
+
+
+def _get(api: client.ApiClient, path: str, **query: Any) -> bytes:
+    return _call(api, "GET", path, **query)
+
+
+def _create(api: client.ApiClient, obj: dict[str, Any]) -> None:
+    """POST a FedSession or FedParticipant (plural: the kind in lower case + s)."""
+    path = f"/apis/{obj['apiVersion']}/namespaces/{obj['metadata']['namespace']}/{obj['kind'].lower()}s"
+    _call(api, "POST", path, body=obj)
 
 
 @contextlib.asynccontextmanager
@@ -132,8 +150,8 @@ async def real_apiserver() -> AsyncIterator[Cluster]:
     plane = await asyncio.to_thread(start_control_plane, workdir=workdir)
     try:
         settings = client.Configuration()
-        settings.connection_pool_maxsize = CREATE_CONCURRENCY
-        admin = config.new_client_from_config(config_file=str(plane.admin_kubeconfig), client_configuration=settings)
+        config.load_kube_config(config_file=str(plane.admin_kubeconfig), client_configuration=settings)
+        admin = _client(settings)
         release = await asyncio.to_thread(install_release, plane, admin, name="fedattn", namespace="fedattn")
         ns = release.namespace
 
@@ -168,7 +186,7 @@ async def real_apiserver() -> AsyncIterator[Cluster]:
 
         yield Cluster(
             namespace=ns,
-            kube=Kube(admin),
+            api=admin,
             count=count,
             manifest=manifest,
             kubeconfig=release.operator_kubeconfig,
@@ -221,8 +239,9 @@ async def measure(cluster: Cluster, *, sessions: int, participants: int, timeout
         servers_before = {name: _cpu_seconds(pid) for name, pid in cluster.server_pids.items()}
         startup_cpu = _cpu_seconds(pid)
         start = time.perf_counter()
-        for k in range(0, len(objs), CREATE_CONCURRENCY):
-            await asyncio.gather(*(cluster.kube.apply(o) for o in objs[k : k + CREATE_CONCURRENCY]))
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(max_workers=CREATE_CONCURRENCY) as creators:
+            await asyncio.gather(*(loop.run_in_executor(creators, _create, cluster.api, o) for o in objs))
         created = time.perf_counter() - start
         have = dict.fromkeys(CHILDREN, 0)
         while True:
