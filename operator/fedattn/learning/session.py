@@ -33,15 +33,22 @@ def seed(spec: Mapping[str, Any]) -> int:
     return int((spec.get("training") or {}).get("seed", 0))
 
 
-def initial_params(session: str, spec: Mapping[str, Any]) -> np.ndarray:
-    """The round-1 global model: seeded, so a restarted aggregator starts from the same point."""
-    return models.init_params(architecture(spec), seed=seed(spec))
+def builtin(spec: Mapping[str, Any]) -> bool:
+    """Whether the session trains a built-in model (else ``model.name: client``: the participants' own)."""
+    return (spec.get("model") or {}).get("name") != "client"
+
+
+def initial_params(session: str, spec: Mapping[str, Any]) -> np.ndarray | None:
+    """The round-1 global model: seeded, so a restarted aggregator starts from the same point (None
+    for the participants' own model)."""
+    return models.init_params(architecture(spec), seed=seed(spec)) if builtin(spec) else None
 
 
 def evaluator(session: str, spec: Mapping[str, Any]) -> Callable[[np.ndarray], float] | None:
     """Held-out accuracy of a global model on the session's test split (never trained on), unless the
-    session turned server-side evaluation off (``training.evaluate: false``)."""
-    if not (spec.get("training") or {}).get("evaluate", True):
+    session turned server-side evaluation off (``training.evaluate: false``) or trains the
+    participants' own model (evaluated by them: ``spec.evaluation``)."""
+    if not builtin(spec) or not (spec.get("training") or {}).get("evaluate", True):
         return None
     ds, arch = dataset(spec), architecture(spec)
     return lambda params: models.accuracy(arch, params, ds.test.x, ds.test.y)
