@@ -11,6 +11,7 @@ import base64
 from typing import Any
 
 from fedattn import pki
+from fedattn.api.spec import ParticipantSpec, SessionSpec
 from fedattn.operator import names
 
 DEFAULT_IMAGE = "fedattn:0.1.0"
@@ -286,9 +287,27 @@ def build_coordinator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) -
 CHECKPOINT_DIR = f"{names.STATE_DIR}/checkpoints"
 
 
+#: where the aggregator mounts ``spec.output.claimName`` (models and metrics out, ``model.initial`` in)
+OUTPUT_DIR = "/var/lib/fedattn/output"
+
+
+def _output_claim(session: dict) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Aggregator args, volumes and mounts for ``spec.output.claimName`` (none without one)."""
+    output = SessionSpec.from_manifest(session).output
+    if output is None or output.claim_name is None:
+        return [], [], []
+    return (
+        ["--output-dir", OUTPUT_DIR, "--model-dir", OUTPUT_DIR],
+        [{"name": "output", "persistentVolumeClaim": {"claimName": output.claim_name}}],
+        [{"name": "output", "mountPath": OUTPUT_DIR}],
+    )
+
+
 def build_aggregator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
-    """The aggregator: ZMQ ROUTER with the Curve server key, allowlist mounted as a directory."""
+    """The aggregator: ZMQ ROUTER with the Curve server key, allowlist mounted as a directory, and
+    the ``spec.output`` claim where it writes the trained models."""
     s = session["metadata"]["name"]
+    output_args, output_volumes, output_mounts = _output_claim(session)
     curve = names.CURVE_DIR
     args = [
         "--bind", f"tcp://0.0.0.0:{names.ZMQ_PORT}",
@@ -298,6 +317,7 @@ def build_aggregator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) ->
         "--metrics-host", "0.0.0.0",
         "--metrics-port", str(names.METRICS_PORT),
         "--checkpoint-dir", CHECKPOINT_DIR,
+        *output_args,
     ]  # fmt: skip
     return _deployment(
         session,
@@ -311,11 +331,13 @@ def build_aggregator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) ->
             # NB: an emptyDir survives container restarts, not pod rescheduling; checkpoints that must
             # outlive the pod need a PersistentVolumeClaim here instead.
             {"name": "checkpoints", "emptyDir": {}},
+            *output_volumes,
         ],
         mounts=[
             {"name": "curve", "mountPath": curve, "readOnly": True},
             {"name": "allow", "mountPath": names.ALLOW_DIR, "readOnly": True},
             {"name": "checkpoints", "mountPath": CHECKPOINT_DIR},
+            *output_mounts,
         ],
         image=image,
     )
@@ -370,6 +392,20 @@ def _private_volume(ref: dict[str, Any], key: str) -> dict[str, Any]:
     }
 
 
+def _user_code_and_data(participant: dict) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``spec.client`` as ``--client``, ``spec.volumes``/``volumeMounts`` passed through to the pod,
+    each mount's path handed to the client factory (``--volume NAME=PATH``); docs/byom.md."""
+    typed = ParticipantSpec.from_manifest(participant)
+    args = ["--client", typed.client.module] if typed.client is not None else []
+    mounts = []
+    for mount in typed.volume_mounts or ():
+        args += ["--volume", f"{mount.name}={mount.mount_path}"]
+        mounts.append({"name": mount.name, "mountPath": mount.mount_path, "readOnly": mount.read_only,
+                       **({"subPath": mount.sub_path} if mount.sub_path else {})})
+    # NB: a user volume named like ours ("pki", "private-data") makes the API server refuse the Job
+    return args, [dict(v) for v in typed.volumes or ()], mounts
+
+
 def build_participant_job(participant: dict, session: dict, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
     """An in-cluster participant: its credentials and only its own private data, pinned by ``spec.node``."""
     p, ns = participant["metadata"]["name"], participant["metadata"]["namespace"]
@@ -405,6 +441,10 @@ def build_participant_job(participant: dict, session: dict, *, image: str = DEFA
             path = f"{names.PRIVATE_DIR}/{key}"
             mounts.append({"name": f"private-{key}", "mountPath": path, "subPath": key, "readOnly": True})
             args += [f"--{key}-file", path]
+    user_args, user_volumes, user_mounts = _user_code_and_data(participant)
+    args += user_args
+    volumes += user_volumes
+    mounts += user_mounts
     meta = _meta(names.participant_job(p), s, "participant", participant=p)
     retries = session["spec"].get("resilience", {}).get("retries", 3)
     return {
