@@ -21,6 +21,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedattn.runner import local, manifests
@@ -129,3 +130,31 @@ def test_misfit_updates_are_refused_by_name_and_rounds_close_with_the_others(tmp
     assert by_name["bad-names"] == {("shape_mismatch", "update refused: array names differ from the session's "
                                                        "model: missing ['coef'], unexpected ['weights']")}
     assert set(by_name) == {"bad-shape", "bad-dtype", "bad-nan", "bad-names"}
+
+
+def test_a_session_starts_from_spec_model_initial(tmp_path):
+    """Rollback / warm start: ``model.initial`` is the first global model, not a participant's zeros."""
+    sys.path.insert(0, str(EXAMPLES))
+    try:
+        import sites
+        import sklearn_client
+    finally:
+        sys.path.remove(str(EXAMPLES))
+    union = sites.load(*(EXAMPLES / "volumes" / f"site-{s}" for s in "abc"))
+    trained = sklearn_client.new_model(lr=0.1, seed=0)
+    sklearn_client.epochs(trained, union.x_train, union.y_train, 20)
+    initial = tmp_path / "warm.npz"
+    np.savez(initial, coef=trained.coef_, intercept=trained.intercept_)
+    bundle = manifests.load(EXAMPLES / "sklearn-breast-cancer.yaml")
+    bundle.session["spec"].update(rounds=1, evaluation={"everyRounds": 1, "timeoutSeconds": 60})
+    bundle.session["spec"]["model"]["initial"] = {"path": str(initial)}  # NB: absolute: the join keeps it
+    bundle.session["spec"]["training"]["learningRate"] = 1e-6  # NB: one round barely moves it
+    with supervised(tmp_path / "logs") as supervisor:
+        session = local.start(bundle, workdir=tmp_path, supervisor=supervisor, output_dir=tmp_path / "out")
+        status = local.follow(session, on_status=lambda s: None, timeout_seconds=600)
+    assert status["phase"] == "Succeeded", status["message"]
+    assert status["rounds"][0]["evaluation"]["metrics"]["accuracy"] >= 0.95
+    from safetensors.numpy import load_file
+
+    final = load_file(tmp_path / "out" / bundle.name / "final.safetensors")
+    np.testing.assert_allclose(final["coef"], trained.coef_, atol=1e-3)

@@ -37,11 +37,11 @@ class Hooks:
 
     ``initial_params(session, spec)`` gives the initial model when ``ctl_configure`` carries none;
     ``evaluator(session, spec)`` gives a held-out ``evaluate(params) -> accuracy`` for close replies.
-    Both get the session's defaulted spec as a dict (``SessionSpec.to_manifest()``, mode included).
+    Both get the session's typed spec (parsed once at ``ctl_configure``).
     """
 
-    initial_params: Callable[[str, Mapping[str, Any]], np.ndarray | None] | None = None
-    evaluator: Callable[[str, Mapping[str, Any]], Evaluate | None] | None = None
+    initial_params: Callable[[str, SessionSpec], np.ndarray | None] | None = None
+    evaluator: Callable[[str, SessionSpec], Evaluate | None] | None = None
 
 
 class LearningProtocol(Conversation):
@@ -98,7 +98,7 @@ class LearningProtocol(Conversation):
         initial: list[np.ndarray] | np.ndarray | None,
         names: list[str] | None = None,
     ) -> LearningSession:
-        evaluate = self.hooks.evaluator(name, spec.to_manifest()) if self.hooks.evaluator else None
+        evaluate = self.hooks.evaluator(name, spec) if self.hooks.evaluator else None
         state = LearningSession(name=name, spec=spec, weights=weights, initial=initial, names=names,
                                 evaluate=evaluate)
         if spec.output is not None and self.output_dir is not None:
@@ -180,7 +180,7 @@ class LearningProtocol(Conversation):
         if spec.model is not None and spec.model.name == "client":
             return None, None
         if self.hooks.initial_params is not None:
-            got = self.hooks.initial_params(msg.session, spec.to_manifest())
+            got = self.hooks.initial_params(msg.session, spec)
             if got is not None:
                 return None, got
         size = msg.meta.get("params")

@@ -10,27 +10,27 @@ from typing import Any
 
 import numpy as np
 
+from fedattn.api.spec import SessionSpec
 from fedattn.client import Context
 from fedattn.learning import data, models, session
 from fedattn.learning.trainer import TrainConfig, train
 
 
 class DigitsClient:
-    """Trains the built-in model on this participant's Dirichlet shard of digits."""
+    """Trains the built-in model on this participant's Dirichlet shard of digits; ``spec`` is the
+    participant's typed view of ``context.spec``."""
 
-    def __init__(self, context: Context) -> None:
-        spec = context.spec
-        training = spec.get("training") or {}
+    def __init__(self, context: Context, *, spec: SessionSpec) -> None:
         self.index = context.index
         self.arch = session.architecture(spec)
         self.seed = session.seed(spec)
-        self.config = TrainConfig.from_spec(training)
+        self.config = TrainConfig.from_spec(spec.training)
         self.test = session.dataset(spec).test
         self.shard = data.participant_split(
             session.dataset(spec),
             index=context.index,
             parts=context.parts,
-            alpha=float(training.get("dirichletAlpha", 0.5)),
+            alpha=spec.training.dirichlet_alpha,
             seed=self.seed,
         )
 
@@ -48,7 +48,3 @@ class DigitsClient:
         loss, _ = models.loss_and_grad(self.arch, parameters[0], self.test.x, self.test.y)
         accuracy = models.accuracy(self.arch, parameters[0], self.test.x, self.test.y)
         return loss, len(self.test), {"accuracy": accuracy}
-
-
-def make_client(context: Context) -> DigitsClient:
-    return DigitsClient(context)

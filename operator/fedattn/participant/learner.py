@@ -16,6 +16,7 @@ import numpy as np
 
 from fedattn import wire
 from fedattn.aggregator.client import AggregatorClient, Timeout
+from fedattn.api.spec import SessionSpec
 from fedattn.client import Client, ClientError, as_arrays, clean_metrics, count
 from fedattn.learning import secagg
 from fedattn.learning.compression import CompressionSpec, ErrorFeedback
@@ -65,11 +66,11 @@ def run_learning(
     channel: AggregatorClient,
     *,
     client: Client,
-    spec: dict[str, Any],
+    spec: SessionSpec,
     name: str,
     session_over: Callable[[], bool],
     idle_timeout_seconds: float,
-    rehello_seconds: float = 30.0,
+    rehello_seconds: float,
     byzantine: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
     """Serve rounds until the aggregator says ``done`` (or the coordinator says the session ended).
@@ -85,7 +86,7 @@ def run_learning(
     participant into a simulated attacker (:func:`byzantine_update`); with ``spec.compression`` the
     update is a compressed delta.
     """
-    codec = CompressionSpec.from_manifest(spec["compression"]) if spec.get("compression") else None
+    codec = CompressionSpec.from_manifest(spec.compression)
     feedback: ErrorFeedback | None = None
     ctx = {"session": channel.session, "participant": name}
     channel.send("hello")
@@ -115,14 +116,14 @@ def run_learning(
             layout, global_params = _received(msg)
             names, new, examples, metrics = _fit(client, global_params, _config(msg))
             global_flat = layout.flatten(global_params)
-            if byzantine is not None or "secagg" in msg.meta or codec is not None:
+            if byzantine is not None or "secagg" in msg.meta or codec.codec != "dense":
                 try:  # NB: these work on the flat vector; the plain path lets the aggregator refuse a misfit
                     layout.check(new)
                 except LayoutError as exc:
                     log.error("the client's model does not fit the session's: %s", exc,
                               extra={**ctx, "round": msg.round})
                     continue
-            if codec is not None and codec.codec != "dense" and feedback is None:
+            if codec.codec != "dense" and feedback is None:
                 feedback = ErrorFeedback(size=layout.size, spec=codec)
             if byzantine is not None:
                 flipped = byzantine_update(global_flat, layout.flatten(new), mode=byzantine[0], scale=byzantine[1])

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from fedattn.client import Context, clean_metrics, module_hook
 from fedattn.runner import volumes
-from fedattn.runner.local import participant_spec
 from fedattn.runner.manifests import Bundle
 
 
@@ -23,7 +22,7 @@ def contexts(bundle: Bundle, *, workdir: Path) -> list[Context]:
     names = bundle.participant_names
     out = []
     for index, name in enumerate(names):
-        spec = participant_spec(bundle, name)
+        spec = bundle.participant_spec(name)
         data = volumes.private_file(workdir, name, "data")
         out.append(Context(
             participant=name,
@@ -33,14 +32,14 @@ def contexts(bundle: Bundle, *, workdir: Path) -> list[Context]:
             data_file=data if data.exists() else None,
             volumes=volumes.mounts(bundle, name, spec, workdir=workdir),
             node_config={**(spec.node or {}), "participant": name, "index": index, "parts": len(names)},
-            spec=bundle.spec,
+            spec=bundle.spec.to_manifest(),
         ))
     return out
 
 
 def centralized_baseline(bundle: Bundle, *, workdir: Path) -> dict[str, float] | None:
     """The client module's ``centralized_baseline`` metrics, or None when it has none."""
-    client = participant_spec(bundle, bundle.participant_names[0]).client
+    client = bundle.participant_spec(bundle.participant_names[0]).client
     if client is None:
         return None
     if str(bundle.directory) not in sys.path:

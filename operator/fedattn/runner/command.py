@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from fedattn.api.spec import SessionSpec
+from fedattn.api import ManifestError
+from fedattn.api.schema import SessionPhase
 from fedattn.runner import local, manifests, summary
 from fedattn.runner.processes import supervised
 
@@ -41,14 +42,14 @@ def _centralized(bundle: manifests.Bundle, workdir: Path) -> dict[str, float] | 
 
 def _output_dir(bundle: manifests.Bundle, root: Path) -> Path | None:
     """Where the aggregator wrote this session's ``spec.output`` (None without one)."""
-    output = SessionSpec.from_manifest(bundle.session).output
+    output = bundle.spec.output
     return None if output is None else root / (output.sub_path or bundle.name)
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         bundle = manifests.load(args.file)
-    except manifests.ManifestError as exc:
+    except ManifestError as exc:
         print(f"fedattn run: {exc}", file=sys.stderr)
         return 2
     workdir = args.workdir or Path(".fedattn") / "runs" / f"{bundle.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -68,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         status = local.follow(session, on_status=show, timeout_seconds=args.timeout_seconds)
         local.wait_participants(session)
         status = session.status()
-        if bundle.spec["mode"] == "learning":
+        if bundle.spec.mode == "learning":
             result = summary.learning_summary(
                 status,
                 centralized=_centralized(bundle, workdir),
@@ -84,4 +85,4 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
     else:
         print(f"{bundle.name}: {result['phase']}; details in {workdir}")
-    return 0 if result["phase"] == "Succeeded" else 1
+    return 0 if result["phase"] == SessionPhase.SUCCEEDED else 1

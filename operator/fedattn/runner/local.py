@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from fedattn import pki
-from fedattn.api.spec import ParticipantSpec
+from fedattn.api.schema import SessionPhase
 from fedattn.coordinator.client import CoordinatorClient
 from fedattn.resilience import Policy
 from fedattn.runner import volumes
 from fedattn.runner.manifests import Bundle
 from fedattn.runner.processes import Supervisor, free_port, wait_ready
 
-TERMINAL_PHASES = ("Succeeded", "Failed")
+TERMINAL_PHASES = (SessionPhase.SUCCEEDED, SessionPhase.FAILED)
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def start(
     admin = CoordinatorClient(
         base_url=endpoints.coordinator,
         identity=identities["operator"],
-        policy=Policy.from_spec(bundle.spec.get("resilience")),
+        policy=Policy.from_spec(bundle.spec.resilience),
     )
     admin.create_session(bundle.session, bundle.participants)
     session = LocalSession(bundle, workdir, supervisor, endpoints, admin, store_dsn)
@@ -163,7 +163,7 @@ def start_participant(session: LocalSession, name: str) -> None:
         "--pki-dir", str(session.workdir / "pki"),
         "--result-file", str(session.workdir / "results" / f"{name}.json"),
     ]
-    spec = participant_spec(session.bundle, name)
+    spec = session.bundle.participant_spec(name)
     if spec.simulation is not None and spec.simulation.byzantine:
         args += ["--simulate-byzantine", spec.simulation.byzantine, "--simulate-scale", str(spec.simulation.scale)]
     if spec.client is not None:
@@ -182,14 +182,6 @@ def start_participant(session: LocalSession, name: str) -> None:
     blas = {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     path = os.pathsep.join(p for p in (str(session.bundle.directory), os.environ.get("PYTHONPATH")) if p)
     session.supervisor.start(f"participant-{name}", args, env={**blas, "PYTHONPATH": path})
-
-
-def participant_spec(bundle: Bundle, name: str) -> ParticipantSpec:
-    """The typed spec of the bundle's participant ``name``."""
-    for manifest in bundle.participants:
-        if manifest["metadata"]["name"] == name:
-            return ParticipantSpec.from_manifest(manifest)
-    raise KeyError(f"no FedParticipant {name!r} in {bundle.name}")
 
 
 def follow(
