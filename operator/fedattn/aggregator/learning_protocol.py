@@ -249,18 +249,19 @@ class LearningProtocol(Conversation):
         later ones are acknowledged and dropped."""
         state.routes[msg.participant] = route
         ids = {"session": state.name, "participant": msg.participant}
-        if not state.has_model:
+        adopted = not state.has_model
+        if adopted:
             try:
                 state.adopt(list(msg.arrays), names_of(msg.meta))
             except (LayoutError, ValueError) as exc:
                 raise wire.WireError("shape_mismatch", f"parameters refused as the initial model: {exc}") from None
             log.info("initial model from %s: %d parameters", msg.participant, state.size, extra=ids)
-            if state.open:
-                for name in sorted(state.members - state.contributed.keys()):
-                    if name in state.routes:
-                        self._send_model(state, name)
         self.link.reply(route, kind="ack", session=state.name, participant=msg.participant, round=msg.round,
                         meta={"seq": msg.seq})
+        if adopted and state.open:
+            for name in sorted(state.members - state.contributed.keys()):
+                if name in state.routes:
+                    self._send_model(state, name)
 
     def _evaluation(self, route: bytes, state: LearningSession, msg: wire.Message, checksums: list[int]) -> None:
         if state.evaluation is None:
