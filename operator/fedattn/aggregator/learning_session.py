@@ -77,7 +77,7 @@ class LearningSession(Session):
         initial: list[np.ndarray] | np.ndarray | None,
         names: list[str] | None = None,
         evaluate: Evaluate | None = None,
-        max_payload_bytes: int = 1 << 30,
+        max_payload_bytes: int = 1 << 30,  # NB: until a model sets it; the socket's frame limit still holds
     ) -> None:
         super().__init__(name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=max_payload_bytes)
         self.layout: Layout | None = None
@@ -117,9 +117,8 @@ class LearningSession(Session):
         if self.layout is not None:
             raise ValueError("the session already has its initial model")
         if len(arrays) == 1 and names is None:
-            arrays = [np.asarray(arrays[0]).reshape(-1)]  # NB: a flat vector from ctl_configure or a hook
-        if names is None and len(arrays) == 1:
-            names = [FLAT]
+            # NB: an unnamed single array (ctl_configure, the built-in hook) is the flat float32 model
+            arrays, names = [np.asarray(arrays[0], dtype=np.float32).reshape(-1)], [FLAT]
         layout = Layout.of(arrays, names)
         layout.check(arrays)
         self.layout = layout

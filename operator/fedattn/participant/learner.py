@@ -62,6 +62,7 @@ def _config(msg: wire.Message) -> dict[str, Any]:
     """What the strategy asks of clients this round (Flower's configure_fit config)."""
     return {"server_round": msg.round, **(msg.meta.get("config") or {})}
 
+
 def run_learning(
     channel: AggregatorClient,
     *,
@@ -167,6 +168,8 @@ def run_learning(
                 channel.send("hello")
         elif msg.kind == "done":
             evaluation = None
+            # NB: evaluate is optional in the Client contract (Flower's default raises); without it
+            # this participant's own record simply has no final figures
             if msg.arrays and callable(getattr(client, "evaluate", None)):
                 _, params = _received(msg)
                 evaluation = _evaluate(client, params, {"server_round": msg.round, "final": True})
