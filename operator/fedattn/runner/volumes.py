@@ -24,6 +24,10 @@ from fedattn.api.spec import ParticipantSpec
 from fedattn.runner.manifests import Bundle, ManifestError
 
 
+def _error(participant: str, problem: str) -> ManifestError:
+    return ManifestError("FedParticipant", participant, [problem])
+
+
 def _materialize(doc: Mapping[str, Any], into: Path) -> None:
     into.mkdir(parents=True, exist_ok=True)
     entries = {**(doc.get("data") or {})} if doc.get("kind") == "ConfigMap" else {}
@@ -41,7 +45,7 @@ def _materialize(doc: Mapping[str, Any], into: Path) -> None:
 
 def _volume_root(bundle: Bundle, participant: str, volume: Mapping[str, Any], *, workdir: Path) -> Path:
     name = volume.get("name", "?")
-    where = f"FedParticipant {participant} spec.volumes {name!r}"
+    where = f"spec.volumes {name!r}"
     if "persistentVolumeClaim" in volume:
         return bundle.directory / "volumes" / str(volume["persistentVolumeClaim"].get("claimName"))
     if "hostPath" in volume:
@@ -55,12 +59,12 @@ def _volume_root(bundle: Bundle, participant: str, volume: Mapping[str, Any], *,
             ref = volume[key].get(field_name)
             doc = bundle.objects.get((kind, ref))
             if doc is None:
-                raise ManifestError(f"{where}: {kind} {ref!r} is not in the file")
+                raise _error(participant, f"{where}: {kind} {ref!r} is not in the file")
             path = workdir / "volumes" / participant / name
             _materialize(doc, path)
             return path
-    raise ManifestError(f"{where}: a local run stands in for persistentVolumeClaim, hostPath, configMap, secret "
-                        f"and emptyDir volumes, not {sorted(k for k in volume if k != 'name')}")
+    raise _error(participant, f"{where}: a local run stands in for persistentVolumeClaim, hostPath, configMap, "
+                              f"secret and emptyDir volumes, not {sorted(k for k in volume if k != 'name')}")
 
 
 def mounts(bundle: Bundle, participant: str, spec: ParticipantSpec, *, workdir: Path) -> dict[str, Path]:
@@ -69,8 +73,8 @@ def mounts(bundle: Bundle, participant: str, spec: ParticipantSpec, *, workdir: 
     out = {}
     for mount in spec.volume_mounts or ():
         if mount.name not in volumes:
-            raise ManifestError(f"FedParticipant {participant}: volumeMount {mount.name!r} names no volume in "
-                                f"spec.volumes {sorted(volumes)}")
+            raise _error(participant, f"spec.volumeMounts: {mount.name!r} names no volume in spec.volumes "
+                                      f"{sorted(volumes)}")
         root = _volume_root(bundle, participant, volumes[mount.name], workdir=workdir)
         out[mount.name] = (root / mount.sub_path) if mount.sub_path else root
     return out
