@@ -308,7 +308,16 @@ async def _reissue_earlier_runs(cfg: Config, session: Session) -> None:
         except ManifestError:
             continue  # NB: its own handler marked it Failed; it has no credentials to renew
         await credentials.forget_run(cfg.kube, namespace=ns, participant=name)
-        await credentials.ensure_participant(cfg.kube, participant, session, owner=p, retry_seconds=cfg.retry_seconds)
+        await credentials.ensure_participant(
+            cfg.kube,
+            participant,
+            session,
+            owner=p,
+            authorities=cfg.authorities,
+            allowlists=cfg.allowlists,
+            ca_wait_seconds=cfg.ca_wait_seconds,
+            retry_seconds=cfg.retry_seconds,
+        )
         if not participant["spec"].external and not session["spec"].suspend:
             job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
             kopf.adopt(job, owner=p)
@@ -432,10 +441,10 @@ async def progress_once(
     if written is None:
         return  # the session changed meanwhile (or is being deleted): decide again on the next pass
     previous, new = written
-    if previous.get("phase") not in status.TERMINAL and new["phase"] in status.TERMINAL:
-        await _clean_up(cfg, _with_database(session, cfg))  # NB: it just finished (or failed its deadline)
     for kind, reason, message in status.transitions(previous, new):
         kopf.event(body, type=kind, reason=reason, message=message)
+    if previous.get("phase") not in status.TERMINAL and new["phase"] in status.TERMINAL:
+        await _clean_up(cfg, _with_database(session, cfg))  # NB: it just finished (or failed its deadline)
     cfg.phases.set(ns, s, new["phase"], conditions=new.get("conditions", []))
     if coordinator is not None:
         await _update_participants(cfg, session, members, coordinator.get("participant_status") or {}, now=now)
