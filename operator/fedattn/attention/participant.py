@@ -28,6 +28,7 @@ from fedattn.attention.forward import (
     project_qkv,
 )
 from fedattn.attention.gguf_model import LlamaModel
+from fedattn.attention.kvcodec import KEY_AXIS, VALUE_AXIS, block_nbytes, roundtrip
 from fedattn.attention.masks import kept_rows
 from fedattn.attention.reference import FedAttnPlan
 
@@ -81,8 +82,13 @@ def participant_prefill(
     prefix_ids: np.ndarray,
     plan: FedAttnPlan,
     exchange: Exchange,
+    publisher: bool = False,
 ) -> PrefillResult:
-    """Prefill one participant's slice; ``exchange`` is called once per sync layer, in layer order."""
+    """Prefill one participant's slice; ``exchange`` is called once per sync layer, in layer order.
+
+    ``publisher``: this participant is the last in prompt order (it receives at every sync layer; a
+    document holder receives only at the plan's holder sync layers).
+    """
     cfg = model.config
     own_positions = np.asarray(own_positions, dtype=np.int64)
     n_prefix, n_own = len(prefix_ids), len(own_ids)
@@ -95,13 +101,15 @@ def participant_prefill(
     own_max = int(own_positions[-1])
     h = embed(model, ids)
     cache, sent_bytes, sync_seconds = [], 0, []
+    receive_layers = plan.receive_layers(publisher=publisher)
     for layer in range(cfg.n_layers):
         q, k, v = project_qkv(model, layer, h, positions)
         context = LayerKV(k, v, positions)
         if layer in plan.sync_layers:
             keep = kept_rows(n_own, plan.keep_ratio, seed=plan.seed, participant=participant, layer=layer)
-            send_k = np.ascontiguousarray(k[:, n_prefix:][:, keep])
-            send_v = np.ascontiguousarray(v[:, n_prefix:][:, keep])
+            # NB: the codec's round trip is what every receiver attends to, whatever the transport.
+            send_k = roundtrip(np.ascontiguousarray(k[:, n_prefix:][:, keep]), plan.kv_codec, axis=KEY_AXIS)
+            send_v = roundtrip(np.ascontiguousarray(v[:, n_prefix:][:, keep]), plan.kv_codec, axis=VALUE_AXIS)
             started = time.perf_counter()
             got_k, got_v, got_pos = _checked_global(
                 exchange(layer, send_k, send_v, own_positions[keep]),
@@ -111,10 +119,12 @@ def participant_prefill(
                 n_prefix=n_prefix,
             )
             sync_seconds.append(time.perf_counter() - started)
-            sent_bytes += send_k.nbytes + send_v.nbytes + own_positions[keep].nbytes
+            sent_bytes += block_nbytes(
+                plan.kv_codec, n_rows=int(keep.sum()), n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim
+            ) + own_positions[keep].nbytes
             # NB: own rows are used whole (a sparse sync sends only some of them); later rows of others
             # are dropped because decoding would otherwise see positions beyond its own prompt.
-            others = ~np.isin(got_pos, own_positions) & (got_pos <= own_max)
+            others = ~np.isin(got_pos, own_positions) & (got_pos <= own_max) & (layer in receive_layers)
             context = _merged(context, got_k[:, others], got_v[:, others], got_pos[others])
             log.debug("sync", extra={"participant": participant, "layer": layer, "rows": int(others.sum())})
         h = finish_layer(model, layer, h, attend(cfg, q, context, causal_mask(positions, context.positions)))

@@ -1,0 +1,127 @@
+"""How K/V rows travel at a sync layer: float32, float16, or asymmetric integer codes with scales.
+
+Integer codecs follow KIVI (Liu et al., 2024): keys are quantized per channel (one scale and
+minimum per KV head and head-dim channel, over the block's rows), because a few key channels carry
+large magnitudes that a shared per-token scale would crush; values are quantized per token (one
+scale and minimum per KV head and row). Scales and minima travel as float16. A block is what one
+participant sends at one layer, so the scales are a function of that block alone: the reference and
+the distributed run quantize identically.
+
+``roundtrip`` is what a receiver sees; ``encode``/``decode`` are the wire form; ``block_nbytes`` is
+what a block costs on the wire (codes plus scales; positions are counted by the caller).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+
+class KVCodec(StrEnum):
+    """K/V element format on the wire (``spec.kvCodec``)."""
+
+    FLOAT32 = "float32"  # exact
+    FLOAT16 = "float16"  # IEEE half: 2 bytes per element, no scales
+    INT8 = "int8"  # 8-bit codes, keys per channel, values per token
+    INT4 = "int4"  # 4-bit codes, two per byte
+    INT2 = "int2"  # 2-bit codes, four per byte
+
+
+_BITS = {KVCodec.INT8: 8, KVCodec.INT4: 4, KVCodec.INT2: 2}
+#: axis the integer scales reduce over in a (n_kv_heads, T, head_dim) block: keys over rows
+#: (one scale per channel), values over channels (one scale per row)
+KEY_AXIS, VALUE_AXIS = 1, 2
+_SCALE_BYTES = 2  # float16 scale and float16 minimum per group
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One K or V block in wire form: packed codes (or float16 values) and per-group scale/minimum."""
+
+    codec: KVCodec
+    shape: tuple[int, int, int]
+    data: np.ndarray  # uint8 packed codes, float16 or float32 values
+    scale: np.ndarray | None = None  # float16, broadcastable to shape
+    minimum: np.ndarray | None = None  # float16, broadcastable to shape
+
+    @property
+    def nbytes(self) -> int:
+        extra = 0 if self.scale is None else self.scale.nbytes + self.minimum.nbytes
+        return int(self.data.nbytes) + extra
+
+
+def encode(x: np.ndarray, codec: KVCodec | str, *, axis: int) -> Encoded:
+    """Encode a (n_kv_heads, T, head_dim) float32 block; integer scales reduce over ``axis``."""
+    codec = KVCodec(codec)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"K/V block must be (n_kv_heads, T, head_dim), got shape {x.shape}")
+    shape = (int(x.shape[0]), int(x.shape[1]), int(x.shape[2]))
+    if codec is KVCodec.FLOAT32:
+        return Encoded(codec, shape, np.ascontiguousarray(x))
+    if codec is KVCodec.FLOAT16:
+        return Encoded(codec, shape, x.astype(np.float16))
+    levels = (1 << _BITS[codec]) - 1
+    if x.size == 0:
+        empty = np.zeros((shape[0], 0, 1), np.float16)  # no rows, no groups: nothing on the wire
+        return Encoded(codec, shape, np.zeros(0, np.uint8), empty, empty)
+    minimum = x.min(axis=axis, keepdims=True).astype(np.float16)
+    # NB: scales are rounded to float16 before the codes are computed, so decoding with the float16
+    # scale the receiver gets reproduces exactly the grid the sender rounded to.
+    span = x.max(axis=axis, keepdims=True) - minimum.astype(np.float32)
+    scale = (span / levels).astype(np.float16)
+    safe = np.where(scale > 0, scale.astype(np.float32), np.float32(1.0))
+    codes = np.clip(np.rint((x - minimum.astype(np.float32)) / safe), 0, levels).astype(np.uint8)
+    return Encoded(codec, shape, _pack(codes.ravel(), _BITS[codec]), scale, minimum)
+
+
+def decode(encoded: Encoded) -> np.ndarray:
+    """The float32 block a receiver attends to."""
+    if encoded.codec in (KVCodec.FLOAT32, KVCodec.FLOAT16):
+        return encoded.data.astype(np.float32).reshape(encoded.shape)
+    n = math.prod(encoded.shape)
+    codes = _unpack(encoded.data, _BITS[encoded.codec], n).reshape(encoded.shape).astype(np.float32)
+    return encoded.minimum.astype(np.float32) + codes * encoded.scale.astype(np.float32)
+
+
+def roundtrip(x: np.ndarray, codec: KVCodec | str, *, axis: int) -> np.ndarray:
+    """``decode(encode(x))``: the values every other participant sees for this block."""
+    if KVCodec(codec) is KVCodec.FLOAT32:
+        return np.asarray(x, dtype=np.float32)
+    return decode(encode(x, codec, axis=axis))
+
+
+def block_nbytes(codec: KVCodec | str, *, n_rows: int, n_kv_heads: int, head_dim: int) -> int:
+    """Wire bytes of one participant's K and V block of ``n_rows`` rows (codes and scales)."""
+    codec = KVCodec(codec)
+    elements = n_kv_heads * n_rows * head_dim
+    if codec is KVCodec.FLOAT32:
+        return 2 * 4 * elements
+    if codec is KVCodec.FLOAT16:
+        return 2 * 2 * elements
+    if n_rows == 0:
+        return 0
+    codes = 2 * math.ceil(elements * _BITS[codec] / 8)
+    key_groups, value_groups = n_kv_heads * head_dim, n_kv_heads * n_rows
+    return codes + 2 * _SCALE_BYTES * (key_groups + value_groups)
+
+
+def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """Little-endian within a byte: code i of a byte sits at bit offset bits * i."""
+    per_byte = 8 // bits
+    padded = np.zeros(math.ceil(codes.size / per_byte) * per_byte, np.uint8)
+    padded[: codes.size] = codes
+    lanes = padded.reshape(-1, per_byte).astype(np.uint16) << (bits * np.arange(per_byte, dtype=np.uint16))
+    return lanes.sum(axis=1, dtype=np.uint16).astype(np.uint8)
+
+
+def _unpack(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
+    per_byte = 8 // bits
+    if packed.size != math.ceil(n / per_byte):
+        raise ValueError(f"{packed.size} code bytes cannot hold {n} {bits}-bit codes")
+    mask = np.uint8((1 << bits) - 1)
+    lanes = (packed[:, None] >> (bits * np.arange(per_byte, dtype=np.uint8))) & mask
+    return lanes.ravel()[:n]
