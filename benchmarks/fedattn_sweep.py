@@ -19,7 +19,7 @@ Everything runs on the single-process reference (``reference_run``), which the p
 the distributed runs reproduce to 1e-3 (tests), so a sweep row costs one masked forward per prompt.
 Teacher forcing is that same forward over prompt + centralized answer (the answer rows belong to the
 publisher, which is what decoding does). Centralized answers and logits are cached per prompt.
-``--greedy`` searches explicit sync layers on the even-indexed prompts (training) and reports them
+``--drops`` searches explicit sync layers on the even-indexed prompts (training) and reports them
 on the odd-indexed ones (held out). A PNG of the frontier is written next to ``--json``.
 
     .venv/bin/python benchmarks/fedattn_sweep.py --quick
@@ -308,25 +308,24 @@ def grid(args, *, n: int) -> list[Scheme]:
     return schemes
 
 
-def greedy_layers(
-    model, tokenizer, prompts: list[Prompt], *, codec: str, count: int, max_new: int, log
+def pruned_layers(
+    model, tokenizer, prompts: list[Prompt], *, codec: str, drops: list[int], max_new: int, log
 ) -> list[tuple[int, ...]]:
-    """Explicit sync layers chosen one at a time by the lowest decode KL on ``cases``; every prefix."""
-    chosen: tuple[int, ...] = ()
-    found = []
-    for _ in range(count):
-        best = None
-        for layer in range(model.config.n_layers):
-            if layer in chosen:
-                continue
-            scheme = Scheme(policy="explicit", layers=tuple(sorted((*chosen, layer))), codec=codec, holders="none")
-            row = evaluate(model, tokenizer, prompts, scheme=scheme, generate=False, max_new=max_new)
-            if best is None or row["kl"] < best[1]:
-                best = (layer, row["kl"])
-        chosen = tuple(sorted((*chosen, best[0])))
-        found.append(chosen)
-        print(f"greedy N={prompts[0].n} {codec}: {list(chosen)} train KL {best[1]:.4f}", file=log)
-    return found
+    """Explicit sync layers: start from every layer, rank each layer by how much dropping it alone
+    raises the decode KL on ``prompts``, then drop the least harmful ones greedily in that order.
+
+    NB: a full greedy search (re-ranking after every drop) costs n_layers evaluations per step; on
+    two shared cores one ranking pass is what fits, and later drops are checked on held-out prompts.
+    """
+    n_layers = model.config.n_layers
+    every = tuple(range(n_layers))
+    harm = {}
+    for layer in every:
+        scheme = Scheme(policy="explicit", layers=tuple(x for x in every if x != layer), codec=codec, holders="none")
+        harm[layer] = evaluate(model, tokenizer, prompts, scheme=scheme, generate=False, max_new=max_new)["kl"]
+    order = sorted(every, key=lambda layer: harm[layer])
+    print(f"drop ranking N={prompts[0].n} {codec}: {[(x, round(harm[x], 4)) for x in order]}", file=log)
+    return [tuple(sorted(set(every) - set(order[:k]))) for k in drops]
 
 
 def pareto(rows: list[dict], key: str) -> list[dict]:
@@ -403,18 +402,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--n", type=int, nargs="+", default=[2, 4], help="participant counts")
     parser.add_argument(
         "--codecs",
-        nargs="+",
+        nargs="*",
         default=["float32", "float16", "int8", "int4", "int2"],
         choices=[c.value for c in KVCodec],
     )
-    parser.add_argument("--intervals", type=int, nargs="+", default=[1, 2, 4, 8], help="uniform sync intervals H")
+    parser.add_argument("--intervals", type=int, nargs="*", default=[1, 2, 4, 8], help="uniform sync intervals H")
     parser.add_argument("--policies", nargs="*", default=[], choices=[p.value for p in SyncPolicy])
     parser.add_argument("--policy-intervals", type=int, nargs="+", default=[2, 4])
     parser.add_argument("--holders", nargs="*", default=[], help="asymmetric holder schedules: none, every-K")
     parser.add_argument("--no-symmetric", action="store_true", help="at N > 2 skip schemes where holders listen")
     parser.add_argument("--keep", type=float, nargs="*", default=[], help="kvKeepRatio values (< 1) at H=1")
-    parser.add_argument("--greedy", type=int, default=0, help="greedy explicit layers: how many to pick")
-    parser.add_argument("--greedy-codec", default="int4", choices=[c.value for c in KVCodec])
+    parser.add_argument(
+        "--drops",
+        type=int,
+        nargs="*",
+        default=[],
+        help="explicit layers: drop this many of the least harmful sync layers (ranked on training prompts)",
+    )
+    parser.add_argument("--search-codec", default="int4", choices=[c.value for c in KVCodec])
     parser.add_argument("--limit", type=int, help="use only the first LIMIT prompts")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens per prompt")
     parser.add_argument(
@@ -425,14 +430,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/fedattn-sweep-cache"))
     parser.add_argument("--json", type=Path, help="write the rows here, and the frontier plot next to it (.png)")
+    parser.add_argument("--combine", type=Path, nargs="+", help="only merge these --json outputs into --json")
     args = parser.parse_args(argv)
     if args.quick:
         args.limit, args.n, args.intervals, args.codecs = args.limit or 4, [2], [1, 4], ["float32", "int4"]
     return args
 
 
+def report(rows: list[dict], *, central_correct: int, prompts: int, ns: list[int], out: Path | None) -> None:
+    """Tables (every row; best per byte budget) on stdout, and the JSON and its PNG plot when asked."""
+    full = [r for r in rows if "split" not in r]
+    keys = ["scheme", "N", "bytes_fraction", "prefill_top1", "top1", "kl", "correct", "prompts"]
+    print(f"centralized: {central_correct}/{prompts}")
+    print_table(rows, sys.stdout, keys)
+    print("\nbest at each budget (by correct answers, then top-1):")
+    print_table(
+        best_at_budgets([r for r in full if r["correct"] is not None], key="correct"), sys.stdout, ["budget", *keys]
+    )
+    print("\nbest at each budget (by top-1):")
+    print_table(best_at_budgets(full, key="top1"), sys.stdout, ["budget", *keys])
+    if out:
+        out.write_text(json.dumps({"centralized_correct": central_correct, "prompts": prompts, "rows": rows}, indent=1))
+        plot(full, out.with_suffix(".png"), centralized=dict.fromkeys(ns, central_correct))
+        print(f"wrote {out} and {out.with_suffix('.png')}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.combine:
+        parts = [json.loads(path.read_text()) for path in args.combine]
+        rows = [row for part in parts for row in part["rows"]]
+        ns = sorted({r["N"] for r in rows})
+        report(rows, central_correct=parts[0]["centralized_correct"], prompts=parts[0]["prompts"], ns=ns, out=args.json)
+        return 0
     model, tokenizer = load_model(), load_tokenizer()
     cases = load_cases(args.prompts)[: args.limit]
     log = sys.stderr
@@ -447,17 +477,17 @@ def main(argv: list[str] | None = None) -> int:
         rows = []
         for n in args.n:
             prompts = [Prompt(model, case, central, n=n) for case, central in zip(cases, centrals, strict=True)]
-            if args.greedy:
-                for layers in greedy_layers(
+            if args.drops:
+                for layers in pruned_layers(
                     model,
                     tokenizer,
                     prompts[0::2],
-                    codec=args.greedy_codec,
-                    count=args.greedy,
+                    codec=args.search_codec,
+                    drops=args.drops,
                     max_new=args.max_new_tokens,
                     log=log,
                 ):
-                    scheme = Scheme(policy="explicit", layers=layers, codec=args.greedy_codec, holders="none")
+                    scheme = Scheme(policy="explicit", layers=layers, codec=args.search_codec, holders="none")
                     row = evaluate(
                         model, tokenizer, prompts[1::2], scheme=scheme, generate=True, max_new=args.max_new_tokens
                     )
@@ -490,22 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                             for p in prompts
                         )
                         print(f"generated: {row['scheme']} N={n}: {row['correct']}/{row['prompts']}", file=log)
-    full = [r for r in rows if "split" not in r]
-    keys = ["scheme", "N", "bytes_fraction", "prefill_top1", "top1", "kl", "correct", "prompts"]
-    print(f"centralized: {central_correct}/{len(cases)}")
-    print_table(rows, sys.stdout, keys)
-    print("\nbest at each budget (by correct answers, then top-1):")
-    print_table(
-        best_at_budgets([r for r in full if r["correct"] is not None], key="correct"), sys.stdout, ["budget", *keys]
-    )
-    print("\nbest at each budget (by top-1):")
-    print_table(best_at_budgets(full, key="top1"), sys.stdout, ["budget", *keys])
-    if args.json:
-        args.json.write_text(
-            json.dumps({"centralized_correct": central_correct, "prompts": len(cases), "rows": rows}, indent=1)
-        )
-        plot(full, args.json.with_suffix(".png"), centralized=dict.fromkeys(args.n, central_correct))
-        print(f"wrote {args.json} and {args.json.with_suffix('.png')}", file=log)
+    report(rows, central_correct=central_correct, prompts=len(cases), ns=args.n, out=args.json)
     return 0
 
 

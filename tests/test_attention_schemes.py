@@ -6,6 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedattn.api.spec import SessionSpec
+from fedattn.attention import spec as attention_spec
 from fedattn.attention.driver import run_prefill
 from fedattn.attention.forward import prefill
 from fedattn.attention.gguf_model import load_model
@@ -136,3 +138,15 @@ def test_exact_sync_bytes_is_the_original_protocol_at_h1(layout3):
     sent = 30 * per_row * rows
     received = 30 * per_row * np.cumsum(rows)  # the union up to its own last row, its own included
     assert exact_sync_bytes(layout3, n_layers=30, n_kv_heads=3, head_dim=64) == pytest.approx(np.mean(sent + received))
+
+
+def test_session_spec_knobs_reach_the_plan():
+    spec = SessionSpec.from_manifest(
+        {"mode": "attention", "publisher": "q", "syncInterval": 1, "kvCodec": "int4", "holderSync": "none"}
+    )
+    plan = attention_spec.plan(spec, n_layers=30)
+    assert plan.sync_layers == frozenset(range(30)) and plan.kv_codec == "int4"
+    assert plan.receive_layers(publisher=True) == plan.sync_layers
+    assert plan.receive_layers(publisher=False) == frozenset()
+    listening = attention_spec.plan(SessionSpec.from_manifest({"mode": "attention", "publisher": "q"}), n_layers=30)
+    assert listening.receive_layers(publisher=False) == listening.sync_layers

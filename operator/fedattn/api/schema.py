@@ -52,6 +52,8 @@ SESSION_CONDITIONS = [
 PARTICIPANT_PHASES = ["Pending", "Credentialed", "Joined", "Contributing", "Done", "Failed", "Evicted"]
 PARTICIPANT_CONDITIONS = ["CertificateIssued", "Connected"]
 SYNC_POLICIES = ["uniform", "shallow-half", "deep-half", "progressive", "regressive"]
+KV_CODECS = ["float32", "float16", "int8", "int4", "int2"]
+HOLDER_SYNC = ["all", "none"]
 
 
 def _cel_string_list(items: list[str]) -> str:
@@ -291,6 +293,20 @@ def _attention() -> dict[str, Schema]:
             max_items=1024,
         ),
         "syncPolicy": string("Attention: sync placement policy instead of syncInterval.", enum=SYNC_POLICIES),
+        "kvCodec": string(
+            "Attention: K/V format on the wire at a sync. float32 is exact; float16 halves the bytes; "
+            "int8/int4/int2 are asymmetric integer codes (keys per channel, values per token, float16 "
+            "scales) at about 1/4, 1/8, 1/16 of float32.",
+            default="float32",
+            enum=KV_CODECS,
+        ),
+        "holderSync": string(
+            "Attention: where document holders (every participant but the publisher) attend to earlier "
+            "holders' K/V: at every sync layer (all) or never (none: they only send, and only the "
+            "publisher, whose continuation is the answer, listens).",
+            default="all",
+            enum=HOLDER_SYNC,
+        ),
         "kvKeepRatio": number(
             "Attention: share of each participant's tokens sent at a sync (seeded).",
             default=1.0,

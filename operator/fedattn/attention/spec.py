@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from fedattn.api.spec import SessionSpec
 from fedattn.attention.layout import own_token_ids, shared_prefix_ids
 from fedattn.attention.masks import sync_layers
 from fedattn.attention.reference import FedAttnPlan
@@ -31,16 +32,19 @@ def participant_order(names: Sequence[str], publisher: str) -> list[str]:
     return [n for n in names if n != publisher] + [publisher]
 
 
-def plan(spec: Mapping[str, Any], *, n_layers: int) -> FedAttnPlan:
-    """The sync schedule: explicit ``syncLayers``, a ``syncPolicy`` with H's budget, or ``l % H == 0``."""
+def plan(spec: SessionSpec, *, n_layers: int) -> FedAttnPlan:
+    """The sync schedule: explicit ``syncLayers``, a ``syncPolicy`` with H's budget, or ``l % H == 0``;
+    the wire codec; and whether document holders listen at sync layers (``holderSync``)."""
     return FedAttnPlan(
         sync_layers=sync_layers(
             n_layers,
-            interval=int(spec.get("syncInterval", 2)),
-            layers=spec.get("syncLayers"),
-            policy=spec.get("syncPolicy"),
+            interval=spec.sync_interval,
+            layers=None if spec.sync_layers is None else list(spec.sync_layers),
+            policy=spec.sync_policy,
         ),
-        keep_ratio=float(spec.get("kvKeepRatio", 1.0)),
+        holder_sync_layers=None if spec.holder_sync == "all" else frozenset(),
+        keep_ratio=spec.kv_keep_ratio,
+        kv_codec=spec.kv_codec,
     )
 
 

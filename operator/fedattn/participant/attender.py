@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedattn.aggregator.client import AggregatorClient
+from fedattn.api.spec import SessionSpec
 from fedattn.attention import spec as attention_spec
 from fedattn.attention.gguf_model import load_model, resolve_model_path
 from fedattn.attention.participant import participant_decode, participant_prefill
@@ -72,7 +73,7 @@ def run_attention(
     welcome = await_kind(channel, "welcome", timeout_seconds=timeout)
     start = len(tokens.prefix) + int(welcome.meta["tokens_before"])
     positions = np.arange(start, start + len(tokens.own), dtype=np.int64)
-    plan = attention_spec.plan(spec, n_layers=model.config.n_layers)
+    plan = attention_spec.plan(SessionSpec.from_manifest(spec), n_layers=model.config.n_layers)
     began = time.perf_counter()
     prefill = participant_prefill(
         model,
@@ -82,6 +83,7 @@ def run_attention(
         prefix_ids=np.asarray(tokens.prefix, dtype=np.int64),
         plan=plan,
         exchange=zmq_exchange(channel, timeout_seconds=timeout),
+        publisher=index == len(order) - 1,
     )
     prefill_seconds = time.perf_counter() - began
     stop = frozenset({tokenizer.eos_token_id} - {None})
