@@ -12,6 +12,8 @@ from fedattn.attention.kvcodec import (
     block_nbytes,
     decode,
     encode,
+    frames,
+    from_frames,
     roundtrip,
 )
 
@@ -101,3 +103,24 @@ def test_bad_blocks_are_rejected():
     good = encode(sample(), "int4", axis=KEY_AXIS)
     with pytest.raises(ValueError, match="cannot hold"):
         decode(type(good)(good.codec, good.shape, good.data[:-1], good.scale, good.minimum))
+
+
+@pytest.mark.parametrize("codec", list(KVCodec))
+def test_a_block_survives_its_wire_frames_and_bad_frames_are_named(codec):
+    k, v = sample(shape=(3, 11, 64)), sample(shape=(3, 11, 64), seed=1)
+    sent = frames(encode(k, codec, axis=KEY_AXIS), encode(v, codec, axis=VALUE_AXIS))
+    assert sum(a.nbytes for a in sent) == block_nbytes(codec, n_rows=11, n_kv_heads=3, head_dim=64)
+    got_k, got_v = from_frames(sent, codec, n_rows=11, n_kv_heads=3, head_dim=64)
+    np.testing.assert_array_equal(got_k, roundtrip(k, codec, axis=KEY_AXIS))
+    np.testing.assert_array_equal(got_v, roundtrip(v, codec, axis=VALUE_AXIS))
+    with pytest.raises(ValueError, match="expected"):
+        from_frames(sent, codec, n_rows=12, n_kv_heads=3, head_dim=64)  # claims a row it did not send
+    with pytest.raises(ValueError, match="arrays, got"):
+        from_frames(sent[:-1], codec, n_rows=11, n_kv_heads=3, head_dim=64)
+    poisoned = list(sent)
+    if codec in ("float32", "float16"):
+        poisoned[0] = np.full_like(sent[0], np.nan)
+    else:
+        poisoned[1] = np.full_like(sent[1], np.inf)
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        from_frames(poisoned, codec, n_rows=11, n_kv_heads=3, head_dim=64)

@@ -125,3 +125,43 @@ def _unpack(packed: np.ndarray, bits: int, n: int) -> np.ndarray:
     mask = np.uint8((1 << bits) - 1)
     lanes = (packed[:, None] >> (bits * np.arange(per_byte, dtype=np.uint8))) & mask
     return lanes.ravel()[:n]
+
+
+def frames(k: Encoded, v: Encoded) -> list[np.ndarray]:
+    """One block's arrays on the wire: K then V, each as its data (plus scale and minimum if integer)."""
+    return [a for e in (k, v) for a in ((e.data,) if e.scale is None else (e.data, e.scale, e.minimum))]
+
+
+def from_frames(
+    arrays: list[np.ndarray], codec: KVCodec | str, *, n_rows: int, n_kv_heads: int, head_dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded K and V of a block received as ``frames``; ValueError says what does not fit the codec.
+
+    Every array's dtype and shape is checked against what ``n_rows`` rows in this codec must be
+    before anything is decoded, so a sender cannot make a receiver read past a buffer or guess.
+    """
+    codec = KVCodec(codec)
+    shape = (n_kv_heads, n_rows, head_dim)
+    per = 1 if codec in (KVCodec.FLOAT32, KVCodec.FLOAT16) else 3
+    if len(arrays) != 2 * per:
+        raise ValueError(f"a {codec} block is {2 * per} arrays, got {len(arrays)}")
+    out = []
+    for axis, part in ((KEY_AXIS, arrays[:per]), (VALUE_AXIS, arrays[per:])):
+        if per == 1:
+            dtype, expected = np.dtype(codec.value), [shape]
+        else:
+            groups = tuple(1 if i == axis else s for i, s in enumerate(shape)) if n_rows else (n_kv_heads, 0, 1)
+            dtype, expected = np.dtype(np.uint8), [(math.ceil(math.prod(shape) * _BITS[codec] / 8),), groups, groups]
+        dtypes = [dtype] + [np.dtype(np.float16)] * (per - 1)
+        for i, (array, want, want_dtype) in enumerate(zip(part, expected, dtypes, strict=True)):
+            if array.dtype != want_dtype or tuple(array.shape) != want:
+                raise ValueError(
+                    f"{codec} block array {i} is {array.dtype}{list(array.shape)}, expected {want_dtype}{list(want)}"
+                )
+        if not all(np.isfinite(a).all() for a in part if a.dtype.kind == "f"):
+            raise ValueError(f"{codec} block carries NaN or Inf")
+        values = decode(Encoded(codec, shape, *part))
+        if not np.isfinite(values).all():
+            raise ValueError(f"{codec} block decodes to NaN or Inf")
+        out.append(values)
+    return out[0], out[1]
