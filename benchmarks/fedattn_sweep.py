@@ -13,7 +13,9 @@ averaged over prompts:
 - prefill_top1 / prefill_kl: the publisher's next-token logits at its own prompt positions;
 - top1 / kl: the publisher's logits while it decodes, teacher-forced on the centralized greedy answer
   (KL(centralized || federated), nats, mean over steps);
-- correct: prompts whose free-running answer contains the expected one (only for generated rows).
+- correct: prompts whose free-running answer contains the expected one, and kept: those of them that
+  centralized inference answers correctly too (only for generated rows; the issue's acceptance is
+  kept >= 75% of centralized's correct answers).
 
 Everything runs on the single-process reference (``reference_run``), which the per-participant and
 the distributed runs reproduce to 1e-3 (tests), so a sweep row costs one masked forward per prompt.
@@ -208,8 +210,9 @@ def publisher_run(model, layout: PromptLayout, plan: FedAttnPlan, blocks: dict[i
 class Prompt:
     """One case at one N: its centralized run, layouts and (lazily) the recorded holder rows."""
 
-    def __init__(self, model: LlamaModel, case: Case, central: Centralized, *, n: int):
+    def __init__(self, model: LlamaModel, case: Case, central: Centralized, *, n: int, central_correct: bool):
         self.model, self.case, self.central, self.n = model, case, central, n
+        self.central_correct = central_correct
         self.layout = federated_layout(central.layout, n=n)
         self.forced = federated_layout(central.layout, n=n, answer=central.tokens[:-1])
         self._blocks: dict[int, list[KV]] | None = None
@@ -252,8 +255,7 @@ def evaluate(model, tokenizer, prompts: list[Prompt], *, scheme: Scheme, generat
     """One frontier row: bytes, prefill and decode fidelity (teacher-forced), correct answers if asked."""
     cfg = model.config
     plan = scheme.plan(cfg.n_layers)
-    fractions, per_participant, p_top1, p_kl, top1, kl, correct = [], [], [], [], [], [], 0
-    stop = frozenset({tokenizer.eos_token_id})
+    fractions, per_participant, p_top1, p_kl, top1, kl = [], [], [], [], [], []
     for prompt in prompts:
         central = prompt.central
         logits = prompt.publisher_logits(plan)
@@ -269,8 +271,6 @@ def evaluate(model, tokenizer, prompts: list[Prompt], *, scheme: Scheme, generat
         exact = exact_sync_bytes(prompt.layout, n_layers=cfg.n_layers, n_kv_heads=cfg.n_kv_heads, head_dim=cfg.head_dim)
         per_participant.append(mean_bytes)
         fractions.append(mean_bytes / exact)
-        if generate:
-            correct += prompt.case.is_correct(tokenizer.decode(prompt.answer(plan, stop, max_new)))
     return {
         "scheme": scheme.name,
         **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(scheme).items()},
@@ -282,9 +282,16 @@ def evaluate(model, tokenizer, prompts: list[Prompt], *, scheme: Scheme, generat
         "prefill_kl": round(float(np.mean(p_kl)), 4),
         "top1": round(float(np.mean(top1)), 4),
         "kl": round(float(np.mean(kl)), 4),
-        "correct": correct if generate else None,
+        **(answers(tokenizer, prompts, plan, max_new=max_new) if generate else {"correct": None, "kept": None}),
         "prompts": len(prompts),
     }
+
+
+def answers(tokenizer, prompts: list[Prompt], plan: FedAttnPlan, *, max_new: int) -> dict[str, int]:
+    """Correct free-running answers, and how many of them centralized inference also gets right."""
+    stop = frozenset({tokenizer.eos_token_id})
+    right = [p.case.is_correct(tokenizer.decode(p.answer(plan, stop, max_new))) for p in prompts]
+    return {"correct": sum(right), "kept": sum(r and p.central_correct for r, p in zip(right, prompts, strict=True))}
 
 
 def grid(args, *, n: int) -> list[Scheme]:
@@ -355,6 +362,16 @@ def best_at_budgets(rows: list[dict], *, key: str) -> list[dict]:
     return out
 
 
+#: scatter marker per kind of placement
+MARKERS = {"uniform": "o", "policy": "^", "explicit": "s", "holders listen never": "x"}
+
+
+def marker_of(row: dict) -> str:
+    if row["holders"] != "same":
+        return MARKERS["holders listen never"]
+    return MARKERS.get(row["policy"], MARKERS["policy"])
+
+
 def plot(rows: list[dict], path: Path, *, centralized: dict[int, int]) -> None:
     import matplotlib
 
@@ -367,10 +384,22 @@ def plot(rows: list[dict], path: Path, *, centralized: dict[int, int]) -> None:
         mine = [r for r in rows if r["N"] == n]
         for row_i, key in enumerate(["top1", "correct"]):
             ax = axes[row_i][col]
-            for codec in KVCodec:
-                pts = [r for r in mine if r["codec"] == codec and r[key] is not None]
-                if pts:
-                    ax.scatter([r["bytes_fraction"] for r in pts], [r[key] for r in pts], label=str(codec), s=18)
+            for i, codec in enumerate(KVCodec):
+                for policy, marker in MARKERS.items():
+                    pts = [
+                        r
+                        for r in mine
+                        if r["codec"] == codec and r[key] is not None and marker_of(r) == marker and r["policy"]
+                    ]
+                    if pts:
+                        ax.scatter(
+                            [r["bytes_fraction"] for r in pts],
+                            [r[key] for r in pts],
+                            label=f"{codec} {policy}",
+                            s=22,
+                            color=f"C{i}",
+                            marker=marker,
+                        )
             front = sorted(pareto([r for r in mine if r[key] is not None], key), key=lambda r: r["bytes_fraction"])
             if front:
                 ax.step([r["bytes_fraction"] for r in front], [r[key] for r in front], where="post", color="k", lw=1)
@@ -392,7 +421,7 @@ def print_table(rows: list[dict], out, keys: list[str]) -> None:
     print("| " + " | ".join(keys) + " |", file=out)
     print("|" + "---|" * len(keys), file=out)
     for row in rows:
-        print("| " + " | ".join(str(row[k]) for k in keys) + " |", file=out)
+        print("| " + " | ".join(str(row.get(k)) for k in keys) + " |", file=out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -440,7 +469,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def report(rows: list[dict], *, central_correct: int, prompts: int, ns: list[int], out: Path | None) -> None:
     """Tables (every row; best per byte budget) on stdout, and the JSON and its PNG plot when asked."""
     full = [r for r in rows if "split" not in r]
-    keys = ["scheme", "N", "bytes_fraction", "prefill_top1", "top1", "kl", "correct", "prompts"]
+    keys = ["scheme", "N", "bytes_fraction", "prefill_top1", "top1", "kl", "correct", "kept", "prompts"]
     print(f"centralized: {central_correct}/{prompts}")
     print_table(rows, sys.stdout, keys)
     print("\nbest at each budget (by correct answers, then top-1):")
@@ -471,12 +500,18 @@ def main(argv: list[str] | None = None) -> int:
         centrals = [
             run_centralized(model, tokenizer, c, max_new=args.max_new_tokens, cache_dir=args.cache_dir) for c in cases
         ]
-        replies = [tokenizer.decode([t for t in c.tokens if t not in stop]) for c in centrals]
-        central_correct = sum(case.is_correct(r) for case, r in zip(cases, replies, strict=True))
+        right = [
+            case.is_correct(tokenizer.decode([t for t in c.tokens if t not in stop]))
+            for case, c in zip(cases, centrals, strict=True)
+        ]
+        central_correct = sum(right)
         print(f"centralized: {central_correct}/{len(cases)} correct", file=log)
         rows = []
         for n in args.n:
-            prompts = [Prompt(model, case, central, n=n) for case, central in zip(cases, centrals, strict=True)]
+            prompts = [
+                Prompt(model, case, central, n=n, central_correct=ok)
+                for case, central, ok in zip(cases, centrals, right, strict=True)
+            ]
             if args.drops:
                 for layers in pruned_layers(
                     model,
@@ -515,10 +550,7 @@ def main(argv: list[str] | None = None) -> int:
                                 if k in Scheme.__dataclass_fields__
                             }
                         ).plan(model.config.n_layers)
-                        row["correct"] = sum(
-                            p.case.is_correct(tokenizer.decode(p.answer(plan, stop, args.max_new_tokens)))
-                            for p in prompts
-                        )
+                        row.update(answers(tokenizer, prompts, plan, max_new=args.max_new_tokens))
                         print(f"generated: {row['scheme']} N={n}: {row['correct']}/{row['prompts']}", file=log)
     report(rows, central_correct=central_correct, prompts=len(cases), ns=args.n, out=args.json)
     return 0
