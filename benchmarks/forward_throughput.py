@@ -25,7 +25,7 @@ from fedattn.attention.layout import SharedPrefix, chat_layout
 from fedattn.attention.tokenizer import load_tokenizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fedattn_sweep import ROOT, load_cases  # noqa: E402
+from fedattn_sweep import ROOT, load_cases
 
 
 def ours(model, tokenizer, layouts, *, max_new: int) -> tuple[dict, list[list[int]]]:
