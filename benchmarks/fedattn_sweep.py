@@ -426,7 +426,7 @@ def print_table(rows: list[dict], out, keys: list[str]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=Path, default=ROOT / "examples" / "prompts-qa.yaml")
+    parser.add_argument("--prompts", type=Path, default=ROOT / "benchmarks" / "prompts-qa.yaml")
     parser.add_argument("--quick", action="store_true", help="4 prompts, N=2, a few schemes")
     parser.add_argument("--n", type=int, nargs="+", default=[2, 4], help="participant counts")
     parser.add_argument(

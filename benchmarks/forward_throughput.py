@@ -99,7 +99,7 @@ def llama_cpp_throughput(path: Path, layouts, continuations) -> dict | str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=Path, default=ROOT / "examples" / "prompts-qa.yaml")
+    parser.add_argument("--prompts", type=Path, default=ROOT / "benchmarks" / "prompts-qa.yaml")
     parser.add_argument("--limit", type=int, help="use only the first LIMIT prompts")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--json", action="store_true")
