@@ -390,8 +390,9 @@ async def test_attention_session_records_syncs_and_results(coordinator, pki_dir,
         with dealer(pki_dir, aggregator, "attn", name) as client:
             for layer in (0, 2):
                 k = np.full((1, 2, 4), index, dtype=np.float32)
-                positions = np.array([2 * index, 2 * index + 1], dtype=np.int64)
-                client.send("kv", layer=layer, arrays=[k, k.copy(), positions])
+                rank = ["bob", "carol", "alice"].index(name)  # prompt order: the publisher (alice) last
+                positions = np.array([2 * rank, 2 * rank + 1], dtype=np.int64)
+                client.send("kv", layer=layer, arrays=[k, k.copy(), positions], meta={"count": 2})
                 layers.append(client.recv().layer)
         return layers
 

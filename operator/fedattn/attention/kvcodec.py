@@ -132,6 +132,16 @@ def frames(k: Encoded, v: Encoded) -> list[np.ndarray]:
     return [a for e in (k, v) for a in ((e.data,) if e.scale is None else (e.data, e.scale, e.minimum))]
 
 
+def block_dims(arrays: list[np.ndarray], codec: KVCodec | str) -> tuple[int, int]:
+    """(n_kv_heads, head_dim) a block's frames claim: from the K values (float codecs) or the K scales
+    (one per head and channel); ``from_frames`` then checks every array against them."""
+    codec = KVCodec(codec)
+    probe = 0 if codec in (KVCodec.FLOAT32, KVCodec.FLOAT16) else 1
+    if len(arrays) <= probe or arrays[probe].ndim != 3:
+        raise ValueError(f"a {codec} block's array {probe} must be 3-D (n_kv_heads, ., head_dim)")
+    return int(arrays[probe].shape[0]), int(arrays[probe].shape[2])
+
+
 def from_frames(
     arrays: list[np.ndarray], codec: KVCodec | str, *, n_rows: int, n_kv_heads: int, head_dim: int
 ) -> tuple[np.ndarray, np.ndarray]:
