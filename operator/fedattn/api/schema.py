@@ -301,7 +301,11 @@ def _learning() -> dict[str, Schema]:
 def _attention() -> dict[str, Schema]:
     return {
         "syncInterval": integer(
-            "Attention: H, layer l syncs when l % H == 0.", default=2, minimum=1, maximum=1024
+            "Attention: H, layer l syncs when l % H == 0. The default (1, with kvCodec int4) is the "
+            "scheme that keeps answers best at 1/8 of exact-sync bytes (docs/fedattn-frontier.md).",
+            default=1,
+            minimum=1,
+            maximum=1024,
         ),
         "syncLayers": array(
             "Attention: explicit sync layers instead of syncInterval.",
@@ -313,7 +317,7 @@ def _attention() -> dict[str, Schema]:
             "Attention: K/V format on the wire at a sync. float32 is exact; float16 halves the bytes; "
             "int8/int4/int2 are asymmetric integer codes (keys per channel, values per token, float16 "
             "scales) at about 1/4, 1/8, 1/16 of float32.",
-            default="float32",
+            default="int4",
             enum=KV_CODECS,
         ),
         "holderSync": string(
