@@ -459,7 +459,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--cache-dir", type=Path, default=Path("/tmp/fedattn-sweep-cache"))
     parser.add_argument("--json", type=Path, help="write the rows here, and the frontier plot next to it (.png)")
-    parser.add_argument("--combine", type=Path, nargs="+", help="only merge these --json outputs into --json")
+    parser.add_argument(
+        "--combine", type=Path, nargs="+", help="only merge these --json outputs (later ones win) into --json"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.limit, args.n, args.intervals, args.codecs = args.limit or 4, [2], [1, 4], ["float32", "int4"]
@@ -488,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.combine:
         parts = [json.loads(path.read_text()) for path in args.combine]
-        rows = [row for part in parts for row in part["rows"]]
+        # NB: a later file's row for the same scheme and N replaces an earlier one (e.g. with answers)
+        rows = list({(r["scheme"], r["N"], r.get("split")): r for part in parts for r in part["rows"]}.values())
         ns = sorted({r["N"] for r in rows})
         report(rows, central_correct=parts[0]["centralized_correct"], prompts=parts[0]["prompts"], ns=ns, out=args.json)
         return 0

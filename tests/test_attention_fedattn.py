@@ -123,10 +123,8 @@ def test_layer_masks_follow_the_definition():
     [
         # 30 layers, H=5: a budget of 6 sync layers; values worked out by hand from the SyncPolicy formulas
         ("uniform", [0, 5, 10, 15, 20, 25]),  # i * 30/6
-        ("shallow-half", [0, 2, 5, 7, 10, 12]),  # floor(i * 15/6)
         ("deep-half", [15, 17, 20, 22, 25, 27]),  # floor(15 + i * 15/6)
         ("progressive", [0, 12, 17, 21, 24, 27]),  # floor(30 sqrt(i/6))
-        ("regressive", [0, 1, 3, 7, 13, 20]),  # floor(30 (i/6)^2) = 0, 0, 3, ..., made distinct
     ],
 )
 def test_sync_policies_keep_the_interval_budget(policy, expected):

@@ -41,7 +41,7 @@ SESSION_CONDITIONS = [
 ]
 PARTICIPANT_PHASES = ["Pending", "Credentialed", "Joined", "Contributing", "Done", "Failed", "Evicted"]
 PARTICIPANT_CONDITIONS = ["CertificateIssued", "Connected"]
-SYNC_POLICIES = ["uniform", "shallow-half", "deep-half", "progressive", "regressive"]
+SYNC_POLICIES = ["uniform", "deep-half", "progressive"]
 KV_CODECS = ["float32", "float16", "int8", "int4", "int2"]
 HOLDER_SYNC = ["all", "none"]
 
