@@ -19,6 +19,7 @@ import pytest
 from fedattn import pki
 from fedattn.aggregator.client import AggregatorClient
 from fedattn.aggregator.server import Aggregator, Hooks
+from fedattn.attention.exchange import block_message
 from fedattn.coordinator.server import Config, Running, serve
 
 PARTICIPANTS = ["alice", "bob", "carol"]
@@ -392,7 +393,8 @@ async def test_attention_session_records_syncs_and_results(coordinator, pki_dir,
                 k = np.full((1, 2, 4), index, dtype=np.float32)
                 rank = ["bob", "carol", "alice"].index(name)  # prompt order: the publisher (alice) last
                 positions = np.array([2 * rank, 2 * rank + 1], dtype=np.int64)
-                client.send("kv", layer=layer, arrays=[k, k.copy(), positions], meta={"count": 2})
+                arrays, meta = block_message(k, k.copy(), positions, "int4")  # the default kvCodec
+                client.send("kv", layer=layer, arrays=arrays, meta=meta)
                 layers.append(client.recv().layer)
         return layers
 
