@@ -518,7 +518,8 @@ def configure_attention(h: Harness, *, min_participants: int = 3, timeout: int =
     coord = h.client(CONTROL_IDENTITY)
     meta = {
         "mode": "attention",
-        "spec": {"minParticipants": min_participants, "roundTimeoutSeconds": timeout},
+        # NB: float32 blocks keep the forwarded rows readable; the int4 default has its own test below
+        "spec": {"minParticipants": min_participants, "roundTimeoutSeconds": timeout, "kvCodec": "float32"},
         "participants": dict.fromkeys(MEMBERS, 1.0),
     }
     assert ctl(coord, h.events, "ctl_configure", meta=meta)["ok"]
