@@ -79,7 +79,7 @@ def run_attention(
     welcome = await_kind(channel, "welcome", timeout_seconds=timeout)
     start = len(tokens.prefix) + int(welcome.meta["tokens_before"])
     positions = np.arange(start, start + len(tokens.own), dtype=np.int64)
-    plan = attention_spec.plan(SessionSpec.from_manifest(spec), n_layers=model.config.n_layers)
+    plan = attention_spec.plan(spec, n_layers=model.config.n_layers)
     began = time.perf_counter()
     prefill = participant_prefill(
         model,
