@@ -77,7 +77,7 @@ def test_prompts_never_cross_the_wire_and_sync_counts_follow_h(tmp_path):
         assert results[name]["syncs"] == expected_syncs
         assert results[name]["text"]
         # the publisher (last in prompt order) sends no rows: nobody attends to them
-        assert (results[name]["kv_bytes"] == 0) == (name == bundle.spec["publisher"])
+        assert (results[name]["kv_bytes"] == 0) == (name == bundle.spec.publisher)
         # the generated text stays local too
         assert results[name]["text"].strip().encode() not in wire
 
