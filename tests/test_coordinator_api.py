@@ -19,6 +19,7 @@ import pytest
 from fedattn import pki
 from fedattn.aggregator.client import AggregatorClient
 from fedattn.aggregator.server import Aggregator, Hooks
+from fedattn.attention.exchange import block_message
 from fedattn.coordinator import rounds
 from fedattn.coordinator.server import Config, Running, serve
 
@@ -391,8 +392,10 @@ async def test_attention_session_records_syncs_and_results(coordinator, pki_dir,
         with dealer(pki_dir, aggregator, "attn", name) as client:
             for layer in (0, 2):
                 k = np.full((1, 2, 4), index, dtype=np.float32)
-                positions = np.array([2 * index, 2 * index + 1], dtype=np.int64)
-                client.send("kv", layer=layer, arrays=[k, k.copy(), positions])
+                rank = ["bob", "carol", "alice"].index(name)  # prompt order: the publisher (alice) last
+                positions = np.array([2 * rank, 2 * rank + 1], dtype=np.int64)
+                arrays, meta = block_message(k, k.copy(), positions, "int4")  # the default kvCodec
+                client.send("kv", layer=layer, arrays=arrays, meta=meta)
                 layers.append(client.recv().layer)
         return layers
 

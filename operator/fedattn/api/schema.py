@@ -65,7 +65,9 @@ SESSION_CONDITIONS = [
 ]
 PARTICIPANT_PHASES = [p.value for p in ParticipantPhase]
 PARTICIPANT_CONDITIONS = ["CertificateIssued", "Connected"]
-SYNC_POLICIES = ["uniform", "shallow-half", "deep-half", "progressive", "regressive"]
+SYNC_POLICIES = ["uniform", "deep-half", "progressive"]
+KV_CODECS = ["float32", "float16", "int8", "int4", "int2"]
+HOLDER_SYNC = ["all", "none"]
 
 
 def _cel_string_list(items: list[str]) -> str:
@@ -375,7 +377,11 @@ def _learning() -> dict[str, Schema]:
 def _attention() -> dict[str, Schema]:
     return {
         "syncInterval": integer(
-            "Attention: H, layer l syncs when l % H == 0.", default=2, minimum=1, maximum=1024
+            "Attention: H, layer l syncs when l % H == 0. The default (1, with kvCodec int4) is the "
+            "scheme that keeps answers best at 1/8 of exact-sync bytes (docs/fedattn-frontier.md).",
+            default=1,
+            minimum=1,
+            maximum=1024,
         ),
         "syncLayers": array(
             "Attention: explicit sync layers instead of syncInterval.",
@@ -383,6 +389,20 @@ def _attention() -> dict[str, Schema]:
             max_items=1024,
         ),
         "syncPolicy": string("Attention: sync placement policy instead of syncInterval.", enum=SYNC_POLICIES),
+        "kvCodec": string(
+            "Attention: K/V format on the wire at a sync. float32 is exact; float16 halves the bytes; "
+            "int8/int4/int2 are asymmetric integer codes (keys per channel, values per token, float16 "
+            "scales) at about 1/4, 1/8, 1/16 of float32.",
+            default="int4",
+            enum=KV_CODECS,
+        ),
+        "holderSync": string(
+            "Attention: where document holders (every participant but the publisher) attend to earlier "
+            "holders' K/V: at every sync layer (all) or never (none: they only send, and only the "
+            "publisher, whose continuation is the answer, listens).",
+            default="all",
+            enum=HOLDER_SYNC,
+        ),
         "kvKeepRatio": number(
             "Attention: share of each participant's tokens sent at a sync (seeded).",
             default=1.0,

@@ -275,6 +275,8 @@ class SessionSpec:
     sync_interval: int
     sync_layers: tuple[int, ...] | None
     sync_policy: str | None
+    kv_codec: str
+    holder_sync: str
     kv_keep_ratio: float
     shared_prefix: str
     max_new_tokens: int

@@ -32,9 +32,13 @@ def _names(n: int) -> list[str]:
     return [f"p{i}" for i in range(n)]
 
 
-def _configure(aggregator: Aggregator, server: pki.CurveKeyPair, control: pki.CurveKeyPair, names: list[str]) -> None:
+def _configure(aggregator: Aggregator, server: pki.CurveKeyPair, control: pki.CurveKeyPair, names: list[str],
+               plan: FedAttnPlan) -> None:
+    if plan.holder_sync_layers not in (None, frozenset()):
+        raise ValueError("the wire serves holders at every sync layer or at none (spec.holderSync)")
     spec = {"mode": "attention", "minParticipants": len(names), "roundTimeoutSeconds": TIMEOUT_SECONDS,
-            "publisher": names[-1]}
+            "publisher": names[-1], "kvCodec": str(plan.kv_codec),
+            "holderSync": "all" if plan.holder_sync_layers is None else "none"}
     with AggregatorClient(endpoint=aggregator.endpoint, server_public=server.public, public=control.public,
                           secret=control.secret, session=SESSION, name=pki.CONTROL_CLIENT,
                           timeout_seconds=TIMEOUT_SECONDS) as link:
@@ -57,7 +61,7 @@ def run_prefill(model: LlamaModel, layout: PromptLayout, *, plan: FedAttnPlan) -
                                 server_secret=server.secret, allow_dir=allow)
         aggregator.start()
         try:
-            _configure(aggregator, server, keys[pki.CONTROL_CLIENT], names)
+            _configure(aggregator, server, keys[pki.CONTROL_CLIENT], names, plan)
             return _run_participants(model, layout, plan=plan, aggregator=aggregator, server=server,
                                      keys=keys, names=names)
         finally:
@@ -83,7 +87,8 @@ def _run_participants(model, layout, *, plan, aggregator, server, keys, names) -
             return participant_prefill(
                 model, participant=index, own_ids=own, own_positions=layout.positions_of(index),
                 prefix_ids=layout.prefix_ids, plan=plan,
-                exchange=zmq_exchange(channel, timeout_seconds=TIMEOUT_SECONDS),
+                exchange=zmq_exchange(channel, codec=plan.kv_codec, timeout_seconds=TIMEOUT_SECONDS),
+                publisher=index == len(names) - 1,
             )
 
         return prefill
