@@ -8,6 +8,7 @@ are added by the handlers (``kopf.adopt``), not here.
 from __future__ import annotations
 
 import base64
+import ipaddress
 from typing import Any
 
 from fedattn import pki
@@ -16,6 +17,14 @@ from fedattn.operator import names
 DEFAULT_IMAGE = "fedattn:0.1.0"
 UID = 10001
 CERT_MANAGER_GROUP = "cert-manager.io"
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def b64(data: bytes) -> str:
@@ -321,18 +330,36 @@ def build_aggregator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) ->
     )
 
 
-def _service(session: dict, *, component: str, name: str, port: dict[str, Any]) -> dict[str, Any]:
+def exposure(session: dict) -> dict[str, Any]:
+    """``spec.expose`` with its schema defaults (ClusterIP, no external addresses)."""
+    # NB: sessions from the API have the default applied; builders are also called on bare specs.
+    return {"type": "ClusterIP", "addresses": [], **(session["spec"].get("expose") or {})}
+
+
+def server_names(session: dict) -> list[str]:
+    """The coordinator certificate's names: its Service's, plus the addresses outside sites dial."""
+    meta = session["metadata"]
+    return names.server_names(meta["name"], meta["namespace"], external=exposure(session)["addresses"])
+
+
+def _service(
+    session: dict, *, component: str, name: str, port: dict[str, Any], node_port: int | None
+) -> dict[str, Any]:
     s = session["metadata"]["name"]
     meta = _meta(name, s, component)
+    kind = exposure(session)["type"]
+    main = {**port, "targetPort": port["name"], "protocol": "TCP"}
+    if kind == "NodePort" and node_port:
+        main["nodePort"] = node_port
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": meta,
         "spec": {
-            "type": "ClusterIP",
+            "type": kind,
             "selector": {k: meta["labels"][k] for k in ("app.kubernetes.io/instance", "app.kubernetes.io/component")},
             "ports": [
-                {**port, "targetPort": port["name"], "protocol": "TCP"},
+                main,
                 {"name": "metrics", "port": names.METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
         },
@@ -342,7 +369,8 @@ def _service(session: dict, *, component: str, name: str, port: dict[str, Any]) 
 def build_coordinator_service(session: dict) -> dict[str, Any]:
     s = session["metadata"]["name"]
     port = {"name": "https", "port": names.API_PORT}
-    return _service(session, component="coordinator", name=names.coordinator(s), port=port)
+    node_port = exposure(session).get("coordinatorNodePort")
+    return _service(session, component="coordinator", name=names.coordinator(s), port=port, node_port=node_port)
 
 
 def build_aggregator_service(session: dict) -> dict[str, Any]:
@@ -352,6 +380,7 @@ def build_aggregator_service(session: dict) -> dict[str, Any]:
         component="aggregator",
         name=names.aggregator(s),
         port={"name": "zmq", "port": names.ZMQ_PORT},
+        node_port=exposure(session).get("aggregatorNodePort"),
     )
 
 
@@ -462,7 +491,9 @@ def build_certificate(
         },
     }
     if dns_names:
-        spec["dnsNames"] = dns_names
+        spec["dnsNames"] = [n for n in dns_names if not _is_ip(n)]
+        if any(_is_ip(n) for n in dns_names):
+            spec["ipAddresses"] = [n for n in dns_names if _is_ip(n)]
     return {
         "apiVersion": f"{CERT_MANAGER_GROUP}/v1",
         "kind": "Certificate",
