@@ -164,8 +164,8 @@ def pod_release(node: Node) -> Release:
     apps = kubernetes.client.AppsV1Api(api)
 
     def ready() -> bool:
-        dep = apps.read_namespaced_deployment(RELEASE, namespace)
-        return (dep.status.ready_replicas or 0) >= 1
+        found = apps.list_namespaced_deployment(namespace, label_selector="app.kubernetes.io/component=operator")
+        return any((dep.status.ready_replicas or 0) >= 1 for dep in found.items)
 
     wait_for(ready, what="the operator pod to be Ready", timeout_s=300, interval_s=1)
     return Release(

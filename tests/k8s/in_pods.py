@@ -25,6 +25,7 @@ from fedattn.operator import names
 
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = ("Succeeded", "Failed")
+PARTICIPANT_FINAL = ("Done", "Failed", "Evicted")
 STORE = f"{names.STATE_DIR}/store.sqlite3"
 COUNT_STORED = (
     "import sqlite3, sys; "
@@ -49,6 +50,9 @@ class Outcome:
     stored: int | None
     fault_acted: bool = False
     notes: list[str] = field(default_factory=list)
+
+    def phases(self) -> dict[str, str | None]:
+        return {name: st.get("phase") for name, st in self.participants.items()}
 
     def condition(self, type_: str) -> dict:
         return next((c for c in self.status.get("conditions", []) if c["type"] == type_), {})
@@ -84,19 +88,24 @@ def count_stored(api: kubernetes.client.ApiClient, *, namespace: str, session: s
     ]
     if not running:
         return None
+    pod = running[0].metadata.name
+    out = exec_in(api, namespace=namespace, pod=pod, command=["python", "-c", COUNT_STORED, session])
+    return int(out.strip().splitlines()[-1])
+
+
+def exec_in(api: kubernetes.client.ApiClient, *, namespace: str, pod: str, command: list[str]) -> str:
+    """Run ``command`` in the pod's first container (through the API server and the kubelet); its output."""
     core = kubernetes.client.CoreV1Api(api)
-    out = stream(
+    return stream(
         core.connect_get_namespaced_pod_exec,
-        running[0].metadata.name,
+        pod,
         namespace,
-        container="coordinator",
-        command=["python", "-c", COUNT_STORED, session],
+        command=command,
         stderr=True,
         stdin=False,
         stdout=True,
         tty=False,
     )
-    return int(out.strip().splitlines()[-1])
 
 
 def run_session(
@@ -125,7 +134,14 @@ def run_session(
             break
         time.sleep(1.0)
     seconds = time.monotonic() - started
+    # NB: the operator mirrors participants after the session; give their statuses time to settle.
+    settle = time.monotonic() + 60
     participants = participants_of(api, namespace=namespace, session=session)
+    while time.monotonic() < settle and not all(
+        (p.get("status") or {}).get("phase") in PARTICIPANT_FINAL for p in participants.values()
+    ):
+        time.sleep(1.0)
+        participants = participants_of(api, namespace=namespace, session=session)
     for name, p in participants.items():
         acked[name] = max(acked.get(name, 0), int((p.get("status") or {}).get("contributions", 0)))
     return Outcome(

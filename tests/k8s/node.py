@@ -9,12 +9,13 @@ Everything runs on this machine and stays on it:
 - the node's network is a bridge (``BRIDGE``, ``NODE_ADDRESS``) that this module creates and hands to a
   ``dockerd`` of its own (own socket, data root and exec root, no iptables of its own);
 - the API server and the kubelet listen on the bridge address only; kube-proxy (iptables mode) routes
-  ClusterIPs and opens node ports only on the bridge and on the external site's link (``site.py``);
+  ClusterIPs and opens node ports only on the bridge and on the external site's link (``outside.py``);
 - ``dnsmasq`` on the bridge answers Service names from a hosts directory this module fills from the
   Services list (no CoreDNS image exists offline) and has no upstream resolver at all;
-- the **egress guard** (chain ``FEDATTN-GUARD``) drops anything forwarded from or to the bridge other
-  than bridge<->bridge and bridge<->site, and anything arriving on the host's external interface for the
-  API server's or the kubelet's port. Pods reach one another and this host, never another machine.
+- the **egress guard** (chains ``FEDATTN-GUARD-*`` in the mangle table, so ahead of every filter rule)
+  drops anything forwarded from or to the bridge other than bridge<->bridge and bridge<->site, and
+  anything arriving on the host's external interface for the API server's or the kubelet's port. Pods
+  reach one another and this host, never another machine.
 
 Every component authenticates with the control plane's admin certificate: the tests are about fedattn,
 not the node authorizer. Images are built into the node's dockerd by ``scripts/build-images.sh``
@@ -28,6 +29,8 @@ import contextlib
 import ipaddress
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -46,7 +49,10 @@ NODE_ADDRESS = "10.244.0.1"
 POD_CIDR = "10.244.0.0/24"
 NODE_NAME = "fedattn-node"
 GUARD = "FEDATTN-GUARD"
-#: the host side of the external site's link (site.py): its address is the site's view of the node
+#: NB: the guard lives in the mangle table, whose FORWARD and INPUT chains run before the filter table's,
+#: where kube-proxy and the kubelet keep inserting their own accept rules in front of anything else.
+GUARD_TABLE = "mangle"
+#: the host side of the external site's link (outside.py): its address is the site's view of the node
 SITE_LINK = "fasite0"
 SITE_CIDR = "10.245.0.0/30"
 #: node ports are opened on these networks only: the bridge and the external site's link
@@ -58,6 +64,8 @@ CLUSTER_DOMAIN = "cluster.local"
 DOCKER_ROOT = Path(os.environ.get("FEDATTN_K8S_CACHE", "/var/cache/fedattn")) / "node" / "docker"
 DOCKER_RUN = Path("/run/fedattn-node")
 DOCKER_SOCKET = DOCKER_RUN / "docker.sock"
+#: dnsmasq's hosts directory: readable by the unprivileged user dnsmasq drops to (a pytest tmp dir is not)
+DNS_DIR = DOCKER_RUN / "dns"
 DOCKER_BIN = "/usr/bin/docker"
 CONTROLLERS = ",".join(
     [
@@ -125,24 +133,39 @@ class EgressGuard:
     def install(self) -> None:
         self.remove()
         for chain, parent in ((f"{GUARD}-FWD", "FORWARD"), (f"{GUARD}-IN", "INPUT")):
-            run("iptables", "-N", chain)
-            run("iptables", "-I", parent, "1", "-j", chain)
+            run("iptables", "-t", GUARD_TABLE, "-N", chain)
+            run("iptables", "-t", GUARD_TABLE, "-I", parent, "1", "-j", chain)
         for chain, rule in self.rules():
-            run("iptables", "-A", chain, *rule)
+            run("iptables", "-t", GUARD_TABLE, "-A", chain, *rule)
         # NB: the bridge has no IPv6 addresses, but a pod could still try link-local routes out.
-        run("ip6tables", "-N", f"{GUARD}-FWD", check=False)
-        run("ip6tables", "-I", "FORWARD", "1", "-i", BRIDGE, "-j", "DROP", check=False)
+        run("ip6tables", "-t", GUARD_TABLE, "-I", "FORWARD", "1", "-i", BRIDGE, "-j", "DROP", check=False)
 
     @staticmethod
     def remove() -> None:
         for chain, parent in ((f"{GUARD}-FWD", "FORWARD"), (f"{GUARD}-IN", "INPUT")):
-            while run("iptables", "-D", parent, "-j", chain, check=False).returncode == 0:
+            while run("iptables", "-t", GUARD_TABLE, "-D", parent, "-j", chain, check=False).returncode == 0:
                 pass
-            run("iptables", "-F", chain, check=False)
-            run("iptables", "-X", chain, check=False)
-        while run("ip6tables", "-D", "FORWARD", "-i", BRIDGE, "-j", "DROP", check=False).returncode == 0:
+            run("iptables", "-t", GUARD_TABLE, "-F", chain, check=False)
+            run("iptables", "-t", GUARD_TABLE, "-X", chain, check=False)
+        drop6 = ("-t", GUARD_TABLE, "-D", "FORWARD", "-i", BRIDGE, "-j", "DROP")
+        while run("ip6tables", *drop6, check=False).returncode == 0:
             pass
-        run("ip6tables", "-X", f"{GUARD}-FWD", check=False)
+
+
+def remove_kube_chains() -> None:
+    """Delete every ``KUBE-*`` chain and every jump to one, in all tables, IPv4 and IPv6."""
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            listing = run(tool, "-t", table, "-S", check=False).stdout.splitlines()
+            for line in listing:
+                words = shlex.split(line)
+                if words[:1] == ["-A"] and not words[1].startswith("KUBE-") and "KUBE-" in line:
+                    run(tool, "-t", table, "-D", *words[1:], check=False)
+            chains = [line.split()[1] for line in listing if line.startswith("-N KUBE-")]
+            for chain in chains:
+                run(tool, "-t", table, "-F", chain, check=False)
+            for chain in chains:
+                run(tool, "-t", table, "-X", chain, check=False)
 
 
 def service_hosts(services: list) -> str:
@@ -226,9 +249,12 @@ class Node:
             if ids:
                 docker("rm", "-f", *ids, check=False)
         self._terminate("kube-proxy")
-        # NB: kube-proxy's own clean-up removes its KUBE-* chains from every table.
+        # NB: kube-proxy's own clean-up removes its KUBE-* chains; the kubelet's (KUBE-FIREWALL, which
+        # drops non-loopback traffic to 127.0.0.0/8, marks, canaries) stay unless removed by hand.
         run(str(self.bin_dir / "kube-proxy"), "--cleanup", "--proxy-mode", "iptables", check=False)
+        remove_kube_chains()
         self._terminate("dnsmasq")
+        shutil.rmtree(DNS_DIR, ignore_errors=True)
         if self.plane is not None:
             self.plane.stop()
         self._terminate("dockerd")
@@ -353,8 +379,8 @@ class Node:
         return tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
 
     def _start_dns(self) -> None:
-        hosts = self.workdir / "dns"
-        hosts.mkdir(exist_ok=True)
+        hosts = DNS_DIR
+        hosts.mkdir(parents=True, exist_ok=True)
         self._spawn(
             "dnsmasq",
             [
@@ -464,8 +490,8 @@ class Node:
         """Keep dnsmasq's hosts file equal to the Services, and hairpin mode on every bridge port (a pod
         that dials its own Service is routed back to itself)."""
         core = kubernetes.client.CoreV1Api(self.client())
-        hosts = self.workdir / "dns" / "services"
-        staged = self.workdir / "services.tmp"
+        hosts = DNS_DIR / "services"
+        staged = DOCKER_RUN / "services.tmp"
         last = ""
         while not self._stop_watch.is_set():
             with contextlib.suppress(Exception):

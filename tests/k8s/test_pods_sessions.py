@@ -44,7 +44,7 @@ def test_example_succeeds_in_pods(node: Node, pod_release: Release, name: str, c
         record(outcome, scenario=f"{name} in pods", log=Path(node.workdir) / "scenarios.tsv")
         assert outcome.phase == "Succeeded", outcome.status
         assert outcome.condition("Complete").get("status") == "True", outcome.status
-        assert all(p.get("phase") == "Done" for p in outcome.participants.values()), outcome.participants
+        assert set(outcome.phases().values()) == {"Done"}, outcome.phases()
         if check == "syncs":
             assert outcome.status["syncs"] > 0, outcome.status
         else:
