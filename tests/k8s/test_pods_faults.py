@@ -68,6 +68,7 @@ def _assert_promise(outcome: Outcome) -> None:
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="aggregator deletion fails the session (QuorumLost / AggregatorUnavailable): updates rejected "
     "unknown_session after round 1 are never re-sent (participant/learner.py), the coordinator's "
     "re-configure queues behind the pending close-round, and checkpoints die with the pod's emptyDir "
@@ -79,6 +80,7 @@ def test_aggregator_pod_deleted_mid_session(node: Node, pod_release: Release) ->
 
 @pytest.mark.xfail(
     strict=True,
+    raises=AssertionError,
     reason="coordinator deletion strands the session with the default SQLite store: it lives in the pod's "
     "emptyDir, so the new coordinator knows neither the session's progress nor its contributions "
     "(status/durability work, issues 12/14; PostgreSQL via spec.database survives it)",
