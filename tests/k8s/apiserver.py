@@ -8,7 +8,8 @@ The binaries come from ``scripts/k8s/build.sh`` (v1.20.2 built from Debian's sou
 Debian's ``etcd-server``. Every listener binds 127.0.0.1 on a free port; the PKI is thrown away with the
 working directory. The controller manager runs only the controllers the tests rely on: the service
 account token controller (v1.20 issues token Secrets, which the chart's ServiceAccount needs), the
-service account controller, the namespace controller and the garbage collector.
+service account controller, the namespace controller, the garbage collector and the ClusterRole
+aggregation controller (the chart's tenant roles aggregate into the built-in admin/edit/view).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ SERVICE_CIDR = "10.0.0.0/24"
 #: How long the control plane may take to come up; generous because CI machines have 2 cores.
 START_TIMEOUT_S = 120.0
 #: What the tests without a node rely on (see the module docstring).
-CONTROLLERS = "serviceaccount-token,serviceaccount,namespace,garbagecollector"
+CONTROLLERS = "serviceaccount-token,serviceaccount,namespace,garbagecollector,clusterrole-aggregation"
 
 
 class ControlPlaneError(RuntimeError):

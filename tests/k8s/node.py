@@ -73,6 +73,7 @@ CONTROLLERS = ",".join(
         "serviceaccount",
         "namespace",
         "garbagecollector",
+        "clusterrole-aggregation",
         "deployment",
         "replicaset",
         "statefulset",

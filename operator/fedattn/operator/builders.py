@@ -12,6 +12,7 @@ import ipaddress
 from typing import Any
 
 from fedattn import pki
+from fedattn.api.spec import ExposeSpec, SessionSpec
 from fedattn.operator import names
 
 DEFAULT_IMAGE = "fedattn:0.1.0"
@@ -330,16 +331,15 @@ def build_aggregator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) ->
     )
 
 
-def exposure(session: dict) -> dict[str, Any]:
+def exposure(session: dict) -> ExposeSpec:
     """``spec.expose`` with its schema defaults (ClusterIP, no external addresses)."""
-    # NB: sessions from the API have the default applied; builders are also called on bare specs.
-    return {"type": "ClusterIP", "addresses": [], **(session["spec"].get("expose") or {})}
+    return SessionSpec.from_manifest(session).expose
 
 
 def server_names(session: dict) -> list[str]:
     """The coordinator certificate's names: its Service's, plus the addresses outside sites dial."""
     meta = session["metadata"]
-    return names.server_names(meta["name"], meta["namespace"], external=exposure(session)["addresses"])
+    return names.server_names(meta["name"], meta["namespace"], external=exposure(session).addresses or ())
 
 
 def _service(
@@ -347,7 +347,7 @@ def _service(
 ) -> dict[str, Any]:
     s = session["metadata"]["name"]
     meta = _meta(name, s, component)
-    kind = exposure(session)["type"]
+    kind = exposure(session).type
     main = {**port, "targetPort": port["name"], "protocol": "TCP"}
     if kind == "NodePort" and node_port:
         main["nodePort"] = node_port
@@ -369,7 +369,7 @@ def _service(
 def build_coordinator_service(session: dict) -> dict[str, Any]:
     s = session["metadata"]["name"]
     port = {"name": "https", "port": names.API_PORT}
-    node_port = exposure(session).get("coordinatorNodePort")
+    node_port = exposure(session).coordinator_node_port
     return _service(session, component="coordinator", name=names.coordinator(s), port=port, node_port=node_port)
 
 
@@ -380,7 +380,7 @@ def build_aggregator_service(session: dict) -> dict[str, Any]:
         component="aggregator",
         name=names.aggregator(s),
         port={"name": "zmq", "port": names.ZMQ_PORT},
-        node_port=exposure(session).get("aggregatorNodePort"),
+        node_port=exposure(session).aggregator_node_port,
     )
 
 

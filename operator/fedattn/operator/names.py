@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from fedattn import pki
+
 MAX_LABEL = 63
 
 #: Where pods find their material (docs/protocol.md file names inside each directory).
@@ -24,7 +26,7 @@ METRICS_PORT = 9090
 ZMQ_PORT = 5555
 
 SERVER = "server"
-CONTROL_CLIENT = "coordinator-client"
+CONTROL_CLIENT = pki.CONTROL_CLIENT
 OPERATOR = "operator"
 
 
