@@ -155,12 +155,14 @@ def pod_release(node: Node) -> Release:
     """The chart installed on the node (release ``fedattn`` in ``fedattn-pods``), operator pod Ready."""
     api = node.client()
     namespace = "fedattn-pods"
-    installed = helm.install(
-        kubeconfig=node.admin_kubeconfig,
-        namespace=namespace,
-        release=RELEASE,
-        values={"image": {"tag": node.image_tag}},
-    )
+    # NB: the chart's default requests (a participant asks for 500m CPU) do not fit five participants
+    # on this 2-CPU node; the requests shrink, the memory limits stay.
+    small = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "2Gi"}}
+    values = {
+        "image": {"tag": node.image_tag},
+        "sessionPods": {"resources": {c: small for c in ("coordinator", "aggregator", "participant")}},
+    }
+    installed = helm.install(kubeconfig=node.admin_kubeconfig, namespace=namespace, release=RELEASE, values=values)
     apps = kubernetes.client.AppsV1Api(api)
 
     def ready() -> bool:
