@@ -93,6 +93,9 @@ def test_coordinator_deployment() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # a slow start (numpy/scipy imports on a busy node) is given 3 minutes before liveness counts
+    assert c["startupProbe"]["httpGet"] == c["livenessProbe"]["httpGet"]
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 180
     assert {p["name"] for p in c["ports"]} == {"https", "metrics"}
     assert c["env"] == [{"name": "FEDATTN_DATABASE_DSN", "valueFrom": {"secretKeyRef": {"name": "pg", "key": "url"}}}]
     parsed = _parse("coordinator", c["args"][1:])

@@ -126,7 +126,10 @@ def _probes() -> dict[str, Any]:
     def probe(path: str) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3}
 
-    return {"livenessProbe": probe("/healthz"), "readinessProbe": probe("/readyz")}
+    # NB: the liveness probe waits for the startup probe: a process still importing numpy/scipy on a
+    # loaded node (measured: over 30 s on 2 busy cores) is slow, not dead, and must not be restarted.
+    startup = {**probe("/healthz"), "periodSeconds": 2, "failureThreshold": 90}
+    return {"startupProbe": startup, "livenessProbe": probe("/healthz"), "readinessProbe": probe("/readyz")}
 
 
 def _secret_volume(name: str, secret: str, items: list[str] | None = None) -> dict[str, Any]:
