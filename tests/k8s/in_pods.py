@@ -48,7 +48,8 @@ class Outcome:
     participants: dict[str, dict]
     acknowledged: int
     stored: int | None
-    fault_acted: bool = False
+    #: the session's (phase, round) as the operator reported them when the fault acted; None if it never did
+    fault_at: tuple[str, int] | None = None
     notes: list[str] = field(default_factory=list)
 
     def phases(self) -> dict[str, str | None]:
@@ -79,16 +80,24 @@ def component_pods(
     return core.list_namespaced_pod(namespace, label_selector=selector).items
 
 
-def count_stored(api: kubernetes.client.ApiClient, *, namespace: str, session: str) -> int | None:
-    """The session's contributions in the store of its running coordinator pod; None if none runs."""
-    running = [
-        p
-        for p in component_pods(api, namespace=namespace, session=session, component="coordinator")
-        if p.status.phase == "Running" and not p.metadata.deletion_timestamp
-    ]
-    if not running:
-        return None
-    pod = running[0].metadata.name
+def count_stored(
+    api: kubernetes.client.ApiClient, *, namespace: str, session: str, timeout_s: float = 120.0
+) -> int | None:
+    """The session's contributions in the store of its coordinator pod, once one is Ready (a fault may
+    just have replaced it); None if none becomes Ready in ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready = [
+            p
+            for p in component_pods(api, namespace=namespace, session=session, component="coordinator")
+            if not p.metadata.deletion_timestamp and all(c.ready for c in p.status.container_statuses or [False])
+        ]
+        if ready:
+            break
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(1.0)
+    pod = ready[0].metadata.name
     out = exec_in(api, namespace=namespace, pod=pod, command=["python", "-c", COUNT_STORED, session])
     return int(out.strip().splitlines()[-1])
 
@@ -122,14 +131,14 @@ def run_session(
     started = time.monotonic()
     create_all(dynamic(api), docs, namespace=namespace)
     acked: dict[str, int] = {}
-    acted = False
+    acted_at: tuple[str, int] | None = None
     status: dict = {}
     while time.monotonic() - started < timeout_s:
         status = read_session(api, namespace=namespace, name=session).get("status") or {}
         for name, p in participants_of(api, namespace=namespace, session=session).items():
             acked[name] = max(acked.get(name, 0), int((p.get("status") or {}).get("contributions", 0)))
-        if fault is not None and not acted:
-            acted = fault(status)
+        if fault is not None and acted_at is None and fault(status):
+            acted_at = (status.get("phase", ""), int(status.get("round", 0)))
         if status.get("phase") in TERMINAL:
             break
         time.sleep(1.0)
@@ -152,18 +161,21 @@ def run_session(
         participants={n: p.get("status") or {} for n, p in participants.items()},
         acknowledged=sum(acked.values()),
         stored=count_stored(api, namespace=namespace, session=session),
-        fault_acted=acted,
+        fault_at=acted_at,
     )
 
 
-def example(name: str, *, deadline_s: int | None = None) -> list[dict]:
+def example(name: str, *, deadline_s: int | None = None, rounds: int | None = None) -> list[dict]:
     """The documents of ``examples/NAME``; ``deadline_s`` sets the session's activeDeadlineSeconds, so a
-    session a fault strands fails with DeadlineExceeded instead of hanging."""
+    session a fault strands fails with DeadlineExceeded instead of hanging; ``rounds`` overrides its
+    number of rounds (a fault needs a session long enough to hit it mid-way)."""
     docs = load_manifests(REPO / "examples" / name)
-    if deadline_s is not None:
-        for doc in docs:
-            if doc["kind"] == "FedSession":
+    for doc in docs:
+        if doc["kind"] == "FedSession":
+            if deadline_s is not None:
                 doc["spec"]["activeDeadlineSeconds"] = deadline_s
+            if rounds is not None:
+                doc["spec"]["rounds"] = rounds
     return docs
 
 
@@ -207,6 +219,7 @@ def record(outcome: Outcome, *, scenario: str, log: Path) -> None:
     line = (
         f"{scenario}\t{outcome.seconds:.0f} s\t{outcome.phase}"
         f" ({outcome.condition('Failed').get('reason', '')})\tack {outcome.acknowledged}\tstored {outcome.stored}"
+        f"\tfault at {outcome.fault_at}"
     )
     with open(log, "a") as out:
         out.write(line + "\n")
