@@ -156,6 +156,6 @@ def test_a_participant_outside_the_cluster_joins_through_node_ports(
         assert code == 0, far_log[-3000:]
         assert far_status.get("phase") == "Done" and far_status.get("contributions", 0) >= 1, far_status
         assert "gone-site" not in participants_of(api, namespace=ns, session=SESSION)
-        assert "no session named" not in refusal, refusal[-2000:]
+        assert "403 evicted" in refusal, refusal[-2000:]
     finally:
         delete_session(api, docs=docs, namespace=ns)
