@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from fedattn.operator import names
 REPO = Path(__file__).resolve().parents[2]
 TERMINAL = ("Succeeded", "Failed")
 PARTICIPANT_FINAL = ("Done", "Failed", "Evicted")
+TRAINED = re.compile(r"trained round (\d+)")
 STORE = f"{names.STATE_DIR}/store.sqlite3"
 COUNT_STORED = (
     "import sqlite3, sys; "
@@ -33,8 +35,8 @@ COUNT_STORED = (
     "print(db.execute('SELECT COUNT(*) FROM contributions WHERE session = ?', (sys.argv[1],)).fetchone()[0])"
 )
 
-#: a fault: called on every poll with the session's status; returns True once it has acted
-Fault = Callable[[dict], bool]
+#: a fault: called on every poll with the session's status until it acts; returns the round it acted in
+Fault = Callable[[dict], int | None]
 
 
 @dataclass
@@ -48,8 +50,8 @@ class Outcome:
     participants: dict[str, dict]
     acknowledged: int
     stored: int | None
-    #: the session's (phase, round) as the operator reported them when the fault acted; None if it never did
-    fault_at: tuple[str, int] | None = None
+    #: the round the fault acted in (what it saw); None if it never did
+    fault_at: int | None = None
     notes: list[str] = field(default_factory=list)
 
     def phases(self) -> dict[str, str | None]:
@@ -102,6 +104,22 @@ def count_stored(
     return int(out.strip().splitlines()[-1])
 
 
+def trained_round(api: kubernetes.client.ApiClient, *, namespace: str, session: str) -> int:
+    """The highest round any running participant pod has logged as trained: the session's progress as
+    it happens (the operator's status trails it by a poll, longer than a whole short session)."""
+    core = kubernetes.client.CoreV1Api(api)
+    best = 0
+    for pod in component_pods(api, namespace=namespace, session=session, component="participant"):
+        if pod.status.phase != "Running":
+            continue
+        try:
+            log = core.read_namespaced_pod_log(pod.metadata.name, namespace, tail_lines=20)
+        except kubernetes.client.ApiException:
+            continue
+        best = max([best, *(int(n) for n in TRAINED.findall(log))])
+    return best
+
+
 def exec_in(api: kubernetes.client.ApiClient, *, namespace: str, pod: str, command: list[str]) -> str:
     """Run ``command`` in the pod's first container (through the API server and the kubelet); its output."""
     core = kubernetes.client.CoreV1Api(api)
@@ -131,14 +149,14 @@ def run_session(
     started = time.monotonic()
     create_all(dynamic(api), docs, namespace=namespace)
     acked: dict[str, int] = {}
-    acted_at: tuple[str, int] | None = None
+    acted_at: int | None = None
     status: dict = {}
     while time.monotonic() - started < timeout_s:
         status = read_session(api, namespace=namespace, name=session).get("status") or {}
         for name, p in participants_of(api, namespace=namespace, session=session).items():
             acked[name] = max(acked.get(name, 0), int((p.get("status") or {}).get("contributions", 0)))
-        if fault is not None and acted_at is None and fault(status):
-            acted_at = (status.get("phase", ""), int(status.get("round", 0)))
+        if fault is not None and acted_at is None:
+            acted_at = fault(status)
         if status.get("phase") in TERMINAL:
             break
         time.sleep(1.0)

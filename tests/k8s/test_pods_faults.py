@@ -13,13 +13,13 @@ from pathlib import Path
 
 import kubernetes
 import pytest
-from in_pods import Outcome, component_pods, delete_session, example, record, run_session
+from in_pods import Outcome, component_pods, delete_session, example, record, run_session, trained_round
 from node import Node
 
 from conftest import RELEASE, Release
 
-#: the fault acts once the operator reports this round (of ROUNDS) while the session runs
-AFTER_ROUND = 2
+#: the fault acts once a participant has logged this round (of ROUNDS) as trained
+AFTER_ROUND = 3
 ROUNDS = 40
 DEADLINE_S = 300
 
@@ -41,7 +41,7 @@ def _run_with_fault(node: Node, release: Release, scenario: str, act) -> Outcome
     docs = example("learning-digits.yaml", deadline_s=DEADLINE_S, rounds=ROUNDS)
     session = next(d["metadata"]["name"] for d in docs if d["kind"] == "FedSession")
 
-    def fault(status: dict) -> bool:
+    def fault(status: dict) -> int | None:
         return act(api, release.namespace, session, status)
 
     try:
@@ -53,10 +53,11 @@ def _run_with_fault(node: Node, release: Release, scenario: str, act) -> Outcome
 
 
 def _after_rounds(component: str):
-    def act(api, namespace: str, session: str, status: dict) -> bool:
-        if status.get("phase") != "Running" or int(status.get("round", 0)) < AFTER_ROUND:
-            return False
-        return _delete_pod_of(api, namespace=namespace, session=session, component=component)
+    def act(api, namespace: str, session: str, status: dict) -> int | None:
+        seen = trained_round(api, namespace=namespace, session=session)
+        if seen < AFTER_ROUND or not _delete_pod_of(api, namespace=namespace, session=session, component=component):
+            return None
+        return seen
 
     return act
 
@@ -64,7 +65,7 @@ def _after_rounds(component: str):
 def _assert_promise(outcome: Outcome) -> None:
     assert outcome.fault_at is not None, f"the fault never acted: {outcome.status}"
     # NB: infrastructure, not the promise: a fault that only hit a finished session proves nothing
-    if outcome.fault_at[1] >= ROUNDS:
+    if outcome.fault_at >= ROUNDS:
         pytest.fail(f"the fault acted after the last round: {outcome.fault_at}")
     assert outcome.phase == "Succeeded", (outcome.phase, outcome.condition("Failed"), outcome.status.get("message"))
     assert outcome.stored == outcome.acknowledged, f"acknowledged {outcome.acknowledged}, stored {outcome.stored}"
@@ -101,14 +102,13 @@ def test_operator_restarted_mid_reconcile(node: Node, pod_release: Release) -> N
     """The operator pod is deleted as soon as the session exists (its children are being created); the
     Deployment's new pod picks up where kopf's annotations say the old one stopped."""
 
-    def act(api, namespace: str, session: str, status: dict) -> bool:
-        if status.get("phase") not in (None, "Pending"):
-            return False  # NB: the restart must hit the session while its children are being set up
+    def act(api, namespace: str, session: str, status: dict) -> int | None:
+        # NB: the first poll comes right after the session was created: round 0, children being made
         core = kubernetes.client.CoreV1Api(api)
         pods = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/component=operator").items
         running = [p for p in pods if p.metadata.name.startswith(RELEASE) and p.status.phase == "Running"]
         for pod in running:
             core.delete_namespaced_pod(pod.metadata.name, namespace, grace_period_seconds=0)
-        return bool(running)
+        return 0 if running else None
 
     _assert_promise(_run_with_fault(node, pod_release, "operator restarted mid-reconcile", act))
