@@ -21,8 +21,7 @@ from in_pods import component_pods, custom, delete_session, export_credentials, 
 from kube import create_all, dynamic
 from node import Node
 from outside import NODE_SIDE, Site
-
-from conftest import Release, wait_for
+from release import Release, wait_for
 
 SESSION = "outside"
 COORDINATOR_PORT, AGGREGATOR_PORT = 30443, 30555

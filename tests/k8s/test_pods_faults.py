@@ -15,8 +15,9 @@ import kubernetes
 import pytest
 from in_pods import Outcome, component_pods, delete_session, example, record, run_session, trained_round
 from node import Node
+from release import Release
 
-from conftest import RELEASE, Release
+from conftest import RELEASE
 
 #: the fault acts once a participant has logged this round (of ROUNDS) as trained
 AFTER_ROUND = 3

@@ -5,8 +5,7 @@ from __future__ import annotations
 import kubernetes
 from in_pods import exec_in
 from node import BRIDGE, GUARD, GUARD_TABLE, Node, run
-
-from conftest import Release
+from release import Release
 
 RESOLVE = (
     "import socket, sys\n"

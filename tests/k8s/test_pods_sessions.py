@@ -14,8 +14,7 @@ import helm_sdkpy
 import pytest
 from in_pods import delete_session, example, record, run_session
 from node import Node
-
-from conftest import Release
+from release import Release
 
 
 def test_helm_test_passes_against_the_operator_pod(node: Node, pod_release: Release) -> None:

@@ -8,27 +8,34 @@ benchmark run exactly these handlers and nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 from kubernetes.client import ApiException
 
-from fedattn.api import ManifestError, apply_defaults_and_validate
+from fedattn.api import ManifestError, apply_defaults_and_validate, crds, schema
+from fedattn.api.schema import ParticipantPhase, SessionPhase
+from fedattn.api.spec import ParticipantSpec, SessionSpec
 from fedattn.operator import builders, credentials, names, status
 from fedattn.operator.kube import Kube
 from fedattn.operator.metrics import PhaseCounter, measured
+from fedattn.operator.objects import Participant, Session
 from fedattn.operator.pod_defaults import PodDefaults
 from fedattn.operator.progress import StatusSource
 
 REGISTRY = kopf.OperatorRegistry()
-SESSIONS = ("fedattn.io", "v1alpha1", "fedsessions")
-PARTICIPANTS = ("fedattn.io", "v1alpha1", "fedparticipants")
-PREFIX = "fedattn.io"
+SESSIONS = (schema.GROUP, schema.VERSION, crds.kinds()["FedSession"].plural)
+PARTICIPANTS = (schema.GROUP, schema.VERSION, crds.kinds()["FedParticipant"].plural)
+PREFIX = schema.GROUP
+#: The annotation where kopf keeps the spec it last handled (see configure_settings).
+HANDLED = f"{PREFIX}/last-handled-configuration"
 
 
 @dataclass
@@ -43,9 +50,15 @@ class Config:
     pods: PodDefaults = field(default_factory=PodDefaults)
     poll_seconds: float = 10.0
     retry_seconds: float = 2.0  # how soon a handler waiting for another object tries again
+    ca_wait_seconds: float = 30.0  # how long a participant waits for its session's CA before retrying
     renew_check_seconds: float = 3600.0
     clock: Any = field(default=lambda: dt.datetime.now(dt.UTC))
     phases: PhaseCounter = field(default_factory=PhaseCounter)
+    authorities: credentials.SessionAuthorities = field(default_factory=credentials.SessionAuthorities)
+    allowlists: credentials.AllowlistWriter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.allowlists = credentials.AllowlistWriter(self.kube)
 
     def image(self, component: str) -> str:
         return self.images.get(component) or builders.DEFAULT_IMAGE
@@ -56,7 +69,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.persistence.finalizer = f"{PREFIX}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=PREFIX, key="last-handled-configuration"
+        prefix=PREFIX, key=HANDLED.rpartition("/")[2]
     )
     # NB: a namespaced Role cannot list namespaces or CRDs cluster-wide; the operator is given its
     # namespaces explicitly and the CRDs are installed before it starts, so no scanning is needed.
@@ -93,6 +106,26 @@ def _login(memo: Any, settings: kopf.OperatorSettings, **_: Any) -> kopf.Connect
     )
 
 
+# NB: the index functions are async although they never await: kopf runs a sync handler on its executor,
+# a thread hop per watch event that cost ~10% of the operator's CPU in the 100 x 4 benchmark profile.
+@kopf.index(*SESSIONS, registry=REGISTRY)
+async def fedsessions_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+    """Every session by (namespace, name), from the watch kopf keeps anyway: a participant's handler
+    finds its session here instead of GETting it (it GETs only one not seen yet)."""
+    return {(namespace, name): _plain(body)}
+
+
+@kopf.index(*PARTICIPANTS, registry=REGISTRY)
+async def fedparticipants_by_session(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+    """Participants by (namespace, sessionRef): a progress pass reads a session's members here instead
+    of LISTing every participant of the namespace (100 sessions x 400 participants per poll)."""
+    return {(namespace, (body.get("spec") or {}).get("sessionRef")): _plain(body)}
+
+
+def _indexed(index: kopf.Index, key: tuple[str, str]) -> list[dict[str, Any]]:
+    return list(index.get(key, []))
+
+
 def _config(memo: Any) -> Config:
     return memo.config
 
@@ -116,28 +149,30 @@ def _thaw(value: Any) -> Any:
     return value
 
 
+_TYPED = {"FedSession": SessionSpec, "FedParticipant": ParticipantSpec}
+
+
 @functools.lru_cache(maxsize=4096)
-def _defaulted_spec(kind: str, spec_json: str) -> str:
-    """Defaults + validation of one spec, memoised: the CEL pass costs ~10 ms and every progress pass
-    and participant handler would otherwise repeat it for an unchanged spec."""
+def _typed_spec(kind: str, spec_json: str) -> SessionSpec | ParticipantSpec | list[str]:
+    """Defaults + validation + the typed view of one spec (or its problems), memoised: the CEL pass
+    costs ~10 ms and every progress pass and participant handler would otherwise repeat it for an
+    unchanged spec. NB: the typed views are frozen, so one cached view can be shared."""
     manifest = {
-        "apiVersion": "fedattn.io/v1alpha1",
+        "apiVersion": f"{schema.GROUP}/{schema.VERSION}",
         "kind": kind,
         "metadata": {"name": "x"},
         "spec": json.loads(spec_json),
     }
     try:
-        return json.dumps(apply_defaults_and_validate(kind, manifest)["spec"])
+        return _TYPED[kind].from_manifest(apply_defaults_and_validate(kind, manifest)["spec"])
     except ManifestError as exc:
-        return json.dumps({"__problems__": exc.problems})
+        return exc.problems
 
 
-def _validated(kind: str, body: dict[str, Any]) -> dict[str, Any]:
-    """The object with schema defaults applied; ManifestError if a rule is broken (old API servers
-    that do not enforce CEL let such objects in)."""
-    spec = json.loads(_defaulted_spec(kind, json.dumps(body.get("spec") or {}, sort_keys=True)))
-    if "__problems__" in spec:
-        raise ManifestError(kind, body["metadata"].get("name", ""), spec["__problems__"])
+def _typed(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    spec = _typed_spec(kind, json.dumps(body.get("spec") or {}, sort_keys=True))
+    if isinstance(spec, list):
+        raise ManifestError(kind, body["metadata"].get("name", ""), spec)
     return {
         **{k: body[k] for k in ("apiVersion", "kind", "metadata")},
         "spec": spec,
@@ -145,10 +180,21 @@ def _validated(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _session(body: dict[str, Any]) -> Session:
+    """The FedSession with its spec parsed once (schema defaults, typed); ManifestError if a rule is
+    broken (old API servers that do not enforce CEL let such objects in)."""
+    return _typed("FedSession", body)  # type: ignore[return-value]
+
+
+def _participant(body: dict[str, Any]) -> Participant:
+    """The FedParticipant with its spec parsed once, as :func:`_session`."""
+    return _typed("FedParticipant", body)  # type: ignore[return-value]
+
+
 def _invalid_status(previous: dict, exc: ManifestError, generation: int, now: dt.datetime) -> dict:
     seen = status.Observation(failure=("InvalidSpec", "; ".join(exc.problems)))
     return {
-        "phase": "Failed",
+        "phase": SessionPhase.FAILED,
         "message": seen.failure[1],
         "conditions": status.set_condition(
             previous.get("conditions", []),
@@ -162,9 +208,10 @@ def _invalid_status(previous: dict, exc: ManifestError, generation: int, now: dt
     }
 
 
-def _session_children(session: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
-    if "database" not in session["spec"] and cfg.default_database:
-        session = {**session, "spec": {**session["spec"], "database": {"secretRef": cfg.default_database}}}
+def _session_children(session: Session, cfg: Config) -> list[dict[str, Any]]:
+    if session["spec"].database is None and cfg.default_database:
+        spec = {**session["spec"].to_manifest(), "database": {"secretRef": cfg.default_database}}
+        session = {**session, "spec": SessionSpec.from_manifest(spec)}
     return [
         cfg.pods.apply(builders.build_coordinator_deployment(session, image=cfg.image("coordinator"))),
         builders.build_coordinator_service(session),
@@ -185,18 +232,19 @@ async def reconcile_session(
     raw = _plain(body)
     generation = int(meta.get("generation") or 0)
     try:
-        session = _validated("FedSession", raw)
+        session = _session(raw)
     except ManifestError as exc:
         patch.status.update(_invalid_status(raw["status"], exc, generation, cfg.clock()))
         raise kopf.PermanentError(str(exc)) from exc
-    ready = await credentials.ensure_session_pki(cfg.kube, session, owner=raw)
+    ready = await credentials.ensure_session_pki(cfg.kube, session, owner=raw, authorities=cfg.authorities)
     finished = session["status"].get("phase") in status.TERMINAL
     if finished or status.deadline_failure(session, now=cfg.clock()):
         await _scale_down(cfg, session)  # NB: never (re)start a session that is over
     else:
-        for child in _session_children(session, cfg):
+        children = _session_children(session, cfg)
+        for child in children:
             kopf.adopt(child, owner=raw)
-            await cfg.kube.apply(child)
+        await asyncio.gather(*(cfg.kube.apply(child) for child in children))
         if generation > 1:  # NB: an update (e.g. suspend toggled): the participants' Jobs follow
             await _sync_participant_jobs(cfg, session)
     # NB: status is written by the progress daemon only; two writers would race and regress it.
@@ -205,61 +253,74 @@ async def reconcile_session(
         raise kopf.TemporaryError("waiting for cert-manager to issue the session certificates", delay=cfg.retry_seconds)
 
 
-async def _sync_participant_jobs(cfg: Config, session: dict[str, Any]) -> None:
+async def _sync_participant_jobs(cfg: Config, session: Session) -> None:
     """A suspended session has no participant Jobs (batch/v1 Jobs cannot be suspended before Kubernetes
     1.21, and they would burn their backoffLimit against a scaled-down coordinator); resuming recreates
     them for every credentialed, in-cluster, not evicted participant."""
     ns = session["metadata"]["namespace"]
-    for p in _members(session, await cfg.kube.list("FedParticipant", ns)):
-        current = p.get("status") or {}
-        if p["spec"].get("external") or current.get("phase") == "Evicted":
+    for p in _members(session, await cfg.kube.list(kind="FedParticipant", namespace=ns)):
+        try:
+            participant = _participant(p)
+        except ManifestError:
+            continue  # NB: its own handler marked it Failed; it has no credentials and no Job
+        current = participant["status"]
+        if participant["spec"].external or current.get("phase") == ParticipantPhase.EVICTED:
             continue
-        if session["spec"].get("suspend"):
-            await cfg.kube.delete("Job", ns, names.participant_job(p["metadata"]["name"]))
+        if session["spec"].suspend:
+            await cfg.kube.delete(kind="Job", namespace=ns, name=names.participant_job(p["metadata"]["name"]))
         elif current.get("credentialsSecret"):
-            participant = _validated("FedParticipant", p)
             job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
             kopf.adopt(job, owner=p)
             await cfg.kube.ensure(job)
 
 
-async def _scale_down(cfg: Config, session: dict[str, Any]) -> None:
+async def _scale_down(cfg: Config, session: Session) -> None:
     s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
     for name in (names.coordinator(s), names.aggregator(s)):
         try:
-            await cfg.kube.patch("Deployment", ns, name, {"spec": {"replicas": 0}})
+            await cfg.kube.patch(kind="Deployment", namespace=ns, name=name, body={"spec": {"replicas": 0}})
         except ApiException as exc:
             if exc.status != 404:  # NB: a missing Deployment has nothing to scale
                 raise
 
 
-def _members(session: dict[str, Any], participants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _members(session: Session, participants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # NB: a raw read of listed objects, to pick the session's before parsing them one by one
     return [p for p in participants if (p.get("spec") or {}).get("sessionRef") == session["metadata"]["name"]]
 
 
-async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], logger: logging.Logger) -> None:
-    """One observation of a session: deadline, TTL, certificates, coordinator status, events."""
+async def progress_once(
+    cfg: Config, body: kopf.Body, *, participants: kopf.Index, state: dict[str, Any], logger: logging.Logger
+) -> None:
+    """One observation of a session: deadline, TTL, certificates, coordinator status, events.
+
+    ``participants`` is :func:`fedparticipants_by_session`. The first certificate renewal check comes one
+    ``renew_check_seconds`` after the daemon starts, not at once: a session just reconciled has fresh
+    certificates, and renewal works in days (``renewBeforeDays`` >= 1) while the check period is an hour,
+    so reading every Secret of every session at start (6 reads a session) bought nothing.
+    """
     raw = _plain(body)
     now = cfg.clock()
     try:
-        session = _validated("FedSession", raw)
+        session = _session(raw)
     except ManifestError:
         return  # reconcile_session has marked it Failed; nothing to observe
     meta, spec, previous = session["metadata"], session["spec"], session["status"]
     s, ns = meta["name"], meta["namespace"]
     if meta.get("deletionTimestamp"):
         return  # being deleted: nothing left to observe or to decide
-    ttl = spec.get("ttlSecondsAfterFinished")
+    ttl = spec.ttl_seconds_after_finished
     if previous.get("phase") in status.TERMINAL and ttl is not None:
         age = status.age_seconds(previous.get("completedAt"), now)
         if age is not None and age >= ttl:
             logger.info("deleting finished session after its TTL", extra={"session": s})
-            await cfg.kube.delete("FedSession", ns, s)
+            await cfg.kube.delete(kind="FedSession", namespace=ns, name=s)
             cfg.phases.set(ns, s, None)
             return
     failure = None if previous.get("phase") in status.TERMINAL else status.deadline_failure(session, now=now)
-    members = _members(session, await cfg.kube.list("FedParticipant", ns))
-    if state.get("renewed_at") is None or (now - state["renewed_at"]).total_seconds() >= cfg.renew_check_seconds:
+    members = _indexed(participants, (ns, s))
+    state.setdefault("renewed_at", now)
+    if (now - state["renewed_at"]).total_seconds() >= cfg.renew_check_seconds:
         renewed = await credentials.renew_due(cfg.kube, session, [p["metadata"]["name"] for p in members], now=now)
         state["renewed_at"] = now
         for who in renewed:
@@ -269,7 +330,7 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
     if (
         identity is not None
         and not failure
-        and not spec.get("suspend")
+        and not spec.suspend
         and previous.get("phase") not in status.TERMINAL
     ):
         try:
@@ -280,20 +341,24 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
         coordinator=coordinator,
         error=error,
         certificates_ready=identity is not None,
-        suspended=bool(spec.get("suspend")),
+        suspended=spec.suspend,
         participants_total=len(members),
         failure=failure,
     )
-    new = status.session_status(
-        previous=previous, spec=spec, generation=int(meta.get("generation") or 0), seen=seen, now=now
-    )
     if failure and previous.get("phase") not in status.TERMINAL:
         await _scale_down(cfg, session)
-    if new != previous:
-        if not await _write_status(cfg, "FedSession", meta, new):
-            return  # the session changed meanwhile (or is being deleted): decide again on the next pass
-        for kind, reason, message in status.transitions(previous, new):
-            kopf.event(body, type=kind, reason=reason, message=message)
+
+    def decide(previous: dict[str, Any]) -> dict[str, Any]:
+        return status.session_status(
+            previous=previous, spec=spec, generation=int(meta.get("generation") or 0), seen=seen, now=now
+        )
+
+    written = await _write_session_status(cfg, meta, previous, decide)
+    if written is None:
+        return  # the session changed meanwhile (or is being deleted): decide again on the next pass
+    previous, new = written
+    for kind, reason, message in status.transitions(previous, new):
+        kopf.event(body, type=kind, reason=reason, message=message)
     cfg.phases.set(ns, s, new["phase"], conditions=new.get("conditions", []))
     if coordinator is not None:
         await _update_participants(cfg, session, members, coordinator.get("participant_status") or {}, now=now)
@@ -301,7 +366,7 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
 
 async def _update_participants(
     cfg: Config,
-    session: dict[str, Any],
+    session: Session,
     members: list[dict[str, Any]],
     entries: dict[str, Any],
     *,
@@ -319,11 +384,36 @@ async def _update_participants(
             generation=int(p["metadata"].get("generation") or 0),
             now=now,
         )
-        if new["phase"] == "Evicted" and previous.get("phase") != "Evicted":
+        if new["phase"] == ParticipantPhase.EVICTED and previous.get("phase") != ParticipantPhase.EVICTED:
             await credentials.revoke(cfg.kube, namespace=ns, session=session["metadata"]["name"], participant=name)
         new = {**previous, **new}
         if new != previous:
             await _write_status(cfg, "FedParticipant", p["metadata"], new)
+
+
+async def _write_session_status(
+    cfg: Config, meta: dict[str, Any], previous: dict[str, Any], decide: Callable[[dict[str, Any]], dict[str, Any]]
+) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """Write ``decide(previous)`` as the session's status unless it is ``previous``; returns (previous, new)
+    as decided, or None if the session moved on twice, changed its spec or is being deleted.
+
+    On a conflict the observation still stands for the same spec, so it is decided once more on a fresh
+    read rather than a poll period (and a coordinator round trip) later: at a session's first pass the
+    conflict is the rule, with kopf's own finalizer patch.
+    """
+    new = decide(previous)
+    if new == previous or await _write_status(cfg, "FedSession", meta, new):
+        return previous, new
+    fresh = await cfg.kube.read(kind="FedSession", namespace=meta["namespace"], name=meta["name"])
+    if fresh is None or fresh["metadata"].get("deletionTimestamp"):
+        return None
+    if fresh["metadata"].get("generation") != meta.get("generation"):
+        return None
+    previous = fresh.get("status") or {}
+    new = decide(previous)
+    if new == previous or await _write_status(cfg, "FedSession", fresh["metadata"], new):
+        return previous, new
+    return None
 
 
 async def _write_status(cfg: Config, kind: str, meta: dict[str, Any], new: dict[str, Any]) -> bool:
@@ -331,7 +421,7 @@ async def _write_status(cfg: Config, kind: str, meta: dict[str, Any], new: dict[
     a status computed from a stale read must not land on an object that moved on. False on conflict."""
     body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": new}
     try:
-        await cfg.kube.patch(kind, meta["namespace"], meta["name"], body, status=True)
+        await cfg.kube.patch(kind=kind, namespace=meta["namespace"], name=meta["name"], body=body, status=True)
         return True
     except ApiException as exc:
         if exc.status in (404, 409):
@@ -339,27 +429,54 @@ async def _write_status(cfg: Config, kind: str, meta: dict[str, Any], new: dict[
         raise
 
 
+async def _until_handled(body: kopf.Body, stopped: kopf.DaemonStopped, *, timeout_s: float) -> None:
+    """Until kopf has handled the session once (its annotation is on the live body), ``timeout_s`` at most.
+
+    Why: kopf patches a new session (finalizer, then the handled configuration) while its daemon starts,
+    and a status written meanwhile conflicts (a re-read and a second write each, for every new session).
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while HANDLED not in (body["metadata"].get("annotations") or {}) and not stopped and loop.time() < deadline:
+        # NB: asyncio.sleep, not stopped.wait(): kopf re-raises the TimeoutError of a time-limited stopper
+        # wait that is still pending when the operator exits, and these short waits would often be
+        await asyncio.sleep(0.05)
+
+
 @kopf.daemon(*SESSIONS, registry=REGISTRY, cancellation_timeout=5.0)
-async def progress(stopped: kopf.DaemonStopped, body: kopf.Body, memo: Any, logger: logging.Logger, **_: Any) -> None:
+async def progress(
+    stopped: kopf.DaemonStopped,
+    body: kopf.Body,
+    memo: Any,
+    logger: logging.Logger,
+    fedparticipants_by_session: kopf.Index,
+    **_: Any,
+) -> None:
     """Poll the coordinator every ``poll_seconds`` while the session exists."""
     cfg = _config(memo)
     state: dict[str, Any] = {}
     run = measured("fedsessions", "progress")(progress_once)
-    while not stopped:
-        try:
-            await run(cfg, body, state=state, logger=logger)
-        except Exception:  # NB: keep observing; the error is logged and counted by `measured`
-            logger.exception("progress pass failed", extra={"session": body["metadata"]["name"]})
-        await stopped.wait(cfg.poll_seconds)
+    await _until_handled(body, stopped, timeout_s=cfg.poll_seconds)
+    try:
+        while not stopped:
+            try:
+                await run(cfg, body, participants=fedparticipants_by_session, state=state, logger=logger)
+            except Exception:  # NB: keep observing; the error is logged and counted by `measured`
+                logger.exception("progress pass failed", extra={"session": body["metadata"]["name"]})
+            await stopped.wait(cfg.poll_seconds)
+    finally:
+        cfg.authorities.forget(body["metadata"].get("uid", ""))
 
 
-async def _session_for(cfg: Config, participant: dict[str, Any]) -> dict[str, Any]:
-    ns, ref = participant["metadata"]["namespace"], participant["spec"]["sessionRef"]
-    found = await cfg.kube.read("FedSession", ns, ref)
+async def _session_for(cfg: Config, participant: Participant, sessions: kopf.Index) -> Session:
+    """The participant's session from :func:`fedsessions_by_name`, or read if the index has not seen it."""
+    ns, ref = participant["metadata"]["namespace"], participant["spec"].session_ref
+    indexed = next(iter(_indexed(sessions, (ns, ref))), None)
+    found = indexed or await cfg.kube.read(kind="FedSession", namespace=ns, name=ref)
     if found is None:
         raise kopf.TemporaryError(f"FedSession {ref} not found in {ns}", delay=cfg.retry_seconds)
     try:
-        return _validated("FedSession", found)
+        return _session(found)
     except ManifestError as exc:
         raise kopf.TemporaryError(f"FedSession {ref} is invalid: {exc.problems[0]}", delay=60) from exc
 
@@ -368,18 +485,24 @@ async def _session_for(cfg: Config, participant: dict[str, Any]) -> dict[str, An
 @kopf.on.create(*PARTICIPANTS, registry=REGISTRY)
 @measured("fedparticipants", "credentials")
 async def issue_participant(
-    body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: Any, logger: logging.Logger, **_: Any
+    body: kopf.Body,
+    meta: kopf.Meta,
+    patch: kopf.Patch,
+    memo: Any,
+    logger: logging.Logger,
+    fedsessions_by_name: kopf.Index,
+    **_: Any,
 ) -> None:
     """Credentials Secret + allowlist entry; an in-cluster participant also gets its Job."""
     cfg = _config(memo)
     raw = _plain(body)
     generation = int(meta.get("generation") or 0)
     try:
-        participant = _validated("FedParticipant", raw)
+        participant = _participant(raw)
     except ManifestError as exc:
         patch.status.update(
             {
-                "phase": "Failed",
+                "phase": ParticipantPhase.FAILED,
                 "conditions": status.set_condition(
                     raw["status"].get("conditions", []),
                     type="CertificateIssued",
@@ -392,11 +515,20 @@ async def issue_participant(
             }
         )
         raise kopf.PermanentError(str(exc)) from exc
-    if participant["status"].get("phase") == "Evicted":
+    if participant["status"].get("phase") == ParticipantPhase.EVICTED:
         return  # NB: credentials of an evicted participant stay revoked across operator restarts
-    session = await _session_for(cfg, participant)
-    await credentials.ensure_participant(cfg.kube, participant, session, owner=raw, retry_seconds=cfg.retry_seconds)
-    if not participant["spec"].get("external"):
+    session = await _session_for(cfg, participant, fedsessions_by_name)
+    await credentials.ensure_participant(
+        cfg.kube,
+        participant,
+        session,
+        owner=raw,
+        authorities=cfg.authorities,
+        allowlists=cfg.allowlists,
+        ca_wait_seconds=cfg.ca_wait_seconds,
+        retry_seconds=cfg.retry_seconds,
+    )
+    if not participant["spec"].external:
         job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
         kopf.adopt(job, owner=raw)
         await cfg.kube.ensure(job)  # NB: a Job's pod template is immutable: create once, never patch
@@ -416,14 +548,20 @@ async def revoke_participant(body: kopf.Body, meta: kopf.Meta, memo: Any, logger
     """Deleting a participant revokes it at once: evicted at the coordinator (which revokes its key at
     the aggregator), allowlist entry and credentials Secret removed."""
     cfg = _config(memo)
-    ref = (body.get("spec") or {}).get("sessionRef", "")
+    ref = (body.get("spec") or {}).get("sessionRef", "")  # NB: raw: a deleted object may be invalid
     extra = {"session": ref, "participant": meta["name"]}
-    found = await cfg.kube.read("FedSession", meta["namespace"], ref) if ref else None
-    identity = await credentials.operator_identity(cfg.kube, found) if found else None
-    if found and identity:
+    found = await cfg.kube.read(kind="FedSession", namespace=meta["namespace"], name=ref) if ref else None
+    session = None
+    if found is not None:
+        try:
+            session = _session(found)
+        except ManifestError as exc:  # NB: revoke anyway; only the coordinator is not told
+            logger.warning("session %s is invalid, not telling its coordinator: %s", ref, exc, extra=extra)
+    identity = await credentials.operator_identity(cfg.kube, session) if session else None
+    if session and identity:
         try:
             await cfg.status_source.evict(
-                session=found, identity=identity, participant=meta["name"], reason="FedParticipant deleted"
+                session=session, identity=identity, participant=meta["name"], reason="FedParticipant deleted"
             )
         except Exception as exc:
             logger.warning("coordinator did not take the eviction: %s", exc, extra=extra)
