@@ -39,5 +39,10 @@ if [ "$want_test" = 1 ]; then
         apt-get update -qq
         apt-get install -y -qq postgresql >/dev/null
     fi
-    bash scripts/k8s/build.sh >/dev/null  # kube-apiserver + controller manager for tests/k8s, cached by version
+    # kube-apiserver + controller manager for tests/k8s, cached by version; the pod suite's node too
+    if [ "${FEDATTN_PODS:-0}" = 1 ]; then
+        bash scripts/k8s/build.sh --node >/dev/null
+    else
+        bash scripts/k8s/build.sh >/dev/null
+    fi
 fi

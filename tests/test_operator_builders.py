@@ -97,6 +97,9 @@ def test_coordinator_deployment() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True and c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    # a slow start (numpy/scipy imports on a busy node) is given 3 minutes before liveness counts
+    assert c["startupProbe"]["httpGet"] == c["livenessProbe"]["httpGet"]
+    assert c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"] >= 180
     assert {p["name"] for p in c["ports"]} == {"https", "metrics"}
     assert c["env"] == [{"name": "FEDATTN_DATABASE_DSN", "valueFrom": {"secretKeyRef": {"name": "pg", "key": "url"}}}]
     parsed = _parse("coordinator", c["args"][1:])
@@ -202,6 +205,30 @@ def test_services_select_their_deployment_pods() -> None:
         assert {p["name"] for p in svc["spec"]["ports"]} >= {"metrics"}
     coord, agg = builders.build_coordinator_service(s), builders.build_aggregator_service(s)
     assert coord["spec"]["selector"] != agg["spec"]["selector"]
+
+
+def test_expose_node_port_sets_service_type_ports_and_certificate_names() -> None:
+    s = _session(expose={"type": "NodePort", "addresses": ["10.245.0.1", "fl.example.org"],
+                         "coordinatorNodePort": 30443, "aggregatorNodePort": 30555})  # fmt: skip
+    coord, agg = builders.build_coordinator_service(s), builders.build_aggregator_service(s)
+    assert coord["spec"]["type"] == agg["spec"]["type"] == "NodePort"
+    assert coord["spec"]["ports"][0]["nodePort"] == 30443 and agg["spec"]["ports"][0]["nodePort"] == 30555
+    # NB: metrics stay unpublished; a node port on them would open /metrics to the outside
+    assert all("nodePort" not in p for svc in (coord, agg) for p in svc["spec"]["ports"][1:])
+    sans = builders.server_names(s)
+    assert sans[: len(names.server_names("s1", "team"))] == names.server_names("s1", "team")
+    assert sans[-2:] == ["10.245.0.1", "fl.example.org"]
+
+
+def test_expose_defaults_to_cluster_ip_without_external_names() -> None:
+    s = _session()
+    assert builders.build_coordinator_service(s)["spec"]["type"] == "ClusterIP"
+    assert builders.server_names(s) == names.server_names("s1", "team")
+
+
+def test_node_ports_without_type_node_port_are_rejected() -> None:
+    with pytest.raises(Exception, match="need type NodePort"):
+        _session(expose={"coordinatorNodePort": 30443})
 
 
 def test_participant_job_mounts_only_its_own_private_data() -> None:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver and kube-controller-manager v1.20.2 from Debian bookworm's source package, once.
+# Builds kube-apiserver and kube-controller-manager v1.20.2 from Debian bookworm's source package, once;
+# with --node also kube-scheduler, kube-proxy, kubelet and the pause binary (tests/k8s/node.py's node).
 # Why from source: no image or binary registry is reachable here, but Debian's archive carries the full
 # upstream tree (with vendor/). The result is cached outside the repo, keyed by version, so re-runs are
 # instant; the apt build deps (etcd for the test harness too) are installed here so CI needs nothing else.
@@ -14,11 +15,18 @@ RECIPE=3
 CACHE=${FEDATTN_K8S_CACHE:-/var/cache/fedattn}/k8s-$K8S_VERSION
 BIN=$CACHE/bin-r$RECIPE
 WANT=(kube-apiserver kube-controller-manager)
+# NB: the node's binaries share the tree, GOCACHE and bin directory; their patches touch only kubelet
+# packages, so building them later leaves the control plane's binaries (and cache entries) valid.
+[ "${1:-}" = "--node" ] && WANT+=(kube-scheduler kube-proxy kubelet pause)
 
 have_all() { for b in "${WANT[@]}"; do [ -x "$BIN/$b" ] || return 1; done; }
 
 need_pkgs=()
-for p in etcd-server golang-go golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev dpkg-dev; do
+pkgs=(etcd-server golang-go golang-github-modern-go-reflect2-dev golang-github-json-iterator-go-dev dpkg-dev)
+# NB: what the node runs besides these binaries: the container runtime, the pause binary's compiler and
+# libc, the Service-name resolver, kube-proxy's iptables and conntrack, and debootstrap for the images.
+[ "${1:-}" = "--node" ] && pkgs+=(docker.io gcc libc6-dev dnsmasq-base iptables conntrack debootstrap)
+for p in "${pkgs[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ "${#need_pkgs[@]}" -gt 0 ]; then
@@ -79,6 +87,15 @@ for f in vendor/k8s.io/kube-openapi/pkg/validation/validate/type.go vendor/githu
     grep -q 'v.IsNil() }())' "$TREE/$f" || { echo "build.sh: could not patch $f" >&2; exit 1; }
 done
 
+# NB: this VM refuses a negative oom_score_adj (even to root), and the kubelet fails every pod sandbox
+# and guaranteed container that asks for one; the node's own processes get --oom-score-adj=0 instead.
+sed -i 's/defaultSandboxOOMAdj int = -998/defaultSandboxOOMAdj int = 0/' \
+    "$TREE/pkg/kubelet/dockershim/docker_sandbox.go"
+sed -i 's/guaranteedOOMScoreAdj int = -997/guaranteedOOMScoreAdj int = 0/' "$TREE/pkg/kubelet/qos/policy.go"
+grep -q 'defaultSandboxOOMAdj int = 0' "$TREE/pkg/kubelet/dockershim/docker_sandbox.go" \
+    && grep -q 'guaranteedOOMScoreAdj int = 0' "$TREE/pkg/kubelet/qos/policy.go" \
+    || { echo "build.sh: could not patch the kubelet's OOM adjustments" >&2; exit 1; }
+
 export GOPATH=$GOPATH_DIR GO111MODULE=off GOTOOLCHAIN=local GOPROXY=off
 export GOCACHE=$CACHE/gocache
 cd "$TREE"
@@ -108,6 +125,12 @@ for V in k8s.io/kubernetes/vendor/k8s.io/component-base/version k8s.io/kubernete
     ldflags="$ldflags -X $V.gitVersion=v$K8S_VERSION -X $V.gitMajor=1 -X $V.gitMinor=20 -X $V.gitTreeState=clean"
 done
 for b in "${WANT[@]}"; do
+    if [ "$b" = pause ]; then
+        # The pod sandbox's process, as upstream's build/pause/Makefile compiles it (no image registry).
+        [ -x "$BIN/pause" ] || gcc -Os -Wall -Werror -static -DVERSION=v3.4-fedattn -o "$BIN/pause" \
+            build/pause/linux/pause.c
+        continue
+    fi
     [ -x "$BIN/$b" ] || go build -ldflags "$ldflags" -o "$BIN/$b.tmp" "./cmd/$b"
     mv -f "$BIN/$b.tmp" "$BIN/$b" 2>/dev/null || true
 done

@@ -37,15 +37,19 @@ ETCD = "/usr/bin/etcd"
 SERVICE_CIDR = "10.0.0.0/24"
 #: How long the control plane may take to come up; generous because CI machines have 2 cores.
 START_TIMEOUT_S = 120.0
+#: What the tests without a node rely on (see the module docstring).
+CONTROLLERS = "serviceaccount-token,serviceaccount,namespace,garbagecollector,clusterrole-aggregation"
 
 
 class ControlPlaneError(RuntimeError):
     """The control plane could not start; the message carries the tail of the failing process's log."""
 
 
-def build_binaries() -> Path:
-    """Run the idempotent build (instant when cached) and return the directory of the binaries."""
-    out = subprocess.run(["bash", str(BUILD_SCRIPT)], check=True, capture_output=True, text=True)
+def build_binaries(*, node: bool = False) -> Path:
+    """Run the idempotent build (instant when cached) and return the directory of the binaries; with
+    ``node`` also the node's (kube-scheduler, kube-proxy, kubelet, pause)."""
+    argv = ["bash", str(BUILD_SCRIPT), *(["--node"] if node else [])]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True)
     return Path(out.stdout.strip().splitlines()[-1])
 
 
@@ -111,6 +115,12 @@ class ControlPlane:
 
     workdir: Path
     bin_dir: Path
+    #: where the API server listens and what it advertises; a node (node.py) passes its bridge address,
+    #: so that pods reach the in-cluster ``kubernetes`` Service through a real endpoint.
+    address: str = "127.0.0.1"
+    controllers: str = CONTROLLERS
+    #: extra kube-apiserver flags (a node adds its kubelet client certificate and node-port range)
+    apiserver_args: list[str] = field(default_factory=list)
     server: str = ""
     ca: pki.KeyPair | None = None
     admin: pki.KeyPair | None = None
@@ -132,6 +142,7 @@ class ControlPlane:
             server_names=[
                 "127.0.0.1",
                 "localhost",
+                self.address,
                 "10.0.0.1",
                 "kubernetes",
                 "kubernetes.default",
@@ -141,6 +152,9 @@ class ControlPlane:
         _write(pki_dir / "apiserver.crt", serving.cert_pem)
         _write(pki_dir / "apiserver.key", serving.key_pem)
         self.admin = pki.issue(self.ca, "fedattn-test-admin", organization="system:masters", validity_days=7)
+        # NB: also the API server's client certificate towards a kubelet (logs, exec), hence on disk now.
+        _write(pki_dir / "admin.crt", self.admin.cert_pem)
+        _write(pki_dir / "admin.key", self.admin.key_pem)
         # NB: RSA for service-account tokens: every v1.20 component accepts RS256 without extra flags.
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         sa_priv = _write(
@@ -159,7 +173,7 @@ class ControlPlane:
 
         etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
-        self._spawn(
+        self.spawn(
             "etcd",
             [
                 ETCD,
@@ -181,19 +195,19 @@ class ControlPlane:
                 f"http://127.0.0.1:{free_port()}",
             ],
         )
-        self._wait_http(f"{etcd_url}/health", "etcd")
+        self.wait_http(f"{etcd_url}/health", "etcd")
 
-        self.server = f"https://127.0.0.1:{api_port}"
-        self._spawn(
+        self.server = f"https://{self.address}:{api_port}"
+        self.spawn(
             "kube-apiserver",
             [
                 str(self.bin_dir / "kube-apiserver"),
                 "--etcd-servers",
                 etcd_url,
                 "--bind-address",
-                "127.0.0.1",
+                self.address,
                 "--advertise-address",
-                "127.0.0.1",
+                self.address,
                 "--secure-port",
                 str(api_port),
                 # NB: v1.20 still opens an unauthenticated port 8080 by default: close it.
@@ -215,12 +229,14 @@ class ControlPlane:
                 "RBAC",
                 "--service-cluster-ip-range",
                 SERVICE_CIDR,
-                # NB: a loopback advertise address is invalid in Endpoints; nobody dials the Service here.
+                # NB: a loopback advertise address is invalid in Endpoints; without a node nobody dials
+                # the Service, with one the lease reconciler publishes the bridge address.
                 "--endpoint-reconciler-type",
-                "none",
+                "none" if self.address == "127.0.0.1" else "lease",
                 "--cert-dir",
                 str(pki_dir),
                 "--profiling=false",
+                *self.apiserver_args,
             ],
         )
         admin_cfg = kubeconfig(
@@ -231,16 +247,16 @@ class ControlPlane:
             key_pem=self.admin.key_pem,
         )
         self.admin_kubeconfig = self.write_kubeconfig("admin", admin_cfg)
-        self._wait_http(f"{self.server}/readyz", "kube-apiserver", tls=True)
+        self.wait_http(f"{self.server}/readyz", "kube-apiserver", tls=True)
 
-        self._spawn(
+        self.spawn(
             "kube-controller-manager",
             [
                 str(self.bin_dir / "kube-controller-manager"),
                 "--kubeconfig",
                 str(self.admin_kubeconfig),
                 "--controllers",
-                "serviceaccount-token,serviceaccount,namespace,garbagecollector,clusterrole-aggregation",
+                self.controllers,
                 "--service-account-private-key-file",
                 str(sa_priv),
                 "--root-ca-file",
@@ -280,7 +296,7 @@ class ControlPlane:
         path = self.workdir / f"{name}.log"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
-    def _spawn(self, name: str, argv: list[str]) -> None:
+    def spawn(self, name: str, argv: list[str], *, env: dict[str, str] | None = None) -> None:
         if not Path(argv[0]).exists():
             raise ControlPlaneError(f"{argv[0]} is missing: run scripts/k8s/build.sh (it installs etcd too)")
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 -- owned by the child until stop()
@@ -289,16 +305,14 @@ class ControlPlane:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
-            env={**os.environ, "GOMAXPROCS": "2"},
+            env={**os.environ, "GOMAXPROCS": "2", **(env or {})},
         )
 
-    def _wait_http(self, url: str, name: str, *, tls: bool = False) -> None:
+    def wait_http(self, url: str, name: str, *, tls: bool = False) -> None:
         ctx = None
         if tls:
             assert self.ca is not None and self.admin is not None
             pki_dir = self.workdir / "pki"
-            _write(pki_dir / "admin.crt", self.admin.cert_pem)
-            _write(pki_dir / "admin.key", self.admin.key_pem)
             ctx = ssl.create_default_context(cafile=str(pki_dir / "ca.crt"))
             ctx.load_cert_chain(pki_dir / "admin.crt", pki_dir / "admin.key")
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -430,6 +430,35 @@ def _attention() -> dict[str, Schema]:
     }
 
 
+def _expose() -> Schema:
+    port = "Node port of the {} (type NodePort; allocated by Kubernetes when unset)."
+    return obj(
+        "How participants outside the cluster (FedParticipant spec.external) reach the coordinator and aggregator.",
+        {
+            "type": string(
+                "Service type of the coordinator and aggregator.",
+                default="ClusterIP",
+                enum=["ClusterIP", "NodePort", "LoadBalancer"],
+            ),
+            "addresses": array(
+                "Host names or IP addresses outside participants dial (a node's, a load balancer's); added to the"
+                " coordinator certificate's names.",
+                string("A DNS name or an IP address.", min_length=1, max_length=253),
+                max_items=16,
+            ),
+            "coordinatorNodePort": integer(port.format("coordinator's HTTPS API"), minimum=1, maximum=65535),
+            "aggregatorNodePort": integer(port.format("aggregator's ZMQ endpoint"), minimum=1, maximum=65535),
+        },
+        default={},
+        rules=[
+            (
+                "self.type == 'NodePort' || (!has(self.coordinatorNodePort) && !has(self.aggregatorNodePort))",
+                "coordinatorNodePort and aggregatorNodePort need type NodePort",
+            )
+        ],
+    )
+
+
 def session_spec() -> Schema:
     props: dict[str, Schema] = {
         "mode": string("Kind of session (immutable).", enum=["attention", "learning"]),
@@ -484,6 +513,7 @@ def session_spec() -> Schema:
             required=["secretRef"],
         ),
         "resilience": _resilience(),
+        "expose": _expose(),
         "coordinator": _pod_template("coordinator"),
         "aggregator": _pod_template("aggregator"),
         "model": obj(

@@ -96,6 +96,16 @@ class ResilienceSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExposeSpec:
+    """``spec.expose``: how participants outside the cluster reach the coordinator and aggregator."""
+
+    type: str
+    addresses: tuple[str, ...] | None
+    coordinator_node_port: int | None
+    aggregator_node_port: int | None
+
+
+@dataclasses.dataclass(frozen=True)
 class PodTemplate:
     """``spec.coordinator`` / ``spec.aggregator``; ``resources`` and ``tolerations`` are Pod-spec
     passthrough (kept as the plain dicts the API server stores)."""
@@ -258,6 +268,7 @@ class SessionSpec:
     tls: TLSSpec
     database: DatabaseSpec | None
     resilience: ResilienceSpec
+    expose: ExposeSpec
     coordinator: PodTemplate
     aggregator: PodTemplate
     model: ModelSpec | None

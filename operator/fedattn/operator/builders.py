@@ -8,10 +8,11 @@ are added by the handlers (``kopf.adopt``), not here.
 from __future__ import annotations
 
 import base64
+import ipaddress
 from typing import Any
 
 from fedattn import pki
-from fedattn.api.spec import DataRef, PodTemplate
+from fedattn.api.spec import DataRef, ExposeSpec, PodTemplate
 from fedattn.operator import names
 from fedattn.operator.objects import Participant, Session
 
@@ -20,6 +21,14 @@ UID = 10001
 CERT_MANAGER_GROUP = "cert-manager.io"
 #: a participant Job's backoffLimit: Kubernetes' own default, independent of spec.resilience.retries
 PARTICIPANT_POD_RESTARTS = 6
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def b64(data: bytes) -> str:
@@ -125,7 +134,10 @@ def _probes() -> dict[str, Any]:
     def probe(path: str) -> dict[str, Any]:
         return {"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": 10, "failureThreshold": 3}
 
-    return {"livenessProbe": probe("/healthz"), "readinessProbe": probe("/readyz")}
+    # NB: the liveness probe waits for the startup probe: a process still importing numpy/scipy on a
+    # loaded node (measured: over 30 s on 2 busy cores) is slow, not dead, and must not be restarted.
+    startup = {**probe("/healthz"), "periodSeconds": 2, "failureThreshold": 90}
+    return {"startupProbe": startup, "livenessProbe": probe("/healthz"), "readinessProbe": probe("/readyz")}
 
 
 def _secret_volume(name: str, secret: str, items: list[str] | None = None) -> dict[str, Any]:
@@ -409,18 +421,35 @@ def build_aggregator_deployment(session: Session, *, image: str = DEFAULT_IMAGE)
     )
 
 
-def _service(session: Session, *, component: str, name: str, port: dict[str, Any]) -> dict[str, Any]:
+def exposure(session: Session) -> ExposeSpec:
+    """``spec.expose`` with its schema defaults (ClusterIP, no external addresses)."""
+    return session["spec"].expose
+
+
+def server_names(session: Session) -> list[str]:
+    """The coordinator certificate's names: its Service's, plus the addresses outside sites dial."""
+    meta = session["metadata"]
+    return names.server_names(meta["name"], meta["namespace"], external=exposure(session).addresses or ())
+
+
+def _service(
+    session: Session, *, component: str, name: str, port: dict[str, Any], node_port: int | None
+) -> dict[str, Any]:
     s = session["metadata"]["name"]
     meta = _meta(name, s, component)
+    kind = exposure(session).type
+    main = {**port, "targetPort": port["name"], "protocol": "TCP"}
+    if kind == "NodePort" and node_port:
+        main["nodePort"] = node_port
     return {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": meta,
         "spec": {
-            "type": "ClusterIP",
+            "type": kind,
             "selector": _selector(meta),
             "ports": [
-                {**port, "targetPort": port["name"], "protocol": "TCP"},
+                main,
                 {"name": "metrics", "port": names.METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
             ],
         },
@@ -430,7 +459,8 @@ def _service(session: Session, *, component: str, name: str, port: dict[str, Any
 def build_coordinator_service(session: Session) -> dict[str, Any]:
     s = session["metadata"]["name"]
     port = {"name": "https", "port": names.API_PORT}
-    return _service(session, component="coordinator", name=names.coordinator(s), port=port)
+    node_port = exposure(session).coordinator_node_port
+    return _service(session, component="coordinator", name=names.coordinator(s), port=port, node_port=node_port)
 
 
 def build_aggregator_service(session: Session) -> dict[str, Any]:
@@ -440,6 +470,7 @@ def build_aggregator_service(session: Session) -> dict[str, Any]:
         component="aggregator",
         name=names.aggregator(s),
         port={"name": "zmq", "port": names.ZMQ_PORT},
+        node_port=exposure(session).aggregator_node_port,
     )
 
 
@@ -574,7 +605,9 @@ def build_certificate(
         },
     }
     if dns_names:
-        spec["dnsNames"] = dns_names
+        spec["dnsNames"] = [n for n in dns_names if not _is_ip(n)]
+        if any(_is_ip(n) for n in dns_names):
+            spec["ipAddresses"] = [n for n in dns_names if _is_ip(n)]
     return {
         "apiVersion": f"{CERT_MANAGER_GROUP}/v1",
         "kind": "Certificate",

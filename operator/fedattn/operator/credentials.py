@@ -163,7 +163,7 @@ async def ensure_session_pki(
     )
     ca = pki.KeyPair(builders.secret_bytes(stored, "ca.crt"), builders.secret_bytes(stored, "ca.key"))
     await authorities.publish(session["metadata"]["uid"], ca)
-    server = pki.issue(ca, names.SERVER, server_names=names.server_names(s, ns), validity_days=validity)
+    server = pki.issue(ca, names.SERVER, server_names=builders.server_names(session), validity_days=validity)
     await asyncio.gather(
         kube.ensure(_owned(builders.build_server_tls_secret(session, ca_cert=ca.cert_pem, server=server), owner)),
         kube.ensure(_owned(_operator_secret(session, ca, validity), owner)),
@@ -185,7 +185,7 @@ def _operator_secret(session: Session, ca: pki.KeyPair, validity: int) -> dict[s
 
 
 async def _ensure_certificates(kube: Kube, session: Session, *, owner: dict[str, Any]) -> None:
-    s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
+    s = session["metadata"]["name"]
     if not await kube.has_group_version(f"{builders.CERT_MANAGER_GROUP}/v1"):
         raise kopf.TemporaryError("spec.tls.issuerRef is set but cert-manager.io/v1 is not served", delay=60)
     server = builders.build_certificate(
@@ -193,7 +193,7 @@ async def _ensure_certificates(kube: Kube, session: Session, *, owner: dict[str,
         name=names.server_tls_secret(s),
         secret_name=names.server_tls_secret(s),
         common_name=names.SERVER,
-        dns_names=names.server_names(s, ns),
+        dns_names=builders.server_names(session),
         usages=["server auth", "digital signature"],
     )
     client = builders.build_certificate(
@@ -340,7 +340,7 @@ async def renew_due(kube: Kube, session: Session, participants: list[str], *, no
         ):
             continue
         if identity == names.SERVER:
-            pair = pki.issue(ca, identity, server_names=names.server_names(s, ns), validity_days=validity)
+            pair = pki.issue(ca, identity, server_names=builders.server_names(session), validity_days=validity)
         else:
             pair = pki.issue(ca, identity, organization=s, validity_days=validity)
         data = {f"{identity}.crt": pair.cert_pem, f"{identity}.key": pair.key_pem, "ca.crt": ca.cert_pem}

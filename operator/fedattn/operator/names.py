@@ -7,6 +7,7 @@ of its owner's name. Names longer than a DNS label get a stable hash suffix inst
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 
 from fedattn import pki
 from fedattn.api import schema
@@ -100,10 +101,12 @@ def aggregator_endpoint(session: str, namespace: str) -> str:
     return f"tcp://{aggregator(session)}.{namespace}.svc:{ZMQ_PORT}"
 
 
-def server_names(session: str, namespace: str) -> list[str]:
-    """SANs of the coordinator's server certificate: every name a client may dial."""
+def server_names(session: str, namespace: str, *, external: Sequence[str] = ()) -> list[str]:
+    """SANs of the coordinator's server certificate: every name a client may dial, in the cluster and
+    (``external``: the session's spec.expose.addresses) from outside it."""
     svc = coordinator(session)
-    return [svc, f"{svc}.{namespace}", f"{svc}.{namespace}.svc", f"{svc}.{namespace}.svc.cluster.local"]
+    inside = [svc, f"{svc}.{namespace}", f"{svc}.{namespace}.svc", f"{svc}.{namespace}.svc.cluster.local"]
+    return inside + [name for name in external if name not in inside]
 
 
 def curve_public_key(name: str) -> str:

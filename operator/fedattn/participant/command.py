@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--coordinator", required=True, help="coordinator API URL (https://HOST:PORT)")
+    parser.add_argument("--aggregator",
+                        help="aggregator endpoint to dial instead of the one the coordinator advertises (a site "
+                             "outside the cluster: tcp://NODE:NODEPORT)")
     parser.add_argument("--session", required=True, help="FedSession name")
     parser.add_argument("--name", required=True, help="this participant's FedParticipant name (= certificate CN)")
     parser.add_argument("--pki-dir", type=Path, required=True,
@@ -57,6 +60,8 @@ def _contribute(
 ) -> dict[str, Any]:
     identity = identity_from_dir(args.pki_dir, args.name)
     aggregator = joined["aggregator"]
+    # NB: the coordinator advertises the in-cluster name; a site outside dials its own route to the same server.
+    endpoint = args.aggregator or aggregator["endpoint"]
     policy = client.policy
     beats = CoordinatorClient(
         base_url=args.coordinator, identity=identity, policy=heartbeat_policy(policy, interval=args.heartbeat_seconds)
@@ -64,7 +69,7 @@ def _contribute(
     with (
         Heartbeat(beats, session=args.session, participant=args.name, interval=args.heartbeat_seconds) as beat,
         AggregatorClient(
-            endpoint=aggregator["endpoint"],
+            endpoint=endpoint,
             server_public=aggregator["public_key"].encode(),
             public=identity.curve_public.read_bytes(),
             secret=identity.curve_secret.read_bytes(),
