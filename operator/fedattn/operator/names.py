@@ -27,6 +27,8 @@ ZMQ_PORT = 5555
 SERVER = "server"
 CONTROL_CLIENT = pki.CONTROL_CLIENT
 OPERATOR = "operator"
+#: key of the generated text in the attention publisher's output Secret
+OUTPUT_TEXT_KEY = "text"
 
 
 def fit(name: str) -> str:
@@ -67,6 +69,11 @@ def aggregator(session: str) -> str:
 
 def participant_secret(participant: str) -> str:
     return fit(f"{participant}-credentials")
+
+
+def participant_output(participant: str) -> str:
+    """The Secret an attention publisher's pod writes its generated text to (owned by its FedParticipant)."""
+    return fit(f"{participant}-output")
 
 
 def participant_certificate(participant: str) -> str:
