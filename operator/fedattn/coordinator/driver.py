@@ -160,12 +160,13 @@ class RoundDriver:
         now = self.clock()
         reply = await self._control(session, "ctl_close_round", round=r)
         summary = RoundSummary.from_reply(reply, round=r, members=machine.members)
-        session.round_log[r] = {**session.round_log.get(r, {}), **summary.status()}
+        closed_at = self.clock()
+        session.round_log[r] = {**session.round_log.get(r, {}), **summary.status(), "closed_at": closed_at}
         self.store.close_round(
             name,
             r,
             state="Closed",
-            closed_at=self.clock(),
+            closed_at=closed_at,
             contributions=summary.contributions,
             weight_total=summary.weight_total,
             aggregation_seconds=summary.aggregation_seconds,
