@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from fedattn.api.progress import progress
 from fedattn.learning.privacy import epsilon_after
-from fedattn.runner import local, manifests
+from fedattn.operator import status as operator_status
+from fedattn.runner import local, manifests, summary
 from fedattn.runner.processes import supervised
 
 ROOT = Path(__file__).resolve().parent.parent
+NOW = dt.datetime.now(dt.UTC)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +51,16 @@ def test_dp_session_succeeds_with_privacy_budget_exhausted_after_the_rounds_it_a
         stored = db.execute("SELECT round, epsilon FROM rounds ORDER BY round").fetchall()
     assert [r for r, _ in stored] == list(range(1, allowed + 1))
     assert [e for _, e in stored] == pytest.approx(spent[:allowed], rel=1e-9)
+    # `fedattn run --json` reports epsilon per round and the very progress the operator writes to status
+    report = summary.learning_summary(status, centralized=None, store="sqlite", workdir=tmp_path)
+    assert report["epsilon"] == pytest.approx(spent[:allowed], rel=1e-9)
+    assert report["progress"]["epsilonSpent"] == pytest.approx(spent[allowed - 1], rel=1e-9)
+    assert report["progress"]["rounds"] == f"{allowed}/{rounds}"
+    assert report["progress"]["accuracy"] == closed[-1]["accuracy"]
+    seen = operator_status.Observation(coordinator=status, certificates_ready=True)
+    written = operator_status.session_status(previous={}, spec=session["spec"], generation=1, seen=seen, now=NOW)
+    assert written["progress"] == report["progress"] == progress(status)
+    assert written["progress"]["lastRoundAt"].startswith(NOW.strftime("%Y-"))
 
 
 def test_low_scoring_attackers_are_evicted_and_left_out_of_later_rounds(tmp_path):

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
             from fedattn.learning.centralized import centralized_accuracy
 
             result = summary.learning_summary(
-                status, centralized=centralized_accuracy(bundle.spec), store=session.store_dsn
+                status, centralized=centralized_accuracy(bundle.spec), store=session.store_dsn, workdir=workdir
             )
         else:
             result = summary.attention_summary(

@@ -1,11 +1,27 @@
-"""The machine-readable summary of a finished local run (``fedattn run --json``)."""
+"""The machine-readable summary of a finished local run (``fedattn run --json``).
+
+It carries the very ``progress`` a cluster shows in ``FedSession.status.progress``
+(:func:`fedattn.api.progress.progress`, one function for both) and ``outputs``: where this run's
+results are on disk, as ``status.outputs`` says where they are in the cluster.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from fedattn.api.progress import progress
 
-def learning_summary(status: dict[str, Any], *, centralized: float | None, store: str) -> dict[str, Any]:
+
+def learning_outputs(*, session: str, workdir: Path) -> dict[str, Any]:
+    """The global model's checkpoint file, when the aggregator wrote one (``spec.checkpoint``)."""
+    model = workdir / "checkpoints" / f"{session}.ckpt.npz"
+    return {"model": {"path": str(model)}} if model.exists() else {}
+
+
+def learning_summary(
+    status: dict[str, Any], *, centralized: float | None, store: str, workdir: Path
+) -> dict[str, Any]:
     rounds = [r for r in status.get("rounds", []) if r.get("state") == "Closed"]
     accuracy = [r.get("accuracy") for r in rounds]
     return {
@@ -14,7 +30,9 @@ def learning_summary(status: dict[str, Any], *, centralized: float | None, store
         "phase": status.get("phase"),
         "message": status.get("message"),
         "rounds": len(rounds),
+        "progress": progress(status),
         "accuracy": accuracy,
+        "epsilon": [r.get("epsilon") for r in rounds],
         "final_accuracy": accuracy[-1] if accuracy else None,
         "centralized_accuracy": centralized,
         "participants": {
@@ -22,22 +40,26 @@ def learning_summary(status: dict[str, Any], *, centralized: float | None, store
             for name, p in sorted(status.get("participant_status", {}).items())
         },
         "contributions_recorded": status.get("contributions_recorded"),
+        "outputs": learning_outputs(session=str(status.get("name")), workdir=workdir),
         "store": store,
     }
 
 
 def progress_line(status: dict[str, Any]) -> str:
-    """One human line per status change: phase, round, participants, latest accuracy."""
-    parts = status.get("participants", {})
+    """One human line per status change: phase, rounds, participants, latest accuracy and epsilon."""
+    parts, now = status.get("participants", {}), progress(status)
+    # NB: learning counts rounds ("round 3/20"), attention its KV syncs ("12 syncs")
+    where = f"round {now['rounds']}" if "roundsTotal" in now else now.get("rounds", f"round {now['round']}")
     line = (
-        f"{status.get('name')}: {status.get('phase')} round {status.get('round', 0)}/{status.get('rounds_total', '?')}"
+        f"{status.get('name')}: {status.get('phase')} {where}"
         f" participants {parts.get('ready', 0)}/{parts.get('total', 0)}"
     )
-    closed = [r for r in status.get("rounds", []) if r.get("accuracy") is not None]
-    if closed:
-        line += f" accuracy {closed[-1]['accuracy']:.4f}"
+    if "accuracy" in now:
+        line += f" accuracy {now['accuracy']:.4f}"
+    if "epsilonSpent" in now:
+        line += f" epsilon {now['epsilonSpent']:.3f}"
     if status.get("syncs"):
-        line += f" syncs {status['syncs']} avg {status.get('avg_sync_latency_ms', 0):.1f} ms"
+        line += f" avg {status.get('avg_sync_latency_ms') or 0:.1f} ms"
     return line
 
 
@@ -92,11 +114,15 @@ def attention_summary(
             **{k: result.get(k) for k in ("kv_bytes", "syncs", "sync_p50_ms", "sync_p99_ms", "prefill_seconds",
                                           "decode_seconds")},
         })
+    publisher = workdir / "results" / f"{spec['publisher']}.json"
     return {
         "session": status.get("name"),
         "mode": "attention",
         "phase": status.get("phase"),
         "message": status.get("message"),
+        "progress": progress(status),
+        # NB: locally the publisher's text is in its own result file; in a cluster, in its output Secret
+        "outputs": {"text": {"path": str(publisher), "key": "text"}} if publisher.exists() else {},
         "participants": rows,
         "centralized_text": centralized_text,
         "syncs": status.get("syncs"),
