@@ -92,9 +92,30 @@ def test_printer_columns() -> None:
         for k, v in kinds().items()
     }
     assert names == {
-        "FedSession": ["Mode", "Phase", "Round", "Participants", "Age"],
-        "FedParticipant": ["Session", "Phase", "Last heartbeat", "Age"],
+        "FedSession": ["Mode", "Phase", "Rounds", "Participants", "Accuracy", "Epsilon", "Reason", "Age"],
+        "FedParticipant": ["Session", "Phase", "Contributions", "Last heartbeat", "Age"],
     }
+
+
+@pytest.mark.parametrize("kind", ["FedSession", "FedParticipant"])
+def test_every_printer_column_reads_a_field_of_its_type(kind: str) -> None:
+    """A column whose path the schema does not have prints nothing, silently: check each against it."""
+    crd = build_crd(kinds()[kind])["spec"]["versions"][0]
+    types = {"string": "string", "integer": "integer", "number": "number", "date": "string"}
+    for column in crd["additionalPrinterColumns"]:
+        if column["jsonPath"].startswith(".metadata."):
+            continue  # the API server's own fields (Age)
+        node = crd["schema"]["openAPIV3Schema"]
+        path = re.sub(r"\[\?\(@\.type==\"(\w+)\"\)\]", ".[]", column["jsonPath"])  # a condition by type
+        for part in path.strip(".").split("."):
+            node = node["items"] if part == "[]" else node["properties"][part]
+        assert node["type"] == types[column["type"]], column
+    columns = {c["name"]: c for c in crd["additionalPrinterColumns"]}
+    if kind == "FedSession":
+        assert columns["Reason"]["priority"] == 1  # -o wide only
+        assert columns["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
+    else:
+        assert columns["Last heartbeat"]["type"] == "date"
 
 
 def _manifests(path: Path) -> list[dict]:
