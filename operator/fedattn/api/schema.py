@@ -48,6 +48,8 @@ PARTICIPANT_CONDITIONS = ["CertificateIssued", "Connected", "Stalled"]
 SESSION_IMMUTABLE = ["mode", "activeDeadlineSeconds", "minParticipants", "rounds", "strategy", "model",
                      "training", "privacy"]  # fmt: skip
 PARTICIPANT_IMMUTABLE = ["sessionRef", "weight", "dataRef", "image"]
+#: key of the generated text in the attention publisher's output Secret (``status.outputs.text.key``)
+OUTPUT_TEXT_KEY = "text"
 SYNC_POLICIES = ["uniform", "shallow-half", "deep-half", "progressive", "regressive"]
 
 

@@ -27,8 +27,6 @@ ZMQ_PORT = 5555
 SERVER = "server"
 CONTROL_CLIENT = pki.CONTROL_CLIENT
 OPERATOR = "operator"
-#: key of the generated text in the attention publisher's output Secret
-OUTPUT_TEXT_KEY = "text"
 
 
 def fit(name: str) -> str:

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fedattn.api import progress as api_progress
-from fedattn.api.schema import PARTICIPANT_CONDITIONS, PARTICIPANT_PHASES, SESSION_CONDITIONS, SESSION_PHASES
+from fedattn.api.schema import (
+    OUTPUT_TEXT_KEY,
+    PARTICIPANT_CONDITIONS,
+    PARTICIPANT_PHASES,
+    SESSION_CONDITIONS,
+    SESSION_PHASES,
+)
 from fedattn.operator import names
 from fedattn.operator.builders import CHECKPOINT_DIR
 
@@ -126,7 +132,7 @@ def outputs(*, session: str, spec: dict[str, Any], coordinator: dict[str, Any] |
     publisher = spec.get("publisher")
     entry = ((coordinator or {}).get("participant_status") or {}).get(publisher or "") or {}
     if spec.get("mode") == "attention" and publisher and entry.get("phase") == "Done":
-        out["text"] = {"secretName": names.participant_output(publisher), "key": names.OUTPUT_TEXT_KEY}
+        out["text"] = {"secretName": names.participant_output(publisher), "key": OUTPUT_TEXT_KEY}
     return out
 
 
