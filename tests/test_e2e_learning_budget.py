@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from fedattn.api.progress import progress
+from fedattn.api.spec import SessionSpec
 from fedattn.learning.privacy import epsilon_after
 from fedattn.operator import status as operator_status
 from fedattn.runner import local, manifests, summary
@@ -58,7 +59,8 @@ def test_dp_session_succeeds_with_privacy_budget_exhausted_after_the_rounds_it_a
     assert report["progress"]["rounds"] == f"{allowed}/{rounds}"
     assert report["progress"]["accuracy"] == closed[-1]["accuracy"]
     seen = operator_status.Observation(coordinator=status, certificates_ready=True)
-    written = operator_status.session_status(previous={}, spec=session["spec"], generation=1, seen=seen, now=NOW)
+    spec = SessionSpec.from_manifest(session)
+    written = operator_status.session_status(previous={}, spec=spec, generation=1, seen=seen, now=NOW)
     assert written["progress"] == report["progress"] == progress(status)
     assert written["progress"]["lastRoundAt"].startswith(NOW.strftime("%Y-"))
 

@@ -18,10 +18,12 @@ import pytest
 import yaml
 
 from fedattn.api.schema import PARTICIPANT_PHASES, SESSION_PHASES
+from fedattn.api.spec import SessionSpec
 from fedattn.operator import status
 
 GITOPS = Path(__file__).resolve().parents[1] / "docs" / "gitops"
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+SPEC = SessionSpec.from_manifest({"mode": "learning", "minParticipants": 2})
 
 #: phase -> (Argo CD health, Flux/kstatus status)
 SESSION_HEALTH = {
@@ -78,7 +80,7 @@ def _observation(phase: str) -> status.Observation:
 def operator_session(phase: str) -> dict[str, Any]:
     """A FedSession with the status today's ``session_status`` writes for ``phase``."""
     st = status.session_status(
-        previous={}, spec={"minParticipants": 2}, generation=1, seen=_observation(phase), now=NOW
+        previous={}, spec=SPEC, generation=1, seen=_observation(phase), now=NOW
     )
     assert st["phase"] == phase
     return _object("FedSession", st)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import datetime as dt
 
 from fedattn.api import progress as api_progress
+from fedattn.api.spec import SessionSpec
 from fedattn.operator import status
 from fedattn.operator.status import Observation
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-SPEC = {"minParticipants": 2}
+SPEC = SessionSpec.from_manifest({"mode": "learning", "minParticipants": 2})
 
 
 def _cond(st: dict, type_: str) -> dict:
@@ -65,7 +66,8 @@ def test_running_session_status_from_the_coordinator() -> None:
 
 def test_quorum_counts_against_min_participants() -> None:
     seen = Observation(coordinator=_coordinator(joined=1), certificates_ready=True)
-    st = status.session_status(previous={}, spec={"minParticipants": 3}, generation=1, seen=seen, now=T0)
+    spec = SessionSpec.from_manifest({"mode": "learning", "minParticipants": 3})
+    st = status.session_status(previous={}, spec=spec, generation=1, seen=seen, now=T0)
     q = _cond(st, "QuorumReached")
     assert (q["status"], q["reason"], q["message"]) == ("False", "WaitingForParticipants", "1/3 participants joined")
 
@@ -176,10 +178,11 @@ def test_transitions_become_events() -> None:
 
 
 def test_deadline_counts_from_creation() -> None:
-    session = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": {"activeDeadlineSeconds": 60}}
+    spec = SessionSpec.from_manifest({"mode": "learning", "activeDeadlineSeconds": 60})
+    session = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": spec}
     assert status.deadline_failure(session, now=T0 + dt.timedelta(seconds=60)) is None
     assert status.deadline_failure(session, now=T0 + dt.timedelta(seconds=61))[0] == "DeadlineExceeded"
-    assert status.deadline_failure({"metadata": {}, "spec": {}}, now=T0) is None
+    assert status.deadline_failure({"metadata": {}, "spec": SPEC}, now=T0) is None
 
 
 # --- progress and outputs (issue 12 §1) -----------------------------------------------------------------
@@ -220,12 +223,12 @@ def test_progress_reports_the_participants_loss_and_attention_syncs() -> None:
 
 
 def test_outputs_point_at_the_model_checkpoint_and_the_publishers_text_secret() -> None:
-    learning = {"mode": "learning", "checkpoint": {"everyRounds": 5}}
+    learning = SessionSpec.from_manifest({"mode": "learning", "checkpoint": {"everyRounds": 5}})
     assert status.outputs(session="digits", spec=learning, coordinator=None) == {
         "model": {"deployment": "digits-aggregator", "path": "/var/lib/fedattn/checkpoints/digits.ckpt.npz"}
     }
-    assert status.outputs(session="digits", spec={**learning, "checkpoint": {"everyRounds": 0}}, coordinator=None) == {}
-    attention = {"mode": "attention", "publisher": "asker"}
+    assert status.outputs(session="digits", spec=SPEC, coordinator=None) == {}  # no checkpoints: no model file
+    attention = SessionSpec.from_manifest({"mode": "attention", "publisher": "asker"})
     working = {"participant_status": {"asker": {"phase": "Contributing"}}}
     assert status.outputs(session="qa", spec=attention, coordinator=working) == {}
     done = {"participant_status": {"asker": {"phase": "Done"}}}

@@ -8,6 +8,8 @@ immutability rules, so no admission webhook is needed.
 
 from __future__ import annotations
 
+import enum
+
 from fedattn.api.fields import (
     Schema,
     array,
@@ -29,7 +31,29 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 #: Strategy -> its parameter table; the CRD's strategy enum, key check and bounds are built from it.
 STRATEGY_PARAMS: dict[str, Table] = RULE_PARAMS
 
-SESSION_PHASES = ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+class SessionPhase(enum.StrEnum):
+    """FedSession ``status.phase``; str-valued, so status patches and JSON replies stay plain strings."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class ParticipantPhase(enum.StrEnum):
+    """FedParticipant ``status.phase`` (and the coordinator's per-participant phase)."""
+
+    PENDING = "Pending"
+    CREDENTIALED = "Credentialed"
+    JOINED = "Joined"
+    CONTRIBUTING = "Contributing"
+    DONE = "Done"
+    FAILED = "Failed"
+    EVICTED = "Evicted"
+
+
+SESSION_PHASES = [p.value for p in SessionPhase]
 #: kstatus' three (Ready, Reconciling, Stalled: what Flux, Argo CD and ``kubectl wait`` read), then ours
 SESSION_CONDITIONS = [
     "Ready",
@@ -41,7 +65,7 @@ SESSION_CONDITIONS = [
     "Complete",
     "Failed",
 ]
-PARTICIPANT_PHASES = ["Pending", "Credentialed", "Joined", "Contributing", "Done", "Failed", "Evicted"]
+PARTICIPANT_PHASES = [p.value for p in ParticipantPhase]
 PARTICIPANT_CONDITIONS = ["CertificateIssued", "Connected", "Stalled"]
 #: Spec fields that define what a session computes: an edit could not take effect on a running session,
 #: so the CRD refuses it (CEL) and the operator refuses it where the API server has no CEL (< 1.25).

@@ -19,17 +19,21 @@ from fedattn.api.schema import (
     PARTICIPANT_PHASES,
     SESSION_CONDITIONS,
     SESSION_PHASES,
+    ParticipantPhase,
+    SessionPhase,
 )
+from fedattn.api.spec import SessionSpec
 from fedattn.operator import names
 from fedattn.operator.builders import CHECKPOINT_DIR
+from fedattn.operator.objects import Session
 
-TERMINAL = ("Succeeded", "Failed")
-ACTIVE = ("Pending", "Running")
+TERMINAL = (SessionPhase.SUCCEEDED, SessionPhase.FAILED)
+ACTIVE = (SessionPhase.PENDING, SessionPhase.RUNNING)
 #: conditions that restate the phase: a phase event already says what their flip would
 PHASE_CONDITIONS = ("Ready", "Reconciling", "Stalled", "Complete", "Failed")
 #: conditions whose turning True is bad news (a Warning event); every other flip is Normal
 PROBLEM_CONDITIONS = ("Degraded", "Stalled", "Failed")
-CONNECTED = ("Joined", "Contributing", "Done")
+CONNECTED = (ParticipantPhase.JOINED, ParticipantPhase.CONTRIBUTING, ParticipantPhase.DONE)
 
 
 def timestamp(now: dt.datetime) -> str:
@@ -76,10 +80,10 @@ def age_seconds(timestamp: str | None, now: dt.datetime) -> float | None:
     return (now - dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
 
 
-def deadline_failure(session: dict[str, Any], *, now: dt.datetime) -> tuple[str, str] | None:
+def deadline_failure(session: Session, *, now: dt.datetime) -> tuple[str, str] | None:
     """``(reason, message)`` once a session has outlived ``activeDeadlineSeconds`` (counted from creation,
     like a Job's, so a suspended or never-started session still ends)."""
-    deadline = session["spec"].get("activeDeadlineSeconds")
+    deadline = session["spec"].active_deadline_seconds
     age = age_seconds(session["metadata"].get("creationTimestamp"), now)
     if deadline is None or age is None or age <= deadline:
         return None
@@ -107,16 +111,16 @@ def _phase(previous: str | None, seen: Observation) -> str:
     if previous in TERMINAL:
         return previous
     if seen.failure:
-        return "Failed"
+        return SessionPhase.FAILED
     if seen.suspended:
-        return "Suspended"
+        return SessionPhase.SUSPENDED
     if seen.coordinator is None:
-        return previous if previous in SESSION_PHASES and previous != "Suspended" else "Pending"
+        return previous if previous in SESSION_PHASES and previous != SessionPhase.SUSPENDED else SessionPhase.PENDING
     phase = seen.coordinator.get("phase")
-    return phase if phase in SESSION_PHASES else "Pending"
+    return phase if phase in SESSION_PHASES else SessionPhase.PENDING
 
 
-def outputs(*, session: str, spec: dict[str, Any], coordinator: dict[str, Any] | None) -> dict[str, Any]:
+def outputs(*, session: str, spec: SessionSpec, coordinator: dict[str, Any] | None) -> dict[str, Any]:
     """Where a session's results are, for ``status.outputs``: the learning model's checkpoint file in the
     aggregator's state (when checkpoints are on), the attention publisher's text Secret once it is done.
 
@@ -124,32 +128,32 @@ def outputs(*, session: str, spec: dict[str, Any], coordinator: dict[str, Any] |
     Secret its FedParticipant owns, so only who may read that Secret reads the answer.
     """
     out: dict[str, Any] = {}
-    if spec.get("mode") == "learning" and int((spec.get("checkpoint") or {}).get("everyRounds") or 0) > 0:
+    if spec.mode == "learning" and spec.checkpoint.every_rounds > 0:
         out["model"] = {
             "deployment": names.aggregator(session),
             "path": f"{CHECKPOINT_DIR}/{session}.ckpt.npz",
         }
-    publisher = spec.get("publisher")
+    publisher = spec.publisher
     entry = ((coordinator or {}).get("participant_status") or {}).get(publisher or "") or {}
-    if spec.get("mode") == "attention" and publisher and entry.get("phase") == "Done":
+    if spec.mode == "attention" and publisher and entry.get("phase") == ParticipantPhase.DONE:
         out["text"] = {"secretName": names.participant_output(publisher), "key": OUTPUT_TEXT_KEY}
     return out
 
 
 def _why(phase: str, seen: Observation, previous: dict[str, Any], progress: dict[str, Any]) -> tuple[str, str]:
     """(reason, message) of the phase: the ``Ready`` reason ``kubectl get fs -o wide`` shows."""
-    if phase == "Failed":
+    if phase == SessionPhase.FAILED:
         old = condition(previous, "Failed")
         if seen.failure:
             return seen.failure
         if old and old.get("status") == "True":
             return old["reason"], old.get("message", "")
         return "SessionFailed", ""
-    if phase == "Succeeded":
+    if phase == SessionPhase.SUCCEEDED:
         return "Succeeded", ""
-    if phase == "Suspended":
+    if phase == SessionPhase.SUSPENDED:
         return "Suspended", f"suspended at round {progress.get('round', 0)}"
-    if phase == "Running":
+    if phase == SessionPhase.RUNNING:
         return "RoundInProgress", f"round {progress.get('rounds') or progress.get('round', 0)}"
     if not seen.certificates_ready:
         return "IssuingCertificates", "issuing the session certificates"
@@ -157,7 +161,7 @@ def _why(phase: str, seen: Observation, previous: dict[str, Any], progress: dict
 
 
 def session_status(
-    *, previous: dict[str, Any], spec: dict[str, Any], generation: int | None, seen: Observation, now: dt.datetime
+    *, previous: dict[str, Any], spec: SessionSpec, generation: int | None, seen: Observation, now: dt.datetime
 ) -> dict[str, Any]:
     """The FedSession ``.status`` after one observation (``previous`` is the current status).
 
@@ -191,7 +195,7 @@ def session_status(
     if found:
         out["outputs"] = found
     started = api_progress.rfc3339(coord.get("started_at")) or previous.get("startedAt")
-    if not started and phase == "Running":
+    if not started and phase == SessionPhase.RUNNING:
         started = timestamp(now)
     if started:
         out["startedAt"] = started
@@ -216,19 +220,20 @@ def session_status(
         "Issued" if seen.certificates_ready or phase in TERMINAL else "Pending",
         "session certificates and keys are in place" if seen.certificates_ready else "issuing certificates",
     )
-    conds = put(conds, "Ready", phase == "Succeeded", reason, why)
+    conds = put(conds, "Ready", phase == SessionPhase.SUCCEEDED, reason, why)
     conds = put(
         conds, "Reconciling", phase in ACTIVE, reason if phase in ACTIVE else phase, why if phase in ACTIVE else ""
     )
-    stalled = seen.refused if phase != "Failed" and seen.refused else None
+    failed = phase == SessionPhase.FAILED
+    stalled = seen.refused if not failed and seen.refused else None
     conds = put(
         conds,
         "Stalled",
-        phase == "Failed" or stalled is not None,
-        stalled[0] if stalled else (reason if phase == "Failed" else "AsExpected"),
-        stalled[1] if stalled else (why if phase == "Failed" else ""),
+        failed or stalled is not None,
+        stalled[0] if stalled else (reason if failed else "AsExpected"),
+        stalled[1] if stalled else (why if failed else ""),
     )
-    minimum = int(spec.get("minParticipants", 2))
+    minimum = spec.min_participants
     conds = put(
         conds,
         "QuorumReached",
@@ -239,9 +244,9 @@ def session_status(
     lost = sorted(
         p
         for p, st in (coord.get("participant_status") or {}).items()
-        if (st or {}).get("phase") in ("Failed", "Evicted")
+        if (st or {}).get("phase") in (ParticipantPhase.FAILED, ParticipantPhase.EVICTED)
     )
-    unreachable = seen.coordinator is None and phase == "Running"
+    unreachable = seen.coordinator is None and phase == SessionPhase.RUNNING
     degraded = bool(lost) or unreachable
     cause = "ParticipantsFailed" if lost else ("CoordinatorUnreachable" if unreachable else "AsExpected")
     conds = put(
@@ -251,10 +256,9 @@ def session_status(
         cause,
         f"failed or evicted: {', '.join(lost)}" if lost else (seen.error if unreachable else ""),
     )
-    conds = put(conds, "Complete", phase == "Succeeded", "Succeeded" if phase == "Succeeded" else "NotFinished",
-                out["message"] if phase == "Succeeded" else "")  # fmt: skip
-    conds = put(conds, "Failed", phase == "Failed", reason if phase == "Failed" else "NotFailed",
-                out["message"] if phase == "Failed" else "")  # fmt: skip
+    done = phase == SessionPhase.SUCCEEDED
+    conds = put(conds, "Complete", done, "Succeeded" if done else "NotFinished", out["message"] if done else "")
+    conds = put(conds, "Failed", failed, reason if failed else "NotFailed", out["message"] if failed else "")
     out["conditions"] = conds
     return out
 
@@ -268,14 +272,14 @@ def participant_status(
     now: dt.datetime,
 ) -> dict[str, Any]:
     """A FedParticipant's ``.status`` from the coordinator's ``participant_status[name]`` entry."""
-    if previous.get("phase") == "Evicted":
-        phase = "Evicted"
+    if previous.get("phase") == ParticipantPhase.EVICTED:
+        phase = ParticipantPhase.EVICTED
     elif entry is not None:
         seen = entry.get("phase")
-        phase = seen if seen in PARTICIPANT_PHASES else "Joined"
+        phase = seen if seen in PARTICIPANT_PHASES else ParticipantPhase.JOINED
     else:
         phase = previous.get("phase") if previous.get("phase") in PARTICIPANT_PHASES else None
-        phase = phase or ("Credentialed" if credentialed else "Pending")
+        phase = phase or (ParticipantPhase.CREDENTIALED if credentialed else ParticipantPhase.PENDING)
     entry = entry or {}
     out: dict[str, Any] = {
         "phase": phase,
@@ -292,8 +296,9 @@ def participant_status(
     conds = set_condition(
         conds,
         type="CertificateIssued",
-        status=credentialed and phase != "Evicted",
-        reason="Issued" if credentialed and phase != "Evicted" else ("Revoked" if phase == "Evicted" else "Pending"),
+        status=credentialed and phase != ParticipantPhase.EVICTED,
+        reason="Issued" if credentialed and phase != ParticipantPhase.EVICTED
+        else ("Revoked" if phase == ParticipantPhase.EVICTED else "Pending"),
         message="client certificate and Curve key in the credentials Secret" if credentialed else "",
         now=now,
         generation=generation,
@@ -321,7 +326,7 @@ def transitions(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str
     events = []
     if old.get("phase") != new.get("phase"):
         phase = new.get("phase", "")
-        bad = phase in ("Failed", "Evicted")
+        bad = phase in (SessionPhase.FAILED, ParticipantPhase.EVICTED)
         message = f"phase {old.get('phase') or '-'} -> {phase}"
         failed = condition(new, "Failed")
         if bad and failed and failed.get("status") == "True":
@@ -331,7 +336,7 @@ def transitions(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str
         before = condition(old, cond["type"])
         if before is None or before.get("status") == cond["status"]:
             continue
-        refused = cond["type"] == "Stalled" and new.get("phase") != "Failed"
+        refused = cond["type"] == "Stalled" and new.get("phase") != SessionPhase.FAILED
         if cond["type"] in PHASE_CONDITIONS and not refused:
             continue
         bad = cond["type"] in PROBLEM_CONDITIONS and cond["status"] == "True"
