@@ -113,7 +113,7 @@ def attention_summary(
             **{k: result.get(k) for k in ("kv_bytes", "syncs", "sync_p50_ms", "sync_p99_ms", "prefill_seconds",
                                           "decode_seconds")},
         })
-    publisher = workdir / "results" / f"{spec['publisher']}.json"
+    publisher = workdir / "results" / f"{spec.publisher}.json"
     return {
         "session": status.get("name"),
         "mode": "attention",
