@@ -268,10 +268,11 @@ def participant_status(
     previous: dict[str, Any],
     entry: dict[str, Any] | None,
     credentialed: bool,
-    generation: int,
+    generation: int | None,
     now: dt.datetime,
 ) -> dict[str, Any]:
-    """A FedParticipant's ``.status`` from the coordinator's ``participant_status[name]`` entry."""
+    """A FedParticipant's ``.status`` from the coordinator's ``participant_status[name]`` entry.
+    ``generation``: the one the operator acted on, as for :func:`session_status`."""
     if previous.get("phase") == ParticipantPhase.EVICTED:
         phase = ParticipantPhase.EVICTED
     elif entry is not None:
@@ -283,9 +284,10 @@ def participant_status(
     entry = entry or {}
     out: dict[str, Any] = {
         "phase": phase,
-        "observedGeneration": generation,
         "contributions": int(entry.get("contributions", previous.get("contributions", 0)) or 0),
     }
+    if generation is not None:
+        out["observedGeneration"] = generation
     heartbeat = api_progress.rfc3339(entry.get("last_heartbeat")) or previous.get("lastHeartbeat")
     if heartbeat:
         out["lastHeartbeat"] = heartbeat
@@ -314,6 +316,23 @@ def participant_status(
     )
     out["conditions"] = conds
     return out
+
+
+def participant_edit(
+    previous: dict[str, Any], *, refused: tuple[str, str] | None, generation: int, now: dt.datetime
+) -> dict[str, Any]:
+    """The status fields a FedParticipant spec edit sets: the generation acted on, and ``Stalled`` while
+    the edit changes an immutable field (the participant goes on with the spec it was accepted with)."""
+    conds = set_condition(
+        list(previous.get("conditions", [])),
+        type="Stalled",
+        status=refused is not None,
+        reason=refused[0] if refused else "AsExpected",
+        message=refused[1] if refused else "",
+        now=now,
+        generation=generation,
+    )
+    return {"observedGeneration": generation, "conditions": conds}
 
 
 def transitions(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
