@@ -217,6 +217,7 @@ def test_progress_reports_the_participants_loss_and_attention_syncs() -> None:
     results = {"a": {"loss": 0.5, "rounds": 20}, "b": {"loss": 0.25}, "c": {"reason": "evicted"}}
     done = api_progress.progress(_learning_coordinator(results=results))
     assert done["loss"] == (0.5 + 0.25) / 2
+    assert api_progress.progress(_coordinator(epsilon=2.4000000000000004))["epsilonSpent"] == 2.4  # for kubectl get
     attention = api_progress.progress({"mode": "attention", "round": 0, "syncs": 12, "rounds_total": 10})
     assert attention == {"round": 0, "syncs": 12, "rounds": "12 syncs"}  # no rounds to count in attention
     assert "accuracy" not in api_progress.progress(_coordinator(rounds=[{"state": "Closed", "accuracy": float("nan")}]))

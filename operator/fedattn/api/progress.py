@@ -22,15 +22,21 @@ def rfc3339(value: Any) -> str | None:
     return str(value)
 
 
+#: decimals kept: printer columns show the stored number as is (an epsilon of 2.4000000000000004 helps
+#: nobody); the exact values stay in the coordinator's round log and the store
+DECIMALS = 4
+
+
 def _number(value: Any) -> float | None:
     # NB: the API server rejects NaN/Inf in JSON; a missing number is better than a refused status write
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+    return round(float(value), DECIMALS) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def progress(coordinator: Mapping[str, Any]) -> dict[str, Any]:
     """How far the session is: ``round``/``roundsTotal`` and a ``rounds`` text for ``kubectl get``, the
     last closed round's ``accuracy`` and time (``lastRoundAt``), DP ``epsilonSpent``, the participants'
-    mean final training ``loss`` (they report it as they leave), and ``syncs`` in attention mode.
+    mean final training ``loss`` (they report it as they leave), and ``syncs`` in attention mode; numbers
+    to :data:`DECIMALS` decimals.
 
     Keys whose value is unknown are left out (a learning session without DP has no ``epsilonSpent``).
     """
@@ -56,5 +62,5 @@ def progress(coordinator: Mapping[str, Any]) -> dict[str, Any]:
     losses = [_number((r or {}).get("loss")) for r in (coordinator.get("results") or {}).values()]
     losses = [v for v in losses if v is not None]
     if losses:
-        out["loss"] = sum(losses) / len(losses)
+        out["loss"] = round(sum(losses) / len(losses), DECIMALS)
     return out

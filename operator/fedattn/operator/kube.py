@@ -28,6 +28,10 @@ _TYPED = {
     "Service": ("core", "namespaced_service"),
     "Deployment": ("apps", "namespaced_deployment"),
     "Job": ("batch", "namespaced_job"),
+    # the attention publisher's output writer (builders.build_output_writer)
+    "ServiceAccount": ("core", "namespaced_service_account"),
+    "Role": ("rbac", "namespaced_role"),
+    "RoleBinding": ("rbac", "namespaced_role_binding"),
 }
 #: kind -> (group, version, plural) of custom resources the operator touches.
 CUSTOM = {
@@ -46,6 +50,7 @@ class Kube:
         self.core = client.CoreV1Api(self.api)
         self.apps = client.AppsV1Api(self.api)
         self.batch = client.BatchV1Api(self.api)
+        self.rbac = client.RbacAuthorizationV1Api(self.api)
         self.custom = client.CustomObjectsApi(self.api)
 
     def _plain(self, obj: Any) -> dict[str, Any]:
