@@ -285,7 +285,10 @@ async def test_the_publishers_text_reaches_fedattn_results_through_its_own_secre
         token = await asyncio.to_thread(service_account_token, cluster.api, namespace=cluster.ns, name=writer)
         as_pod = control_plane.token_kubeconfig(writer, token, namespace=cluster.ns)
         pod = kubernetes.config.new_client_from_config(config_file=str(as_pod))
-        await asyncio.to_thread(publish_text, "Paris.", secret=secret, namespace=cluster.ns, api=pod)
+        # NB: the operator makes the binding last (before the Job), and the authorizer's cache follows the
+        # API a moment later: until it does, the pod would be refused too
+        await until(lambda: publish_text("Paris.", secret=secret, namespace=cluster.ns, api=pod) or True,
+                    what="the writer's RoleBinding to take effect")  # fmt: skip
         with pytest.raises(ApiException) as denied:
             await asyncio.to_thread(publish_text, "x", secret=names.participant_secret("holder"), namespace=cluster.ns,
                                     api=pod)  # fmt: skip
