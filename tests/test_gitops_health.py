@@ -79,9 +79,7 @@ def _observation(phase: str) -> status.Observation:
 
 def operator_session(phase: str) -> dict[str, Any]:
     """A FedSession with the status today's ``session_status`` writes for ``phase``."""
-    st = status.session_status(
-        previous={}, spec=SPEC, generation=1, seen=_observation(phase), now=NOW
-    )
+    st = status.session_status(previous={}, spec=SPEC, generation=1, seen=_observation(phase), now=NOW)
     assert st["phase"] == phase
     return _object("FedSession", st)
 
