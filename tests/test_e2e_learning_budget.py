@@ -53,7 +53,7 @@ def test_dp_session_succeeds_with_privacy_budget_exhausted_after_the_rounds_it_a
     assert [r for r, _ in stored] == list(range(1, allowed + 1))
     assert [e for _, e in stored] == pytest.approx(spent[:allowed], rel=1e-9)
     # `fedattn run --json` reports epsilon per round and the very progress the operator writes to status
-    report = summary.learning_summary(status, centralized=None, store="sqlite", workdir=tmp_path)
+    report = summary.learning_summary(status, centralized=None, store="sqlite")
     assert report["epsilon"] == pytest.approx(spent[:allowed], rel=1e-9)
     assert report["progress"]["epsilonSpent"] == round(spent[allowed - 1], 4)  # status keeps 4 decimals
     assert report["progress"]["rounds"] == f"{allowed}/{rounds}"

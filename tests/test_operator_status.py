@@ -236,6 +236,15 @@ def test_outputs_point_at_the_model_checkpoint_and_the_publishers_text_secret() 
     assert status.outputs(session="qa", spec=attention, coordinator=done) == {
         "text": {"secretName": "asker-output", "key": "text"}
     }
+    # spec.output: the final model (once finished) and the metrics in the claim, as the aggregator lays it out
+    claimed = SessionSpec.from_manifest({"mode": "learning", "output": {"claimName": "models", "subPath": "runs/d"}})
+    assert status.outputs(session="digits", spec=claimed, coordinator=None) == {
+        "metrics": {"claimName": "models", "path": "runs/d/metrics.json"}
+    }
+    assert status.outputs(session="digits", spec=claimed, coordinator=None, finished=True)["model"] == {
+        "claimName": "models",
+        "path": "runs/d/final.safetensors",
+    }
     # once found, an output stays in status when the coordinator is no longer read
     seen = Observation(
         coordinator=_coordinator("Succeeded"), outputs={"text": {"secretName": "asker-output", "key": "text"}}

@@ -120,19 +120,25 @@ def _phase(previous: str | None, seen: Observation) -> str:
     return phase if phase in SESSION_PHASES else SessionPhase.PENDING
 
 
-def outputs(*, session: str, spec: SessionSpec, coordinator: dict[str, Any] | None) -> dict[str, Any]:
-    """Where a session's results are, for ``status.outputs``: the learning model's checkpoint file in the
-    aggregator's state (when checkpoints are on), the attention publisher's text Secret once it is done.
+def outputs(
+    *, session: str, spec: SessionSpec, coordinator: dict[str, Any] | None, finished: bool = False
+) -> dict[str, Any]:
+    """Where a session's results are, for ``status.outputs``. Learning: with ``spec.output.claimName``
+    the final model (once finished) and the metrics file in that claim; otherwise, with checkpoints on,
+    the checkpoint file in the aggregator's pod. Attention: the publisher's text Secret once it is done.
 
     NB: the text never passes the coordinator or the operator; the publisher's own pod writes it to a
     Secret its FedParticipant owns, so only who may read that Secret reads the answer.
     """
     out: dict[str, Any] = {}
-    if spec.mode == "learning" and spec.checkpoint.every_rounds > 0:
-        out["model"] = {
-            "deployment": names.aggregator(session),
-            "path": f"{CHECKPOINT_DIR}/{session}.ckpt.npz",
-        }
+    output = spec.output
+    if spec.mode == "learning" and output is not None and output.claim_name:
+        directory = output.sub_path or session  # NB: as fedattn.aggregator.output lays the claim out
+        out["metrics"] = {"claimName": output.claim_name, "path": f"{directory}/metrics.json"}
+        if finished:
+            out["model"] = {"claimName": output.claim_name, "path": f"{directory}/final.safetensors"}
+    elif spec.mode == "learning" and spec.checkpoint.every_rounds > 0:
+        out["model"] = {"deployment": names.aggregator(session), "path": f"{CHECKPOINT_DIR}/{session}.ckpt.npz"}
     publisher = spec.publisher
     entry = ((coordinator or {}).get("participant_status") or {}).get(publisher or "") or {}
     if spec.mode == "attention" and publisher and entry.get("phase") == ParticipantPhase.DONE:

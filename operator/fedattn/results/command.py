@@ -1,8 +1,9 @@
 """``fedattn results SESSION``: what a FedSession reached and where its outputs are, from the kubeconfig.
 
 Like CloudNativePG's ``kubectl cnpg status``, it reads the custom resource's status and follows the
-names it gives: ``status.progress`` (rounds, accuracy, epsilon, loss), ``status.outputs.model`` (the
-checkpoint file, with the ``kubectl`` line that copies it out) and ``status.outputs.text`` (the
+names it gives: ``status.progress`` (rounds, accuracy, epsilon, loss), ``status.outputs.model`` and
+``metrics`` (in the ``spec.output`` claim, or a checkpoint with the ``kubectl`` line that copies it
+out) and ``status.outputs.text`` (the
 attention publisher's Secret, decoded and printed). Installed also as ``kubectl-fedattn``, so
 ``kubectl fedattn results SESSION`` works as a kubectl plugin. It needs ``get`` on fedsessions and,
 for the text, on that one Secret: RBAC decides who reads the answer, not this tool.
@@ -90,13 +91,16 @@ def render(found: dict[str, Any]) -> str:
     labels = {"rounds": "rounds", "accuracy": "accuracy", "loss": "loss", "epsilonSpent": "epsilon spent",
               "lastRoundAt": "last round at"}  # fmt: skip
     lines += [f"  {label}: {progress[key]}" for key, label in labels.items() if key in progress]
-    model = outputs.get("model")
-    if model:
-        lines.append(f"  model: {model['path']} in deployment/{model['deployment']}; copy it out with")
-        lines.append(
-            f"    kubectl -n {found['namespace']} exec deploy/{model['deployment']} -- cat {model['path']}"
-            f" > {found['session']}.ckpt.npz"
-        )
+    for role in ("model", "metrics"):
+        where = outputs.get(role)
+        if where and where.get("claimName"):
+            lines.append(f"  {role}: {where['path']} in PersistentVolumeClaim {where['claimName']}")
+        elif where:
+            lines.append(f"  {role}: {where['path']} in deployment/{where['deployment']}; copy it out with")
+            lines.append(
+                f"    kubectl -n {found['namespace']} exec deploy/{where['deployment']} -- cat {where['path']}"
+                f" > {where['path'].rsplit('/', 1)[-1]}"
+            )
     if "text" in found:
         lines.append(f"  text (Secret {outputs['text']['secretName']}, key {outputs['text']['key']}):")
         lines.append(found["text"] if found["text"] is not None else "    (the Secret holds no text yet)")
