@@ -18,8 +18,8 @@ from typing import Any
 import kubernetes
 import pytest
 from kubernetes.client import ApiException
+from release import service_account_token
 
-from conftest import service_account_token
 from fedattn.operator import names
 from fedattn.participant.output import publish_text
 from fedattn.results.command import render, results
