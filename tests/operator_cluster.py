@@ -38,6 +38,8 @@ RESOURCES = {
     "rbac.authorization.k8s.io/v1/rolebindings": ("RoleBinding", [], []),
     "apps/v1/deployments": ("Deployment", [], ["scale"]),
     "batch/v1/jobs": ("Job", [], ["status"]),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", [], []),
+    "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", [], []),
 }
 
 

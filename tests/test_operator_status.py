@@ -228,7 +228,8 @@ def test_outputs_point_at_the_model_checkpoint_and_the_publishers_text_secret() 
     assert status.outputs(session="digits", spec=learning, coordinator=None) == {
         "model": {"deployment": "digits-aggregator", "path": "/var/lib/fedattn/checkpoints/digits.ckpt.npz"}
     }
-    assert status.outputs(session="digits", spec=SPEC, coordinator=None) == {}  # no checkpoints: no model file
+    off = SessionSpec.from_manifest({"mode": "learning", "checkpoint": {"everyRounds": 0}})
+    assert status.outputs(session="digits", spec=off, coordinator=None) == {}  # no checkpoints: no model file
     attention = SessionSpec.from_manifest({"mode": "attention", "publisher": "asker"})
     working = {"participant_status": {"asker": {"phase": "Contributing"}}}
     assert status.outputs(session="qa", spec=attention, coordinator=working) == {}

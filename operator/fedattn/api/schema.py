@@ -367,7 +367,14 @@ def _learning() -> dict[str, Schema]:
         ),
         "checkpoint": obj(
             "Learning: aggregator checkpoints.",
-            {"everyRounds": integer("Checkpoint every k rounds (0 = never).", default=0, minimum=0)},
+            {
+                "everyRounds": integer(
+                    "Checkpoint every k rounds (0 = never); every round by default, so a restarted aggregator"
+                    " resumes where it stopped.",
+                    default=1,
+                    minimum=0,
+                )
+            },
             default={},
         ),
         "eviction": obj(
@@ -428,7 +435,33 @@ def session_spec() -> Schema:
         "waitAfterMinSeconds": integer(
             "Once the quorum contributed, wait this long for the rest.", default=10, minimum=0
         ),
+        "startTimeoutSeconds": integer(
+            "Fail with NeverStarted when minParticipants are not ready this long after creation, seconds.",
+            default=600,
+            minimum=1,
+        ),
         "suspend": boolean("Scale the session down, keep its state.", default=False),
+        "storage": obj(
+            "Where the coordinator's store (unless spec.database is set) and the aggregator's checkpoints live.",
+            {
+                "type": string(
+                    "PersistentVolumeClaim survives pod restarts, node drains and suspend; EmptyDir dies with the pod.",
+                    default="PersistentVolumeClaim",
+                    enum=["PersistentVolumeClaim", "EmptyDir"],
+                ),
+                "size": string("Size of each claim (coordinator, aggregator).", default="1Gi", min_length=1),
+                "storageClassName": string(
+                    "Storage class of the claims; the cluster default when unset.", min_length=1
+                ),
+            },
+            default={},
+        ),
+        "cleanupPolicy": string(
+            "When the session finished: ScaleDown stops the coordinator and aggregator and keeps the store and"
+            " outputs; Keep leaves them running; Delete also deletes the session's claims.",
+            default="ScaleDown",
+            enum=["ScaleDown", "Keep", "Delete"],
+        ),
         "activeDeadlineSeconds": integer(
             "Fail with DeadlineExceeded after this (immutable), seconds.", minimum=1
         ),
