@@ -33,6 +33,9 @@ RESOURCES = {
     "v1/configmaps": ("ConfigMap", [], []),
     "v1/services": ("Service", [], []),
     "v1/events": ("Event", [], []),
+    "v1/serviceaccounts": ("ServiceAccount", [], []),
+    "rbac.authorization.k8s.io/v1/roles": ("Role", [], []),
+    "rbac.authorization.k8s.io/v1/rolebindings": ("RoleBinding", [], []),
     "apps/v1/deployments": ("Deployment", [], ["scale"]),
     "batch/v1/jobs": ("Job", [], ["status"]),
     "v1/persistentvolumeclaims": ("PersistentVolumeClaim", [], []),
@@ -182,14 +185,17 @@ class RecordedStatus:
 
 @contextlib.asynccontextmanager
 async def running_operator(
-    url: str,
+    url: str | client.ApiClient,
     status_source: Any,
     *,
     poll_seconds: float = 0.05,
     clock: Callable[[], dt.datetime] | None = None,
     renew_check_seconds: float = 3600.0,
+    namespace: str = NAMESPACE,
 ) -> AsyncIterator[Config]:
-    api = client.ApiClient(client.Configuration(host=url))
+    """The operator's real handlers in kopf, watching ``namespace``. ``url``: kmock's address, or a client
+    of a real API server (tests/k8s), which this closes at exit either way."""
+    api = url if isinstance(url, client.ApiClient) else client.ApiClient(client.Configuration(host=url))
     config = Config(
         kube=Kube(api),
         status_source=status_source,
@@ -207,7 +213,7 @@ async def running_operator(
     def serve() -> None:
         asyncio.run(
             kopf.operator(
-                registry=REGISTRY, memo=memo, namespaces=[NAMESPACE], standalone=True, stop_flag=stop, ready_flag=ready
+                registry=REGISTRY, memo=memo, namespaces=[namespace], standalone=True, stop_flag=stop, ready_flag=ready
             )
         )
 

@@ -92,9 +92,30 @@ def test_printer_columns() -> None:
         for k, v in kinds().items()
     }
     assert names == {
-        "FedSession": ["Mode", "Phase", "Round", "Participants", "Age"],
-        "FedParticipant": ["Session", "Phase", "Last heartbeat", "Age"],
+        "FedSession": ["Mode", "Phase", "Rounds", "Participants", "Accuracy", "Epsilon", "Reason", "Age"],
+        "FedParticipant": ["Session", "Phase", "Contributions", "Last heartbeat", "Age"],
     }
+
+
+@pytest.mark.parametrize("kind", ["FedSession", "FedParticipant"])
+def test_every_printer_column_reads_a_field_of_its_type(kind: str) -> None:
+    """A column whose path the schema does not have prints nothing, silently: check each against it."""
+    crd = build_crd(kinds()[kind])["spec"]["versions"][0]
+    types = {"string": "string", "integer": "integer", "number": "number", "date": "string"}
+    for column in crd["additionalPrinterColumns"]:
+        if column["jsonPath"].startswith(".metadata."):
+            continue  # the API server's own fields (Age)
+        node = crd["schema"]["openAPIV3Schema"]
+        path = re.sub(r"\[\?\(@\.type==\"(\w+)\"\)\]", ".[]", column["jsonPath"])  # a condition by type
+        for part in path.strip(".").split("."):
+            node = node["items"] if part == "[]" else node["properties"][part]
+        assert node["type"] == types[column["type"]], column
+    columns = {c["name"]: c for c in crd["additionalPrinterColumns"]}
+    if kind == "FedSession":
+        assert columns["Reason"]["priority"] == 1  # -o wide only
+        assert columns["Reason"]["jsonPath"] == '.status.conditions[?(@.type=="Ready")].reason'
+    else:
+        assert columns["Last heartbeat"]["type"] == "date"
 
 
 def _manifests(path: Path) -> list[dict]:
@@ -191,24 +212,38 @@ def test_valid_strategy_params_pass() -> None:
     assert out["spec"]["strategy"]["params"] == {"serverLearningRate": 0.01, "tau": 1.0}
 
 
+def _immutable(field: str, kind: str = "FedSession") -> str:
+    return f"spec: {field} is immutable: it defines the run; delete and re-create the {kind} to change it"
+
+
 @pytest.mark.parametrize(
-    ("old_spec", "new_spec", "expected"),
+    ("old_spec", "new_spec", "field"),
     [
-        ({"mode": "attention", "publisher": "a"}, {"mode": "learning"}, "spec: mode is immutable"),
-        (
-            {"activeDeadlineSeconds": 60},
-            {"activeDeadlineSeconds": 61},
-            "spec: activeDeadlineSeconds is immutable",
-        ),
-        ({}, {"activeDeadlineSeconds": 61}, "spec: activeDeadlineSeconds is immutable"),
+        ({"mode": "attention", "publisher": "a"}, {"mode": "learning"}, "mode"),
+        ({"activeDeadlineSeconds": 60}, {"activeDeadlineSeconds": 61}, "activeDeadlineSeconds"),
+        ({}, {"activeDeadlineSeconds": 61}, "activeDeadlineSeconds"),
+        ({"rounds": 20}, {"rounds": 30}, "rounds"),
+        ({}, {"strategy": {"name": "fedprox", "params": {"proximalMu": 0.1}}}, "strategy"),
+        ({}, {"model": {"name": "mlp"}}, "model"),
+        ({}, {"training": {"learningRate": 0.05}}, "training"),
+        ({}, {"privacy": {"dp": {"noiseMultiplier": 1.1}}}, "privacy"),
+        ({"minParticipants": 2}, {"minParticipants": 3}, "minParticipants"),
     ],
 )
-def test_transition_rules_apply_on_update(old_spec: dict, new_spec: dict, expected: str) -> None:
+def test_run_defining_fields_are_immutable(old_spec: dict, new_spec: dict, field: str) -> None:
     new, old = _session(**new_spec), _session(**old_spec)
     apply_defaults_and_validate("FedSession", new)  # fine as a create
     with pytest.raises(ManifestError) as err:
         apply_defaults_and_validate("FedSession", new, old=old)
-    assert expected in err.value.problems
+    assert err.value.problems == [_immutable(field)]
+
+
+def test_operational_fields_stay_editable() -> None:
+    old = _session(rounds=20)
+    new = _session(rounds=20, suspend=True, ttlSecondsAfterFinished=60, roundTimeoutSeconds=30)
+    assert apply_defaults_and_validate("FedSession", new, old=old)["spec"]["suspend"] is True
+    # a default written out explicitly is no change: the API server stores defaulted objects
+    assert apply_defaults_and_validate("FedSession", _session(rounds=10), old=_session())
 
 
 def test_participant_rules() -> None:
@@ -224,7 +259,19 @@ def test_participant_rules() -> None:
         apply_defaults_and_validate(
             "FedParticipant", {**base, "spec": {"sessionRef": "t"}}, old={**base, "spec": {"sessionRef": "s"}}
         )
-    assert err.value.problems == ["spec: sessionRef is immutable"]
+    assert err.value.problems == [_immutable("sessionRef", "FedParticipant")]
+    for field, value in (
+        ("weight", 2.0),
+        ("image", "other:1"),
+        ("dataRef", {"secretKeyRef": {"name": "d", "key": "k"}}),
+    ):
+        with pytest.raises(ManifestError) as err:
+            apply_defaults_and_validate(
+                "FedParticipant",
+                {**base, "spec": {"sessionRef": "s", field: value}},
+                old={**base, "spec": {"sessionRef": "s"}},
+            )
+        assert err.value.problems == [_immutable(field, "FedParticipant")]
 
 
 def test_wrong_kind_and_missing_name() -> None:

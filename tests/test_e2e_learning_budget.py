@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from fedattn.api.progress import progress
+from fedattn.api.spec import SessionSpec
 from fedattn.learning.privacy import epsilon_after
-from fedattn.runner import local, manifests
+from fedattn.operator import status as operator_status
+from fedattn.runner import local, manifests, summary
 from fedattn.runner.processes import supervised
 
 ROOT = Path(__file__).resolve().parent.parent
+NOW = dt.datetime.now(dt.UTC)
 
 
 @pytest.mark.parametrize(
@@ -47,6 +52,17 @@ def test_dp_session_succeeds_with_privacy_budget_exhausted_after_the_rounds_it_a
         stored = db.execute("SELECT round, epsilon FROM rounds ORDER BY round").fetchall()
     assert [r for r, _ in stored] == list(range(1, allowed + 1))
     assert [e for _, e in stored] == pytest.approx(spent[:allowed], rel=1e-9)
+    # `fedattn run --json` reports epsilon per round and the very progress the operator writes to status
+    report = summary.learning_summary(status, centralized=None, store="sqlite")
+    assert report["epsilon"] == pytest.approx(spent[:allowed], rel=1e-9)
+    assert report["progress"]["epsilonSpent"] == round(spent[allowed - 1], 4)  # status keeps 4 decimals
+    assert report["progress"]["rounds"] == f"{allowed}/{rounds}"
+    assert report["progress"]["accuracy"] == round(closed[-1]["accuracy"], 4)
+    seen = operator_status.Observation(coordinator=status, certificates_ready=True)
+    spec = SessionSpec.from_manifest(session)
+    written = operator_status.session_status(previous={}, spec=spec, generation=1, seen=seen, now=NOW)
+    assert written["progress"] == report["progress"] == progress(status)
+    assert written["progress"]["lastRoundAt"].startswith(NOW.strftime("%Y-"))
 
 
 def test_low_scoring_attackers_are_evicted_and_left_out_of_later_rounds(tmp_path):

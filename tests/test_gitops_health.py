@@ -23,6 +23,7 @@ from fedattn.operator import status
 
 GITOPS = Path(__file__).resolve().parents[1] / "docs" / "gitops"
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+SPEC = SessionSpec.from_manifest({"mode": "learning", "minParticipants": 2})
 
 #: phase -> (Argo CD health, Flux/kstatus status)
 SESSION_HEALTH = {
@@ -59,7 +60,14 @@ def _object(kind: str, st: dict[str, Any] | None, *, generation: int = 1) -> dic
 
 
 def _observation(phase: str) -> status.Observation:
-    coordinator = {"phase": phase, "round": 3, "participants": {"joined": 2, "ready": 2}, "message": f"{phase} at 3"}
+    coordinator = {
+        "phase": phase,
+        "mode": "learning",
+        "round": 3,
+        "rounds_total": 20,
+        "participants": {"joined": 2, "ready": 2},
+        "message": f"{phase} at 3",
+    }
     if phase == "Pending":
         return status.Observation(certificates_ready=True)
     if phase == "Suspended":
@@ -71,8 +79,7 @@ def _observation(phase: str) -> status.Observation:
 
 def operator_session(phase: str) -> dict[str, Any]:
     """A FedSession with the status today's ``session_status`` writes for ``phase``."""
-    spec = SessionSpec.from_manifest({"mode": "learning", "minParticipants": 2})
-    st = status.session_status(previous={}, spec=spec, generation=1, seen=_observation(phase), now=NOW)
+    st = status.session_status(previous={}, spec=SPEC, generation=1, seen=_observation(phase), now=NOW)
     assert st["phase"] == phase
     return _object("FedSession", st)
 
@@ -200,11 +207,11 @@ def test_participant_health(phase: str) -> None:
 
 
 def test_messages_say_why() -> None:
-    # today: the Failed condition carries the operator's reason and the coordinator's last message
-    assert argocd_health(operator_session("Failed")) == ("Degraded", "QuorumLost: Failed at 3")
+    # the operator's Stalled condition carries the failure's own reason and detail
+    assert argocd_health(operator_session("Failed")) == ("Degraded", "QuorumLost: 2 of 4 participants left")
     assert argocd_health(kstatus_session("Failed")) == ("Degraded", "QuorumLost: 2 of 4 participants left")
     assert argocd_health(kstatus_session("Running")) == ("Progressing", "round 7/20")
-    assert argocd_health(operator_session("Running")) == ("Progressing", "round 3")
+    assert argocd_health(operator_session("Running")) == ("Progressing", "round 3/20")
     assert argocd_health(kstatus_session("Suspended")) == ("Suspended", "suspended at round 7/20")
 
 

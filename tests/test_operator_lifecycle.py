@@ -193,7 +193,9 @@ async def test_session_with_three_participants_gets_every_child(api) -> None:
 
     status = _status(emulator, SESSIONS, "qa")
     assert _cond(status, "CertificatesReady")["status"] == "True"
-    assert _cond(status, "Ready")["status"] == "False"  # the recorded coordinator is not up
+    assert _cond(status, "Ready")["status"] == "False"  # kstatus: not until it has succeeded
+    assert _cond(status, "Reconciling")["reason"] == "WaitingForParticipants"
+    assert status["observedGeneration"] == 1  # written by reconcile, which acted on generation 1
     assert status["participants"]["total"] == 3
     assert _cond(_status(emulator, PARTICIPANTS, "asker"), "CertificateIssued")["status"] == "True"
 
@@ -223,8 +225,8 @@ async def test_status_follows_the_coordinator_and_emits_events(api) -> None:
         await eventually(lambda: _status(emulator, SESSIONS, "qa").get("phase") == "Running")
         status = _status(emulator, SESSIONS, "qa")
         assert (status["round"], status["syncs"], status["avgSyncLatencyMs"]) == (2, 4, 12.5)
-        assert _cond(status, "Ready")["status"] == "True"
-        assert _cond(status, "Progressing")["status"] == "True"
+        assert (_cond(status, "Ready")["status"], _cond(status, "Ready")["reason"]) == ("False", "RoundInProgress")
+        assert _cond(status, "Reconciling")["status"] == "True"
         assert _cond(status, "QuorumReached")["status"] == "False"  # 2 of minParticipants=3
         assert status["startedAt"] == "2023-11-14T22:13:20Z"
         asker = await eventually(
@@ -241,15 +243,17 @@ async def test_status_follows_the_coordinator_and_emits_events(api) -> None:
         recorded.statuses["qa"] = _running(3, phase="Succeeded", completed_at=1_700_000_600.0, message="done")
         await eventually(lambda: _status(emulator, SESSIONS, "qa").get("phase") == "Succeeded")
         status = _status(emulator, SESSIONS, "qa")
-        assert _cond(status, "Complete")["status"] == "True" and _cond(status, "Progressing")["status"] == "False"
+        assert _cond(status, "Complete")["status"] == "True" and _cond(status, "Reconciling")["status"] == "False"
+        assert _cond(status, "Ready")["status"] == "True"
         assert status["completedAt"] == "2023-11-14T22:23:20Z"
         calls = len(recorded.calls)
         recorded.statuses["qa"] = _running(3)  # a terminal phase is sticky: the coordinator is not asked again
         await asyncio.sleep(config.poll_seconds * 5)  # several more progress passes
         assert _status(emulator, SESSIONS, "qa")["phase"] == "Succeeded" and len(recorded.calls) == calls
 
-    reasons = {e.get("reason") for e in (stored(emulator, EVENTS, n) for n in names_of(emulator, EVENTS)) if e}
-    assert {"Running", "Succeeded"} <= reasons  # kopf posts events asynchronously; phases at least
+    events = [e for e in (stored(emulator, EVENTS, n) for n in names_of(emulator, EVENTS)) if e]
+    assert {"Running", "Succeeded"} <= {e.get("reason") for e in events}  # kopf posts them asynchronously
+    assert [e["reason"] for e in events if e.get("type") == "Warning"] == []  # a success is no bad news
 
 
 async def test_suspend_scales_down_and_resume_scales_up(api) -> None:

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "operator": ("fedattn.operator.command", "the Kubernetes operator (kopf)"),
     "model": ("fedattn.attention.command", "locate or install the default GGUF model"),
     "crds": ("fedattn.api.command", "print the CustomResourceDefinitions"),
+    "results": ("fedattn.results.command", "a FedSession's progress and outputs, read with the kubeconfig"),
 }
 
 

@@ -52,7 +52,7 @@ def test_crds_are_served_with_short_names_and_status_subresource(
     assert crd.spec.names.short_names == ["fs"]
     (version,) = crd.spec.versions
     assert version.name == "v1alpha1" and version.subresources.status is not None
-    assert [c.name for c in version.additional_printer_columns][:3] == ["Mode", "Phase", "Round"]
+    assert [c.name for c in version.additional_printer_columns][:3] == ["Mode", "Phase", "Rounds"]
 
 
 def test_every_example_applies_into_one_namespace(sessions, admin_client: kubernetes.client.ApiClient) -> None:

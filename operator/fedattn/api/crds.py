@@ -55,8 +55,18 @@ def kinds() -> dict[str, Kind]:
             columns=[
                 {"name": "Mode", "type": "string", "jsonPath": ".spec.mode"},
                 {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                {"name": "Round", "type": "integer", "jsonPath": ".status.round"},
+                {"name": "Rounds", "type": "string", "jsonPath": ".status.progress.rounds"},
                 {"name": "Participants", "type": "integer", "jsonPath": ".status.participants.ready"},
+                {"name": "Accuracy", "type": "number", "jsonPath": ".status.progress.accuracy"},
+                {"name": "Epsilon", "type": "number", "jsonPath": ".status.progress.epsilonSpent"},
+                # NB: the Ready condition's reason says why a session is where it is (RoundInProgress,
+                # QuorumLost, Suspended, Succeeded ...); `kubectl get fs -o wide` shows it
+                {
+                    "name": "Reason",
+                    "type": "string",
+                    "priority": 1,
+                    "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+                },
                 age,
             ],
         ),
@@ -70,7 +80,8 @@ def kinds() -> dict[str, Kind]:
             columns=[
                 {"name": "Session", "type": "string", "jsonPath": ".spec.sessionRef"},
                 {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-                {"name": "Last heartbeat", "type": "string", "jsonPath": ".status.lastHeartbeat"},
+                {"name": "Contributions", "type": "integer", "jsonPath": ".status.contributions"},
+                {"name": "Last heartbeat", "type": "date", "jsonPath": ".status.lastHeartbeat"},
                 age,
             ],
         ),

@@ -54,20 +54,35 @@ class ParticipantPhase(enum.StrEnum):
 
 
 SESSION_PHASES = [p.value for p in SessionPhase]
+#: kstatus' three (Ready, Reconciling, Stalled: what Flux, Argo CD and ``kubectl wait`` read), then ours
 SESSION_CONDITIONS = [
     "Ready",
+    "Reconciling",
+    "Stalled",
     "CertificatesReady",
     "QuorumReached",
-    "Progressing",
     "Degraded",
     "Complete",
     "Failed",
 ]
 PARTICIPANT_PHASES = [p.value for p in ParticipantPhase]
-PARTICIPANT_CONDITIONS = ["CertificateIssued", "Connected"]
+PARTICIPANT_CONDITIONS = ["CertificateIssued", "Connected", "Stalled"]
+#: Spec fields that define what a session computes: an edit could not take effect on a running session,
+#: so the CRD refuses it (CEL) and the operator refuses it where the API server has no CEL (< 1.25).
+SESSION_IMMUTABLE = ["mode", "activeDeadlineSeconds", "minParticipants", "rounds", "strategy", "model",
+                     "training", "privacy"]  # fmt: skip
+PARTICIPANT_IMMUTABLE = ["sessionRef", "weight", "dataRef", "image"]
+#: key of the generated text in the attention publisher's output Secret (``status.outputs.text.key``)
+OUTPUT_TEXT_KEY = "text"
 SYNC_POLICIES = ["uniform", "deep-half", "progressive"]
 KV_CODECS = ["float32", "float16", "int8", "int4", "int2"]
 HOLDER_SYNC = ["all", "none"]
+
+
+def immutable_rule(field: str, *, kind: str) -> tuple[str, str]:
+    """CEL ``(rule, message)`` keeping ``field`` as it was created (set or unset alike)."""
+    rule = f"has(self.{field}) == has(oldSelf.{field}) && (!has(self.{field}) || self.{field} == oldSelf.{field})"
+    return rule, f"{field} is immutable: it defines the run; delete and re-create the {kind} to change it"
 
 
 def _cel_string_list(items: list[str]) -> str:
@@ -549,13 +564,7 @@ def session_spec() -> Schema:
         props,
         required=["mode"],
         rules=[
-            ("self.mode == oldSelf.mode", "mode is immutable"),
-            (
-                "has(self.activeDeadlineSeconds) == has(oldSelf.activeDeadlineSeconds)"
-                " && (!has(self.activeDeadlineSeconds)"
-                " || self.activeDeadlineSeconds == oldSelf.activeDeadlineSeconds)",
-                "activeDeadlineSeconds is immutable",
-            ),
+            *(immutable_rule(f, kind="FedSession") for f in SESSION_IMMUTABLE),
             ("self.mode != 'attention' || has(self.publisher)", "publisher is required in attention mode"),
             (
                 "!(has(self.syncLayers) && has(self.syncPolicy))",
@@ -607,10 +616,61 @@ def session_status() -> Schema:
             "avgSyncLatencyMs": number("Mean sync latency, milliseconds.", minimum=0),
             "startedAt": string("When the session started running (RFC 3339).", max_length=64),
             "completedAt": string("When the session finished (RFC 3339).", max_length=64),
-            "result": string("Where to find the outputs.", max_length=4096),
+            "progress": session_progress(),
+            "outputs": session_outputs(),
             "message": string("Last message of the coordinator.", max_length=4096),
         },
     )
+
+
+def session_progress() -> Schema:
+    """``status.progress`` (:func:`fedattn.api.progress.progress` fills it, for the operator and the runner)."""
+    return obj(
+        "How far the session is, from the coordinator's round log.",
+        {
+            "round": integer("Rounds closed or open so far.", minimum=0),
+            "roundsTotal": integer("Learning: rounds the session runs (spec.rounds).", minimum=0),
+            "rounds": string("round/roundsTotal (learning) or 'N syncs' (attention), for kubectl get.", max_length=64),
+            "accuracy": number("Held-out accuracy of the global model after the last evaluated round."),
+            "loss": number("Mean final local training loss the participants reported as they left."),
+            "epsilonSpent": number("Differential privacy epsilon spent so far (learning with privacy.dp).", minimum=0),
+            "syncs": integer("Attention: KV syncs done.", minimum=0),
+            "lastRoundAt": string("When the last round closed (RFC 3339).", max_length=64),
+        },
+    )
+
+
+def session_outputs() -> Schema:
+    return obj(
+        "Where the session's results are (fedattn results SESSION prints and fetches them).",
+        {
+            "model": obj(
+                "Learning: the final model in the spec.output claim (once finished), or without one the "
+                "checkpoint in the aggregator's pod (spec.checkpoint).",
+                {
+                    "claimName": string("PersistentVolumeClaim holding the file.", max_length=253),
+                    "deployment": string("Or: the aggregator Deployment whose pod holds it.", max_length=253),
+                    "path": string("Path of the file in the claim, or in that pod.", max_length=1024),
+                },
+            ),
+            "metrics": obj(
+                "Learning with spec.output: per-round metrics (JSON) in the claim.",
+                {
+                    "claimName": string("PersistentVolumeClaim holding the file.", max_length=253),
+                    "path": string("Path of the file in the claim.", max_length=1024),
+                },
+            ),
+            "text": obj(
+                "Attention: the publisher's generated text, in a Secret its FedParticipant owns.",
+                {
+                    "secretName": string("Secret name.", max_length=253),
+                    "key": string("Key of the text in the Secret.", max_length=253),
+                },
+            ),
+        },
+    )
+
+
 
 
 def participant_spec() -> Schema:
@@ -675,7 +735,7 @@ def participant_spec() -> Schema:
             ),
         },
         required=["sessionRef"],
-        rules=[("self.sessionRef == oldSelf.sessionRef", "sessionRef is immutable")],
+        rules=[immutable_rule(f, kind="FedParticipant") for f in PARTICIPANT_IMMUTABLE],
     )
 
 

@@ -189,12 +189,13 @@ class RoundDriver:
             self.sessions.dispatch(session, machine.updates_lost(r, exc.participants, now=self.clock()))
             return
         summary = RoundSummary.from_reply(reply, round=r, members=machine.members)
-        session.round_log[r] = {**session.round_log.get(r, {}), **summary.status()}
+        closed_at = self.clock()
+        session.round_log[r] = {**session.round_log.get(r, {}), **summary.status(), "closed_at": closed_at}
         self.store.close_round(
             name,
             r,
             state="Closed",
-            closed_at=self.clock(),
+            closed_at=closed_at,
             contributions=summary.contributions,
             weight_total=summary.weight_total,
             aggregation_seconds=summary.aggregation_seconds,

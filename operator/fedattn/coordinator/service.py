@@ -49,6 +49,11 @@ def _iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _with_iso_times(entry: dict[str, Any]) -> dict[str, Any]:
+    """A round log entry as status shows it: ``closed_at`` (epoch seconds in the log) in ISO 8601."""
+    return {**entry, "closed_at": _iso(entry["closed_at"])} if entry.get("closed_at") is not None else entry
+
+
 class Coordinator:
     """The sessions and the API over them; owns the round driver and the aggregator-event intake.
 
@@ -198,6 +203,7 @@ class Coordinator:
                         "aggregation_seconds": r.aggregation_seconds,
                         "epsilon": r.epsilon,
                         "update_bytes": r.update_bytes,
+                        "closed_at": r.closed_at,
                         "evaluation": r.evaluation,
                     }
                     for r in round_rows
@@ -363,7 +369,7 @@ class Coordinator:
                 "total": len(members),
             },
             "participant_status": participant_status,
-            "rounds": [session.round_log[r] for r in sorted(session.round_log)],
+            "rounds": [_with_iso_times(session.round_log[r]) for r in sorted(session.round_log)],
             "epsilon": latest_epsilon(session.round_log),
             "evaluation": latest_evaluation(session.round_log),
             "syncs": session.syncs,

@@ -545,8 +545,16 @@ def build_participant_job(participant: Participant, session: Session, *, image: 
     args += user_args
     volumes += user_volumes
     mounts += user_mounts
+    publisher = is_publisher(participant, session)
+    if publisher:  # NB: its pod writes the generated text to its own output Secret (build_output_writer)
+        args += ["--output-secret", names.participant_output(p)]
     meta = _meta(names.participant_job(p), s, "participant", participant=p)
     meta["annotations"] = {names.SESSION_UID: session["metadata"].get("uid", "")}
+    identity = (
+        {"serviceAccountName": names.participant_output_writer(p), "automountServiceAccountToken": True}
+        if publisher
+        else {"automountServiceAccountToken": False}
+    )
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -559,7 +567,7 @@ def build_participant_job(participant: Participant, session: Session, *, image: 
                 "metadata": {"labels": meta["labels"]},
                 "spec": {
                     "restartPolicy": "Never",
-                    "automountServiceAccountToken": False,
+                    **identity,
                     "securityContext": pod_security,
                     "nodeSelector": spec.node or {},
                     "containers": [
@@ -577,6 +585,44 @@ def build_participant_job(participant: Participant, session: Session, *, image: 
             },
         },
     }
+
+
+def is_publisher(participant: Participant, session: Session) -> bool:
+    """The in-cluster participant that holds an attention session's question and gets its answer."""
+    spec = session["spec"]
+    return (
+        spec.mode == "attention"
+        and spec.publisher == participant["metadata"]["name"]
+        and not participant["spec"].external
+    )
+
+
+def build_output_writer(participant: Participant, session: Session) -> list[dict[str, Any]]:
+    """The publisher's empty output Secret and the ServiceAccount that may ``get``/``patch`` it and nothing
+    else (a Role naming the one Secret, bound to that ServiceAccount): the text goes from its pod to the
+    Secret directly, never through the coordinator or the operator."""
+    p, s = participant["metadata"]["name"], session["metadata"]["name"]
+    secret, writer = names.participant_output(p), names.participant_output_writer(p)
+    rbac = "rbac.authorization.k8s.io"
+    return [
+        _secret(secret, s, "output", {}, participant=p),
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(writer, s, "output", participant=p)},
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "Role",
+            "metadata": _meta(writer, s, "output", participant=p),
+            "rules": [
+                {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [secret], "verbs": ["get", "patch"]}
+            ],
+        },
+        {
+            "apiVersion": f"{rbac}/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(writer, s, "output", participant=p),
+            "roleRef": {"apiGroup": rbac, "kind": "Role", "name": writer},
+            "subjects": [{"kind": "ServiceAccount", "name": writer}],
+        },
+    ]
 
 
 def build_certificate(

@@ -23,7 +23,7 @@ from kubernetes.client import ApiException
 from fedattn.api import ManifestError, apply_defaults_and_validate, crds, schema
 from fedattn.api.schema import ParticipantPhase, SessionPhase
 from fedattn.api.spec import ParticipantSpec, SessionSpec
-from fedattn.operator import builders, credentials, names, status
+from fedattn.operator import accepted, builders, credentials, names, status
 from fedattn.operator.kube import Kube
 from fedattn.operator.metrics import PhaseCounter, measured
 from fedattn.operator.objects import Participant, Session
@@ -170,6 +170,8 @@ def _typed_spec(kind: str, spec_json: str) -> SessionSpec | ParticipantSpec | li
 
 
 def _typed(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    # NB: an edit of an immutable field that an API server without CEL let in is not acted on (accepted.py)
+    body, _ = accepted.effective(kind, body)
     spec = _typed_spec(kind, json.dumps(body.get("spec") or {}, sort_keys=True))
     if isinstance(spec, list):
         raise ManifestError(kind, body["metadata"].get("name", ""), spec)
@@ -195,6 +197,7 @@ def _invalid_status(previous: dict, exc: ManifestError, generation: int, now: dt
     seen = status.Observation(failure=("InvalidSpec", "; ".join(exc.problems)))
     return {
         "phase": SessionPhase.FAILED,
+        "observedGeneration": generation,
         "message": seen.failure[1],
         "conditions": status.set_condition(
             previous.get("conditions", []),
@@ -258,7 +261,10 @@ async def _delete_disruption_budgets(cfg: Config, session: Session) -> None:
 async def reconcile_session(
     body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: Any, logger: logging.Logger, **_: Any
 ) -> None:
-    """PKI, allowlist, coordinator and aggregator Deployments + Services; suspend scales them to 0."""
+    """PKI, allowlist, coordinator and aggregator Deployments + Services; suspend scales them to 0.
+
+    Acting on a generation is what ``status.observedGeneration`` records (the status poller never
+    writes it); an edit of an immutable field is refused and reported by the poller (``Stalled``)."""
     cfg = _config(memo)
     raw = _plain(body)
     generation = int(meta.get("generation") or 0)
@@ -267,6 +273,7 @@ async def reconcile_session(
     except ManifestError as exc:
         patch.status.update(_invalid_status(raw["status"], exc, generation, cfg.clock()))
         raise kopf.PermanentError(str(exc)) from exc
+    _accept(patch, "FedSession", raw, session["spec"].to_manifest(), logger=logger)
     ready = await credentials.ensure_session_pki(cfg.kube, session, owner=raw, authorities=cfg.authorities)
     finished = session["status"].get("phase") in status.TERMINAL
     session = _with_database(session, cfg)
@@ -282,10 +289,22 @@ async def reconcile_session(
         await _reissue_earlier_runs(cfg, session)
         if generation > 1:  # NB: an update (e.g. suspend toggled): the participants' Jobs follow
             await _sync_participant_jobs(cfg, session)
-    # NB: status is written by the progress daemon only; two writers would race and regress it.
+    # NB: the rest of status is the progress daemon's alone; two writers would race and regress it. This
+    # one field it never writes, and its writes carry the resourceVersion they read, so they cannot undo it.
+    patch.status["observedGeneration"] = generation
     logger.info("session reconciled", extra={"session": meta["name"]})
     if not ready:
         raise kopf.TemporaryError("waiting for cert-manager to issue the session certificates", delay=cfg.retry_seconds)
+
+
+def _accept(patch: kopf.Patch, kind: str, raw: dict[str, Any], spec: dict[str, Any], *, logger: logging.Logger) -> None:
+    """Remember the spec an object is first accepted with (accepted.py); log an edit refused against it."""
+    if accepted.baseline(raw) is None:
+        patch.metadata.setdefault("annotations", {})[accepted.ANNOTATION] = accepted.record(kind, spec)
+        return
+    _, refused = accepted.effective(kind, raw)
+    if refused:
+        logger.warning("edit refused, running on the accepted spec: %s", refused[1], extra={"reason": refused[0]})
 
 
 async def _reissue_earlier_runs(cfg: Config, session: Session) -> None:
@@ -391,6 +410,7 @@ async def progress_once(
         session = _session(raw)
     except ManifestError:
         return  # reconcile_session has marked it Failed; nothing to observe
+    _, refused = accepted.effective("FedSession", raw)
     meta, spec, previous = session["metadata"], session["spec"], session["status"]
     s, ns = meta["name"], meta["namespace"]
     if meta.get("deletionTimestamp"):
@@ -430,11 +450,19 @@ async def progress_once(
         suspended=spec.suspend,
         participants_total=len(members),
         failure=failure,
+        refused=refused,
+        outputs=status.outputs(
+            session=s,
+            spec=spec,
+            coordinator=coordinator,
+            finished=(coordinator or {}).get("phase") == SessionPhase.SUCCEEDED,
+        ),
     )
 
     def decide(previous: dict[str, Any]) -> dict[str, Any]:
+        # NB: the generation reconcile last acted on, never metadata.generation: see reconcile_session
         return status.session_status(
-            previous=previous, spec=spec, generation=int(meta.get("generation") or 0), seen=seen, now=now
+            previous=previous, spec=spec, generation=previous.get("observedGeneration"), seen=seen, now=now
         )
 
     written = await _write_session_status(cfg, meta, previous, decide)
@@ -467,7 +495,7 @@ async def _update_participants(
             previous=previous,
             entry=entry,
             credentialed=bool(previous.get("credentialsSecret")),
-            generation=int(p["metadata"].get("generation") or 0),
+            generation=previous.get("observedGeneration"),
             now=now,
         )
         if new["phase"] == ParticipantPhase.EVICTED and previous.get("phase") != ParticipantPhase.EVICTED:
@@ -601,6 +629,7 @@ async def issue_participant(
             }
         )
         raise kopf.PermanentError(str(exc)) from exc
+    _accept(patch, "FedParticipant", raw, participant["spec"].to_manifest(), logger=logger)
     if participant["status"].get("phase") == ParticipantPhase.EVICTED:
         return  # NB: credentials of an evicted participant stay revoked across operator restarts
     session = await _session_for(cfg, participant, fedsessions_by_name)
@@ -614,6 +643,10 @@ async def issue_participant(
         ca_wait_seconds=cfg.ca_wait_seconds,
         retry_seconds=cfg.retry_seconds,
     )
+    if builders.is_publisher(participant, session):
+        for obj in builders.build_output_writer(participant, session):
+            kopf.adopt(obj, owner=raw)
+            await cfg.kube.ensure(obj)  # NB: never overwrite: the Secret may hold the text already
     if not participant["spec"].external:
         job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
         kopf.adopt(job, owner=raw)
@@ -626,6 +659,26 @@ async def issue_participant(
         "participant credentialed",
         extra={"session": session["metadata"]["name"], "participant": meta["name"]},
     )
+
+
+@kopf.on.update(*PARTICIPANTS, field="spec", registry=REGISTRY)
+@measured("fedparticipants", "edit")
+async def participant_edited(
+    body: kopf.Body, meta: kopf.Meta, patch: kopf.Patch, memo: Any, logger: logging.Logger, **_: Any
+) -> None:
+    """A spec edit: nothing a running participant can take on (its Job is immutable), but an edit of an
+    immutable field is refused and said so (``Stalled``, a Warning event) until reverted."""
+    cfg = _config(memo)
+    raw = _plain(body)
+    _, refused = accepted.effective("FedParticipant", raw)
+    before = status.condition(raw["status"], "Stalled") or {}
+    generation = int(meta.get("generation") or 0)
+    patch.status.update(status.participant_edit(raw["status"], refused=refused, generation=generation, now=cfg.clock()))
+    if refused and before.get("status") != "True":
+        kopf.warn(body, reason=refused[0], message=refused[1])
+    elif not refused and before.get("status") == "True":
+        kopf.info(body, reason="EditReverted", message="the immutable fields are as accepted again")
+    logger.info("participant spec edit %s", "refused" if refused else "taken", extra={"participant": meta["name"]})
 
 
 @kopf.on.delete(*PARTICIPANTS, registry=REGISTRY)

@@ -43,6 +43,10 @@ PATHS = {
     "Service": ("/api/v1", "services"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Job": ("/apis/batch/v1", "jobs"),
+    # the attention publisher's output writer (builders.build_output_writer)
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     **{kind: (f"/apis/{schema.GROUP}/{schema.VERSION}", k.plural) for kind, k in crds.kinds().items()},
     "Certificate": ("/apis/cert-manager.io/v1", "certificates"),

@@ -84,6 +84,16 @@ def participant_secret(participant: str) -> str:
     return fit(f"{participant}-credentials")
 
 
+def participant_output(participant: str) -> str:
+    """The Secret an attention publisher's pod writes its generated text to (owned by its FedParticipant)."""
+    return fit(f"{participant}-output")
+
+
+def participant_output_writer(participant: str) -> str:
+    """ServiceAccount (and its Role, RoleBinding) of the publisher's pod: may patch its output Secret only."""
+    return fit(f"{participant}-output-writer")
+
+
 def participant_certificate(participant: str) -> str:
     """cert-manager's Secret for a participant (when the session uses an issuer)."""
     return fit(f"{participant}-certificate")

@@ -44,6 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--volume", action="append", default=[], metavar="NAME=PATH",
                         help="a volume mount handed to the client factory (repeatable)")
     parser.add_argument("--result-file", type=Path, help="write this participant's own report here as JSON")
+    parser.add_argument("--output-secret", help="attention publisher in a cluster: patch the generated text into "
+                        "this Secret of the pod's namespace (the pod's ServiceAccount may patch only it)")
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0)
     parser.add_argument("--wait-seconds", type=float, default=600.0,
                         help="wait this long for the coordinator and the session to be there to join"
@@ -153,6 +155,12 @@ def run(args: argparse.Namespace) -> int:
     if args.result_file:
         args.result_file.parent.mkdir(parents=True, exist_ok=True)
         args.result_file.write_text(json.dumps(result, indent=2, default=str))
+    if args.output_secret and result.get("text") is not None:
+        from fedattn.participant.output import in_cluster_namespace, publish_text
+
+        # NB: before leaving, so the text is in place when the coordinator reports this participant Done
+        publish_text(result["text"], secret=args.output_secret, namespace=in_cluster_namespace())
+        log.info("text written to Secret %s", args.output_secret, extra=ctx)
     # NB: only the summary that is safe to share goes to the coordinator; never text or token ids.
     client.leave(args.session, args.name, {k: v for k, v in result.items() if k in SHAREABLE})
     log.info("done: %s", {k: result.get(k) for k in ("reason", "rounds")}, extra=ctx)

@@ -1,9 +1,16 @@
-"""The machine-readable summary of a finished local run (``fedattn run --json``)."""
+"""The machine-readable summary of a finished local run (``fedattn run --json``).
+
+It carries the very ``progress`` a cluster shows in ``FedSession.status.progress``
+(:func:`fedattn.api.progress.progress`, one function for both) and ``outputs``: where this run's
+results are on disk, as ``status.outputs`` says where they are in the cluster.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+
+from fedattn.api.progress import progress
 
 
 def learning_summary(
@@ -27,7 +34,9 @@ def learning_summary(
         "phase": status.get("phase"),
         "message": status.get("message"),
         "rounds": len(rounds),
+        "progress": progress(status),
         "accuracy": accuracy,
+        "epsilon": [r.get("epsilon") for r in rounds],
         "final_accuracy": accuracy[-1] if accuracy else None,
         "evaluation": evaluation if any(evaluation) else None,
         "final_evaluation": final_evaluation,
@@ -56,17 +65,20 @@ def _outputs(directory: Path | None) -> dict[str, str] | None:
 
 
 def progress_line(status: dict[str, Any]) -> str:
-    """One human line per status change: phase, round, participants, latest accuracy."""
-    parts = status.get("participants", {})
+    """One human line per status change: phase, rounds, participants, latest accuracy and epsilon."""
+    parts, now = status.get("participants", {}), progress(status)
+    # NB: learning counts rounds ("round 3/20"), attention its KV syncs ("12 syncs")
+    where = f"round {now['rounds']}" if "roundsTotal" in now else now.get("rounds", f"round {now['round']}")
     line = (
-        f"{status.get('name')}: {status.get('phase')} round {status.get('round', 0)}/{status.get('rounds_total', '?')}"
+        f"{status.get('name')}: {status.get('phase')} {where}"
         f" participants {parts.get('ready', 0)}/{parts.get('total', 0)}"
     )
-    closed = [r for r in status.get("rounds", []) if r.get("accuracy") is not None]
-    if closed:
-        line += f" accuracy {closed[-1]['accuracy']:.4f}"
+    if "accuracy" in now:
+        line += f" accuracy {now['accuracy']:.4f}"
+    if "epsilonSpent" in now:
+        line += f" epsilon {now['epsilonSpent']:.3f}"
     if status.get("syncs"):
-        line += f" syncs {status['syncs']} avg {status.get('avg_sync_latency_ms', 0):.1f} ms"
+        line += f" avg {status.get('avg_sync_latency_ms') or 0:.1f} ms"
     return line
 
 
@@ -120,11 +132,15 @@ def attention_summary(
             **{k: result.get(k) for k in ("kv_bytes", "syncs", "sync_p50_ms", "sync_p99_ms", "prefill_seconds",
                                           "decode_seconds")},
         })
+    publisher = workdir / "results" / f"{spec.publisher}.json"
     return {
         "session": status.get("name"),
         "mode": "attention",
         "phase": status.get("phase"),
         "message": status.get("message"),
+        "progress": progress(status),
+        # NB: locally the publisher's text is in its own result file; in a cluster, in its output Secret
+        "outputs": {"text": {"path": str(publisher), "key": "text"}} if publisher.exists() else {},
         "participants": rows,
         "centralized_text": centralized_text,
         "syncs": status.get("syncs"),
