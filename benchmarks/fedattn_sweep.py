@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 #: transport name -> "module:function" like run_prefill: (model, layout, *, plan) -> [PrefillResult]
 TRANSPORTS = {
     "memory": "fedattn.attention.driver:run_prefill",
-    "zmq": "fedattn.participant.loopback:run_prefill",
+    "zmq": "fedattn.runner.loopback:run_prefill",
 }
 
 

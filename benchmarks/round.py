@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from fedattn.aggregator.client import AggregatorClient, Timeout
-from fedattn.participant.coordinator_api import CoordinatorClient, identity_from_dir
+from fedattn.coordinator.client import CoordinatorClient, identity_from_dir
 from fedattn.runner import local, manifests
 from fedattn.runner.processes import supervised
 

@@ -22,7 +22,7 @@ from fedattn.attention.layout import SharedPrefix, even_boundaries, shared_prefi
 from fedattn.attention.masks import sync_layers
 from fedattn.attention.reference import FedAttnPlan
 from fedattn.attention.tokenizer import load_tokenizer
-from fedattn.participant.loopback import run_prefill
+from fedattn.runner.loopback import run_prefill
 
 
 def main(argv: list[str] | None = None) -> int:

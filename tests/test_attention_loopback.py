@@ -14,7 +14,7 @@ from fedattn.attention.layout import SharedPrefix, chat_layout
 from fedattn.attention.masks import sync_layers
 from fedattn.attention.reference import FedAttnPlan, reference_logits
 from fedattn.attention.tokenizer import load_tokenizer
-from fedattn.participant.loopback import run_prefill
+from fedattn.runner.loopback import run_prefill
 
 TEXTS = [
     "Document 1: The lighthouse on Marrow Island was built in 1871 and painted red in 1902.\n",

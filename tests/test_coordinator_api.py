@@ -597,7 +597,7 @@ async def test_a_resent_event_counts_once_but_a_restarted_aggregators_event_ids_
     await as_(coordinator, pki_dir, "operator").call("POST", "/v1/sessions", manifests("ev2"))
     event = {"session": "ev2", "event": "rejected", "participant": "bob", "round": 1, "reason": "late", "event_id": 1}
     for meta in (event, dict(event), {**event, "round": 2}):  # the last: event 1 of a restarted aggregator
-        coordinator.coordinator.on_event(meta)
+        coordinator.coordinator.events.on_event(meta)
     assert coordinator.metrics.value("fedattn_coordinator_contributions_rejected_total", reason="late") == 2
     await coordinator.coordinator.store.writes.flush()
     assert [e.round for e in await coordinator.coordinator.store.list_events("ev2", kind="rejected")] == [1, 2]
@@ -637,10 +637,10 @@ async def test_odd_numbers_in_aggregator_events_are_stored_as_null_not_lost(coor
     operator = as_(coordinator, pki_dir, "operator")
     await operator.call("POST", "/v1/sessions", manifests("odd"))
     odd = {"bytes": 64, "latency_ms": float("nan"), "weight": "heavy", "checksum": 2**64 - 1}
-    coordinator.coordinator.on_event(
+    coordinator.coordinator.events.on_event(
         {"session": "odd", "event": "contribution", "participant": "alice", "round": 1, **odd}
     )
-    coordinator.coordinator.on_event({"session": "odd", "event": "sync", "layer": 3, "latency_ms": float("inf")})
+    coordinator.coordinator.events.on_event({"session": "odd", "event": "sync", "layer": 3, "latency_ms": float("inf")})
     store = coordinator.coordinator.store
     await store.writes.flush()
     got = [(c.participant, c.bytes, c.latency_ms, c.weight, c.checksum) for c in await store.list_contributions("odd")]

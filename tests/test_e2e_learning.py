@@ -21,7 +21,7 @@ import psycopg
 import pytest
 
 from fedattn.aggregator.client import AggregatorClient
-from fedattn.participant.coordinator_api import CoordinatorClient, identity_from_dir
+from fedattn.coordinator.client import CoordinatorClient, identity_from_dir
 from fedattn.participant.heartbeat import Heartbeat
 from fedattn.runner import local, manifests
 from fedattn.runner.processes import supervised

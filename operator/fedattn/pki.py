@@ -19,6 +19,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+#: Identity (certificate name and Curve key name) of the coordinator's control link to the aggregator;
+#: the aggregator takes ``ctl_*`` requests from it alone.
+CONTROL_CLIENT = "coordinator-client"
+
 
 @dataclass(frozen=True)
 class KeyPair:
@@ -222,6 +226,6 @@ def write_session_pki(
     root.joinpath("ca.crt").write_bytes(ca.cert_pem)
     _write_secret(root / "ca.key", ca.key_pem)
     out = {"server": write_identity(root, "server", issue(ca, "server", server_names=server_names), curve_keypair())}
-    for name in ["coordinator-client", "operator", *participants]:
+    for name in [CONTROL_CLIENT, "operator", *participants]:
         out[name] = write_identity(root, name, issue(ca, name, organization=session), curve_keypair())
     return out

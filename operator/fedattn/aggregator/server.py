@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from fedattn import wire
+from fedattn import pki, wire
 from fedattn.aggregator import checkpoint
 from fedattn.aggregator.allowlist import Allowlist, NamingAuthenticator, start_authenticator
 from fedattn.aggregator.events import EventQueue
@@ -38,7 +38,7 @@ from fedattn.attention.exchange import rows_up_to
 log = logging.getLogger("fedattn.aggregator")
 
 #: Identity (Curve key name) of the coordinator's control link; only it may send ``ctl_*``.
-CONTROL_IDENTITY = "coordinator-client"
+CONTROL_IDENTITY = pki.CONTROL_CLIENT
 #: a control handler's answer meaning "the reply is sent later" (a secure round still being unmasked)
 DEFERRED: dict[str, Any] = {"deferred": True}
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024

@@ -25,12 +25,11 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from fedattn import wire
+from fedattn import pki, wire
 from fedattn.aggregator.client import curve_dealer
 
 log = logging.getLogger(__name__)
 
-IDENTITY = "coordinator-client"
 #: a timed-out request whose reply has not come after this long is assumed lost
 ABANDON_SECONDS = 60.0
 
@@ -103,7 +102,9 @@ class ControlLink:
         future: asyncio.Future[wire.Message] = loop.create_future()
         self._waiting.append((session, round, future, loop.time()))
         self._seq += 1
-        frames = wire.encode(kind=kind, session=session, participant=IDENTITY, round=round, seq=self._seq, meta=meta)
+        frames = wire.encode(
+            kind=kind, session=session, participant=pki.CONTROL_CLIENT, round=round, seq=self._seq, meta=meta
+        )
         try:
             await asyncio.wait_for(self._sock.send_multipart(frames), timeout)
             reply = await asyncio.wait_for(future, timeout)

@@ -1,8 +1,9 @@
 """The session state machine, pure: events and the current time in, commands out, no I/O.
 
-The driver (:mod:`fedattn.coordinator.service`) feeds it what participants and the aggregator say
-and carries out the commands it returns (open/close a round at the aggregator, finish, fail), then
-reports back (``round_closed``). Time is an argument, so tests run it on a fake clock.
+The coordinator feeds it what participants (:mod:`fedattn.coordinator.service`) and the aggregator
+(:mod:`fedattn.coordinator.events`) say; its driver (:mod:`fedattn.coordinator.driver`) carries out
+the commands it returns (open/close a round at the aggregator, finish, fail), then reports back
+(``round_closed``). Time is an argument, so tests run it on a fake clock.
 
 Learning: ``Pending`` until ``min_participants`` have joined and said hello; each round opens
 with every live (joined, heartbeating) participant and closes when every live member has

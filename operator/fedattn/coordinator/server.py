@@ -132,12 +132,12 @@ async def serve(config: Config) -> Running:
             server_public=config.aggregator_public_key.read_bytes(),
             public=config.client_curve_public.read_bytes(),
             secret=config.client_curve_secret.read_bytes(),
-            on_event=coordinator.on_event,
-            on_status=coordinator.on_status,
+            on_event=coordinator.events.on_event,
+            on_status=coordinator.events.on_status,
             timeout_seconds=config.control_timeout_seconds,
         )
         resources.push_async_callback(link.close)
-        coordinator.link = link
+        coordinator.driver.link = link
         resources.push_async_callback(coordinator.close)
         await coordinator.restore()
         metrics.control_link_up.set_function(lambda: 1 if link.up else 0)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 
+from fedattn import pki
+
 MAX_LABEL = 63
 
 #: Where pods find their material (docs/protocol.md file names inside each directory).
@@ -23,7 +25,7 @@ METRICS_PORT = 9090
 ZMQ_PORT = 5555
 
 SERVER = "server"
-CONTROL_CLIENT = "coordinator-client"
+CONTROL_CLIENT = pki.CONTROL_CLIENT
 OPERATOR = "operator"
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fedattn import pki
+from fedattn.coordinator.client import CoordinatorClient, CoordinatorError
 from fedattn.operator import names
-from fedattn.participant.coordinator_api import CoordinatorClient, CoordinatorError
 from fedattn.resilience import Policy
 
 

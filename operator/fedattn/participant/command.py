@@ -14,7 +14,7 @@ from typing import Any
 
 from fedattn import logs
 from fedattn.aggregator.client import AggregatorClient
-from fedattn.participant.coordinator_api import CoordinatorClient, identity_from_dir
+from fedattn.coordinator.client import CoordinatorClient, identity_from_dir
 from fedattn.participant.heartbeat import Heartbeat
 from fedattn.participant.learner import BYZANTINE, run_learning
 from fedattn.resilience import Policy
@@ -69,7 +69,7 @@ def _contribute(args: argparse.Namespace, joined: dict[str, Any], client: Coordi
                 byzantine=(args.simulate_byzantine, args.simulate_scale) if args.simulate_byzantine
                 else None,
             )
-        from fedattn.participant.attention import run_attention
+        from fedattn.participant.attender import run_attention
 
         if args.prompt_file is None:
             raise SystemExit("fedattn participant: attention mode needs --prompt-file with this participant's slice")

@@ -6,7 +6,7 @@ import logging
 import threading
 from typing import Any
 
-from fedattn.participant.coordinator_api import CoordinatorClient
+from fedattn.coordinator.client import CoordinatorClient
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fedattn import pki
-from fedattn.participant.coordinator_api import CoordinatorClient
+from fedattn.coordinator.client import CoordinatorClient
 from fedattn.resilience import Policy
 from fedattn.runner.manifests import Bundle
 from fedattn.runner.processes import Supervisor, free_port, wait_ready
@@ -70,7 +70,7 @@ def prepare(bundle: Bundle, *, workdir: Path) -> Prepared:
     identities = pki.write_session_pki(
         pki_dir, session=bundle.name, participants=bundle.participant_names, server_names=["127.0.0.1", "localhost"]
     )
-    allow = _write_allowlist(pki_dir, identities, ["coordinator-client", *bundle.participant_names])
+    allow = _write_allowlist(pki_dir, identities, [pki.CONTROL_CLIENT, *bundle.participant_names])
     endpoints = Endpoints(
         aggregator=f"tcp://127.0.0.1:{free_port()}",
         aggregator_metrics=free_port(),
@@ -112,7 +112,7 @@ def start(
             ],
         )
         wait_ready(f"http://127.0.0.1:{endpoints.aggregator_metrics}/readyz", proc=aggregator)
-    control = identities["coordinator-client"]
+    control = identities[pki.CONTROL_CLIENT]
     api_port = endpoints.coordinator.rsplit(":", 1)[1]
     coordinator = supervisor.start(
         "coordinator",

@@ -2,7 +2,7 @@
 
 The same ``run_prefill(model, layout, *, plan)`` shape as the in-memory driver
 (:func:`fedattn.attention.driver.run_prefill`), but each participant's exchange is the network one a
-participant process uses (:func:`fedattn.participant.attention.zmq_exchange`), its position offset
+participant process uses (:func:`fedattn.participant.attender.zmq_exchange`), its position offset
 comes from the aggregator's prompt-layout handshake, and the K/V union is the aggregator's. Tests
 compare its logits with the single-process reference; the FedAttn sweep measures sync latency with it.
 """
@@ -16,13 +16,13 @@ from threadpoolctl import threadpool_limits
 
 from fedattn import pki, wire
 from fedattn.aggregator.client import AggregatorClient
-from fedattn.aggregator.server import CONTROL_IDENTITY, Aggregator
+from fedattn.aggregator.server import Aggregator
 from fedattn.attention.driver import run_threads
 from fedattn.attention.gguf_model import LlamaModel
 from fedattn.attention.layout import PromptLayout
 from fedattn.attention.participant import PrefillResult, participant_prefill
 from fedattn.attention.reference import FedAttnPlan
-from fedattn.participant.attention import await_kind, zmq_exchange
+from fedattn.participant.attender import await_kind, zmq_exchange
 
 SESSION = "loopback"
 TIMEOUT_SECONDS = 120.0
@@ -36,7 +36,7 @@ def _configure(aggregator: Aggregator, server: pki.CurveKeyPair, control: pki.Cu
     spec = {"mode": "attention", "minParticipants": len(names), "roundTimeoutSeconds": TIMEOUT_SECONDS,
             "publisher": names[-1]}
     with AggregatorClient(endpoint=aggregator.endpoint, server_public=server.public, public=control.public,
-                          secret=control.secret, session=SESSION, name=CONTROL_IDENTITY,
+                          secret=control.secret, session=SESSION, name=pki.CONTROL_CLIENT,
                           timeout_seconds=TIMEOUT_SECONDS) as link:
         reply = link.request("ctl_configure", meta={"mode": "attention", "spec": spec,
                                                     "participants": dict.fromkeys(names, 1.0)})
@@ -47,7 +47,7 @@ def _configure(aggregator: Aggregator, server: pki.CurveKeyPair, control: pki.Cu
 def run_prefill(model: LlamaModel, layout: PromptLayout, *, plan: FedAttnPlan) -> list[PrefillResult]:
     """Every participant's prefill through an in-process aggregator, in participant order."""
     names = _names(layout.n_participants)
-    keys = {name: pki.curve_keypair() for name in [CONTROL_IDENTITY, *names]}
+    keys = {name: pki.curve_keypair() for name in [pki.CONTROL_CLIENT, *names]}
     server = pki.curve_keypair()
     with tempfile.TemporaryDirectory() as tmp:
         allow = Path(tmp)
@@ -57,7 +57,7 @@ def run_prefill(model: LlamaModel, layout: PromptLayout, *, plan: FedAttnPlan) -
                                 server_secret=server.secret, allow_dir=allow)
         aggregator.start()
         try:
-            _configure(aggregator, server, keys[CONTROL_IDENTITY], names)
+            _configure(aggregator, server, keys[pki.CONTROL_CLIENT], names)
             return _run_participants(model, layout, plan=plan, aggregator=aggregator, server=server,
                                      keys=keys, names=names)
         finally:

@@ -1,6 +1,7 @@
 """Blocking HTTPS client for the coordinator's API (mTLS), with the session's resilience policy.
 
-Used by participants (as themselves) and by the local runner (as ``operator``). 4xx answers are
+The counterpart of :mod:`fedattn.coordinator.api`, as :mod:`fedattn.aggregator.client` is the aggregator's.
+Used by participants (as themselves), and by the operator and the local runner (as ``operator``). 4xx answers are
 :class:`~fedattn.resilience.PermanentFailure` carrying the coordinator's message; 5xx answers,
 timeouts and connection errors are retried with backoff and counted by the circuit breaker.
 """
