@@ -24,6 +24,11 @@ from fedattn.api.fields import (
 GROUP = "fedattn.io"
 VERSION = "v1alpha1"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: Identities of a session's own components, never a participant's name: a participant called
+#: ``coordinator-client`` would put its key where the control link's is (and get its powers),
+#: ``operator`` would be the coordinator's administrator, ``server`` the server certificate's CN;
+#: the store files syncs under participant ``*``, which the name pattern already excludes.
+RESERVED_NAMES = ("operator", "coordinator-client", "server")
 
 #: Strategy -> the ``strategy.params`` keys it understands (a CEL rule rejects any other key).
 STRATEGY_PARAMS: dict[str, list[str]] = {
@@ -482,8 +487,18 @@ def participant_status() -> Schema:
     )
 
 
-def root(description: str, *, spec: Schema, status: Schema) -> Schema:
+def reserved_name_rule() -> tuple[str, str]:
+    """CEL at a FedParticipant's root (API servers >= 1.25 expose ``self.metadata.name`` there)."""
+    return (
+        f"!(self.metadata.name in {_cel_string_list(list(RESERVED_NAMES))})",
+        f"metadata.name must not be one of {list(RESERVED_NAMES)}: they are the session's own identities",
+    )
+
+
+def root(description: str, *, spec: Schema, status: Schema, rules: list[tuple[str, str]] | None = None) -> Schema:
+    cel = {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]} if rules else {}
     return {
+        **cel,
         "type": "object",
         "description": description,
         "properties": {

@@ -62,8 +62,6 @@ def parse_create(body: dict[str, Any]) -> SessionDefinition:
             )
         if pname in weights:
             raise InvalidSession(f"participants[{i}]: {pname} is listed twice")
-        if pname == "operator":
-            raise InvalidSession(f"participants[{i}]: 'operator' is the administrator's identity, not a participant")
         weights[pname] = float(p["spec"]["weight"])
     quorum = int(spec["minParticipants"])
     if quorum > len(weights):

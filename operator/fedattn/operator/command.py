@@ -22,6 +22,7 @@ from fedattn import logs
 from fedattn.operator.handlers import REGISTRY, Config
 from fedattn.operator.kube import Kube
 from fedattn.operator.progress import CoordinatorStatus
+from fedattn.operator.trust import ImagePolicy
 
 log = logging.getLogger("fedattn.operator")
 
@@ -69,6 +70,7 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | os._Environ = o
         status_source=CoordinatorStatus(),
         images=images,
         default_database=database,
+        image_policy=ImagePolicy.from_env(env),
         poll_seconds=args.poll_seconds,
     )
 

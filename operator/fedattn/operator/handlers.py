@@ -18,8 +18,8 @@ from typing import Any
 import kopf
 from kubernetes.client import ApiException
 
-from fedattn.api import ManifestError, apply_defaults_and_validate
-from fedattn.operator import builders, credentials, names, status
+from fedattn.api import ManifestError, apply_defaults_and_validate, name_problems
+from fedattn.operator import builders, credentials, names, status, trust
 from fedattn.operator.kube import Kube
 from fedattn.operator.metrics import PhaseCounter, measured
 from fedattn.operator.progress import StatusSource
@@ -41,11 +41,24 @@ class Config:
     poll_seconds: float = 10.0
     retry_seconds: float = 2.0  # how soon a handler waiting for another object tries again
     renew_check_seconds: float = 3600.0
+    #: which images a spec may name instead of ``images`` (the chart's ``imagePolicy``)
+    image_policy: trust.ImagePolicy = field(default_factory=trust.ImagePolicy)
     clock: Any = field(default=lambda: dt.datetime.now(dt.UTC))
     phases: PhaseCounter = field(default_factory=PhaseCounter)
 
     def image(self, component: str) -> str:
         return self.images.get(component) or builders.DEFAULT_IMAGE
+
+    async def refused(self, obj: dict[str, Any], *, images: list[tuple[str, str]], refs: list) -> list[str]:
+        """Why the operator will not run what ``obj`` asks for (images, mounted Secrets/ConfigMaps);
+        TemporaryError while a referenced object does not exist yet."""
+        own = {self.image(c) for c in ("coordinator", "aggregator", "participant")}
+        problems = [p for where, image in images if (p := self.image_policy.problem(image, where=where, own=own))]
+        try:
+            problems += await trust.refs_problems(self.kube, obj["metadata"]["namespace"], refs)
+        except trust.RefNotReady as exc:
+            raise kopf.TemporaryError(str(exc), delay=self.retry_seconds) from exc
+        return problems
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
@@ -132,9 +145,14 @@ def _defaulted_spec(kind: str, spec_json: str) -> str:
 def _validated(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     """The object with schema defaults applied; ManifestError if a rule is broken (old API servers
     that do not enforce CEL let such objects in)."""
+    name = body["metadata"].get("name", "")
+    # NB: the memoised spec pass validates under a placeholder name, so the real one is checked here
+    # (a legacy API server has no CEL to refuse a FedParticipant named after a session component).
+    if problems := name_problems(kind, name):
+        raise ManifestError(kind, name, problems)
     spec = json.loads(_defaulted_spec(kind, json.dumps(body.get("spec") or {}, sort_keys=True)))
     if "__problems__" in spec:
-        raise ManifestError(kind, body["metadata"].get("name", ""), spec["__problems__"])
+        raise ManifestError(kind, name, spec["__problems__"])
     return {
         **{k: body[k] for k in ("apiVersion", "kind", "metadata")},
         "spec": spec,
@@ -142,8 +160,10 @@ def _validated(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _invalid_status(previous: dict, exc: ManifestError, generation: int, now: dt.datetime) -> dict:
-    seen = status.Observation(failure=("InvalidSpec", "; ".join(exc.problems)))
+def _invalid_status(
+    previous: dict, exc: ManifestError, generation: int, now: dt.datetime, *, reason: str = "InvalidSpec"
+) -> dict:
+    seen = status.Observation(failure=(reason, "; ".join(exc.problems)))
     return {
         "phase": "Failed",
         "message": seen.failure[1],
@@ -151,7 +171,7 @@ def _invalid_status(previous: dict, exc: ManifestError, generation: int, now: dt
             previous.get("conditions", []),
             type="Failed",
             status=True,
-            reason="InvalidSpec",
+            reason=reason,
             message=seen.failure[1],
             now=now,
             generation=generation,
@@ -186,6 +206,11 @@ async def reconcile_session(
     except ManifestError as exc:
         patch.status.update(_invalid_status(raw["status"], exc, generation, cfg.clock()))
         raise kopf.PermanentError(str(exc)) from exc
+    refused = await cfg.refused(session, images=trust.session_images(session), refs=trust.session_refs(session))
+    if refused:
+        exc = ManifestError("FedSession", meta["name"], refused)
+        patch.status.update(_invalid_status(raw["status"], exc, generation, cfg.clock(), reason="NotAllowed"))
+        raise kopf.PermanentError(str(exc))
     ready = await credentials.ensure_session_pki(cfg.kube, session, owner=raw)
     finished = session["status"].get("phase") in status.TERMINAL
     if finished or status.deadline_failure(session, now=cfg.clock()):
@@ -371,26 +396,32 @@ async def issue_participant(
     cfg = _config(memo)
     raw = _plain(body)
     generation = int(meta.get("generation") or 0)
+
+    def failed(exc: ManifestError, reason: str) -> kopf.PermanentError:
+        conditions = status.set_condition(
+            raw["status"].get("conditions", []),
+            type="CertificateIssued",
+            status=False,
+            reason=reason,
+            message="; ".join(exc.problems),
+            now=cfg.clock(),
+            generation=generation,
+        )
+        patch.status.update({"phase": "Failed", "conditions": conditions})
+        return kopf.PermanentError(str(exc))
+
     try:
         participant = _validated("FedParticipant", raw)
     except ManifestError as exc:
-        patch.status.update(
-            {
-                "phase": "Failed",
-                "conditions": status.set_condition(
-                    raw["status"].get("conditions", []),
-                    type="CertificateIssued",
-                    status=False,
-                    reason="InvalidSpec",
-                    message="; ".join(exc.problems),
-                    now=cfg.clock(),
-                    generation=generation,
-                ),
-            }
-        )
-        raise kopf.PermanentError(str(exc)) from exc
+        raise failed(exc, "InvalidSpec") from exc
     if participant["status"].get("phase") == "Evicted":
         return  # NB: credentials of an evicted participant stay revoked across operator restarts
+    image = participant["spec"].get("image") or ""
+    refused = await cfg.refused(
+        participant, images=[("spec.image", image)], refs=trust.participant_refs(participant)
+    )
+    if refused:
+        raise failed(ManifestError("FedParticipant", meta["name"], refused), "NotAllowed")
     session = await _session_for(cfg, participant)
     await credentials.ensure_participant(cfg.kube, participant, session, owner=raw, retry_seconds=cfg.retry_seconds)
     if not participant["spec"].get("external"):
