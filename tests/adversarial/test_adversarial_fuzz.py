@@ -107,3 +107,30 @@ async def test_a_hundred_thousand_hostile_messages_break_nothing(stack, caplog):
     assert outsider_rows == [], "a non-member's rejections are attributed to a session it is not in"
     flood_lines = [r for r in caplog.records if r.name.startswith("fedattn.aggregator")]
     assert len(flood_lines) <= STORE_ROW_LIMIT, f"{len(flood_lines)} log lines from one attacker's flood"
+
+
+async def test_rejections_are_counted_but_only_a_members_sample_is_stored(stack):
+    running, aggregator, pki_dir = stack.running, stack.aggregator, stack.pki_dir
+    assert (await as_(running, pki_dir, "operator").call("POST", "/v1/sessions", manifests("s")))[0] == 201
+    while "s" not in aggregator.sessions:
+        await asyncio.sleep(0.02)
+    garbage = 500
+
+    def send(name: str) -> None:
+        with dealer(pki_dir, aggregator, "s", name) as client:
+            for _ in range(garbage):  # each one refused (not a member / no round open), each one an event
+                client.send("update", round=7, meta={"num_examples": 1})
+
+    await asyncio.gather(asyncio.to_thread(send, stack.outsider), asyncio.to_thread(send, "carol"))
+
+    def counted(reason: str) -> float:
+        return running.metrics.value("fedattn_coordinator_contributions_rejected_total", reason=reason)
+
+    while counted("not_in_session") < garbage or counted("stale_round") < garbage:
+        await asyncio.sleep(0.05)  # NB: events arrive asynchronously; every one of them is counted
+    store = running.coordinator.store
+    await store.writes.flush()
+    rows = await store.list_events("s", kind="rejected")
+    assert not [e for e in rows if e.participant == stack.outsider], "an outsider's rejections went into s"
+    carol = [e for e in rows if e.participant == "carol"]
+    assert 0 < len(carol) <= 50, f"{len(carol)} rows for {garbage} rejections of one member"

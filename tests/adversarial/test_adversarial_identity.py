@@ -13,6 +13,7 @@ as the chart's ``imagePolicy`` allows.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import kmock
@@ -23,6 +24,8 @@ from fedattn.api import apply_defaults_and_validate, crds
 from fedattn.api.schema import RESERVED_NAMES
 from fedattn.api.validation import ManifestError
 from fedattn.operator.trust import ImagePolicy
+from fedattn.runner import local
+from fedattn.runner.manifests import load as load_bundle
 from operator_cluster import (
     NAMESPACE,
     ApiServer,
@@ -204,3 +207,21 @@ def test_the_default_image_policy_allows_only_the_operators_images():
     assert ImagePolicy.from_env(
         {"FEDATTN_IMAGE_ALLOWED_PREFIXES": "a/, b/", "FEDATTN_IMAGE_REQUIRE_DIGEST": "true"}
     ) == (ImagePolicy(allowed_prefixes=("a/", "b/"), require_digest=True))
+
+
+# --- local mode: each participant process sees its own keys only ------------------------------------
+
+
+def test_local_mode_keeps_the_ca_key_nowhere_and_each_participant_gets_only_its_own_keys(tmp_path):
+    bundle = load_bundle(Path(__file__).parents[2] / "examples" / "learning-digits.yaml")
+    prepared = local.prepare(bundle, workdir=tmp_path)
+    assert not list(tmp_path.rglob("ca.key"))
+    for name in bundle.participant_names:
+        own = local.participant_pki_dir(tmp_path, name)
+        assert sorted(p.name for p in own.iterdir()) == sorted(
+            ["ca.crt", f"{name}.crt", f"{name}.key", f"{name}.curve.pub", f"{name}.curve.sec"]
+        )
+        assert own.stat().st_mode & 0o077 == 0
+        assert prepared.identities[name].root == own
+    shared = {p.name for p in (tmp_path / "pki").iterdir() if p.is_file()}
+    assert not any(n.startswith(tuple(bundle.participant_names)) for n in shared)
