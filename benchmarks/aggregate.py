@@ -8,7 +8,7 @@ stays meaningful on a shared, loaded machine) and per wall second (``wall_gbps``
 what the aggregation allocates on top of its inputs (tracemalloc, which numpy reports to), so
 "memory independent of N" shows as the same peak for N=4 and N=16.
 
-Methods: ``ours`` (fedattn.aggregator.strategy.FedAvg.fold_many: updates that arrive in one socket
+Methods: ``ours`` (fedattn.aggregator.strategies.fedavg.FedAvg.fold_many: updates that arrive in one socket
 burst, folded in groups of FOLD_GROUP), ``ours_one_by_one`` (FedAvg.fold per update, as when they
 arrive spread out), ``copy`` (``np.copyto`` of the same bytes: the memory-bandwidth ceiling for
 touching every input once), ``flower`` (flwr.server.strategy.aggregate.aggregate, which keeps all N
@@ -77,7 +77,7 @@ _SESSION: dict[int, object] = {}
 
 def _fedavg(size: int):
     """The session's FedAvg: preallocated once and reused every round, as the aggregator does."""
-    from fedattn.aggregator.strategy import FedAvg
+    from fedattn.aggregator.strategies.fedavg import FedAvg
 
     if size not in _SESSION:
         _SESSION[size] = FedAvg(size=size)

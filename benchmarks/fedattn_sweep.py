@@ -228,7 +228,7 @@ def print_table(rows: list[dict], out) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=Path, default=ROOT / "examples" / "prompts-qa.yaml")
+    parser.add_argument("--prompts", type=Path, default=ROOT / "benchmarks" / "prompts-qa.yaml")
     parser.add_argument("--quick", action="store_true", help="4 prompts, H in {1,2,8}, N in {1,2,4}")
     parser.add_argument("--h", type=int, nargs="+", help="sync intervals (default 1 2 4 8 30)")
     parser.add_argument("--n", type=int, nargs="+", help="participant counts (default 1 2 4 8)")

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from fedattn.aggregator import checkpoint
+from fedattn.aggregator.learning_session import LearningSession
 from fedattn.aggregator.server import Aggregator
-from fedattn.aggregator.sessions import LearningSession
+from fedattn.api.spec import SessionSpec
 from test_aggregator_server import CONTROL_IDENTITY, Harness, ctl, join, open_round
 
 SPEC = {
@@ -27,6 +28,10 @@ SPEC = {
     "strategy": {"name": "fedadam", "params": {"serverLearningRate": 0.1, "tau": 0.01}},
     "checkpoint": {"everyRounds": 1},
 }
+
+
+def _typed(spec: dict) -> SessionSpec:
+    return SessionSpec.from_manifest({"mode": "learning", **spec})
 
 
 def test_checkpoint_round_trip_and_refusals(tmp_path):
@@ -74,7 +79,7 @@ def test_restored_fedadam_session_continues_with_its_moments():
     updates = [(initial + rng.standard_normal(50)).astype(np.float32) for _ in range(4)]
 
     def fresh() -> LearningSession:
-        return LearningSession(name="s", spec=SPEC, weights={"a": 1.0}, initial=initial)
+        return LearningSession(name="s", spec=_typed(SPEC), weights={"a": 1.0}, initial=initial)
 
     first = fresh()
     for r in (1, 2):
@@ -89,7 +94,7 @@ def test_restored_fedadam_session_continues_with_its_moments():
     reference = _adam_reference(initial, updates, eta=0.1, tau=0.01)
     np.testing.assert_allclose(resumed.global_params, reference, rtol=1e-4, atol=1e-5)
 
-    other = LearningSession(name="s", spec={**SPEC, "strategy": {"name": "fedavg"}}, weights={"a": 1.0},
+    other = LearningSession(name="s", spec=_typed({**SPEC, "strategy": {"name": "fedavg"}}), weights={"a": 1.0},
                             initial=initial)
     with pytest.raises(ValueError, match="checkpoint is for strategy 'fedadam'"):
         other.restore(arrays, meta)
@@ -123,7 +128,7 @@ def test_a_restarted_aggregator_resumes_and_reopens_the_open_round(tmp_path):
     initial = np.zeros(size, np.float32)
     h = Harness(tmp_path)
     try:
-        h.server.checkpoint_dir = ckpt
+        _restart(h, ckpt)  # an aggregator that checkpoints into ckpt from the start
         coord, _ = _configure(h, SPEC, size, initial)
         alice = join(h, "alice")
         open_round(h, coord, 1, ["alice"])
@@ -174,6 +179,7 @@ def test_epsilon_per_round_matches_dp_accounting_and_the_budget_stops_rounds(tmp
             reply = ctl(coord, h.events, "ctl_close_round", round=r)
             assert reply["epsilon"] == pytest.approx(expected[r - 1], rel=1e-9)
             assert h.metric("fedattn_aggregator_dp_epsilon", session="s1") == pytest.approx(expected[r - 1])
+            assert h.metric("fedattn_aggregator_dp_epsilon_target", session="s1") == budget  # alerts divide by it
         assert reply["stop"].startswith("PrivacyBudgetExhausted")
         refused = ctl(coord, h.events, "ctl_open_round", round=allowed + 1, meta={"participants": ["alice"]})
         assert not refused["ok"] and refused["error"].startswith("PrivacyBudgetExhausted"), refused
@@ -184,7 +190,7 @@ def test_epsilon_per_round_matches_dp_accounting_and_the_budget_stops_rounds(tmp
 def test_a_sign_flipping_member_scores_negative_and_is_evicted():
     size, weights = 20, {"a": 1.0, "b": 1.0, "evil": 1.0}
     spec = {"minParticipants": 3, "strategy": {"name": "median"}, "eviction": {"minScore": 0.0, "afterRounds": 2}}
-    state = LearningSession(name="s", spec=spec, weights=weights, initial=np.zeros(size, np.float32))
+    state = LearningSession(name="s", spec=_typed(spec), weights=weights, initial=np.zeros(size, np.float32))
     rng = np.random.default_rng(1)
     direction = np.ones(size, np.float32)
     results = []

@@ -371,6 +371,7 @@ def test_fedavg_matches_closed_form_and_reports_accuracy(tmp_path):
             assert reply["ok"] and reply["contributions"] == 3
             assert reply["weight_total"] == pytest.approx(sum(w))
             assert reply["accuracy"] == pytest.approx(np.mean(expected > 0), abs=1e-3)
+            assert h.metric("fedattn_aggregator_accuracy_ratio", session=SESSION) == reply["accuracy"]
             assert reply["aggregation_seconds"] > 0
         assert ctl(coord, h.events, "ctl_finish", meta={"reason": "rounds"})["ok"]
         for c in clients.values():
@@ -622,3 +623,29 @@ def test_kv_barrier_timeout_serves_quorum_and_reports_the_missing(h):
     alice.send("kv", layer=6, arrays=kv_block([1, 2]))
     err = alice.recv(timeout_seconds=10)
     assert err.kind == "error" and err.meta["code"] == "sync_timeout"
+
+
+# --- dispatch -------------------------------------------------------------------------------------
+
+
+def test_every_control_kind_has_exactly_one_handler(h):
+    assert set(h.server._control) == wire.CONTROL_KINDS
+
+
+def test_a_learning_session_refuses_attention_messages_by_name(h):
+    configure_learning(h, size=4)
+    alice = join(h, "alice")
+    kv = alice.request("kv", layer=0, arrays=kv_block([0, 1]))
+    assert kv.kind == "error"
+    assert (kv.meta["code"], kv.meta["message"]) == ("unexpected_kind", "kv is for attention sessions")
+    keys = alice.request("secagg_keys", round=0, meta={"public_key": "x"})
+    assert (keys.meta["code"], keys.meta["message"]) == ("stale_round", "no secure aggregation round 0 is open")
+
+
+def test_an_attention_session_refuses_learning_messages_by_name(h):
+    configure_attention(h)
+    carol = h.client("carol")
+    update = carol.request("update", round=1, arrays=[np.ones(4, np.float32)], meta={"num_examples": 1})
+    assert (update.meta["code"], update.meta["message"]) == ("unexpected_kind", "update is for learning sessions")
+    reveal = carol.request("secagg_reveal", round=1, meta={"shares": {}})
+    assert (reveal.meta["code"], reveal.meta["message"]) == ("stale_round", "no secure aggregation round 1 is open")

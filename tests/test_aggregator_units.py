@@ -11,7 +11,7 @@ from fedattn import pki
 from fedattn.aggregator.allowlist import Allowlist, read_key_dir
 from fedattn.aggregator.events import EventQueue
 from fedattn.aggregator.kv import Barrier, check_part
-from fedattn.aggregator.strategy import FedAvg, FedProx, fold_weighted
+from fedattn.aggregator.strategies.fedavg import FedAvg, FedProx, fold_weighted
 
 
 def test_fold_weighted_matches_float64_reference_across_chunk_edges():

@@ -252,9 +252,10 @@ def test_docs_list_exactly_the_spec_fields(section: str, kind: str) -> None:
 
 def test_schema_enums_match_what_the_components_implement() -> None:
     """The CRD's strategy params and sync policies are the ones the aggregator and attention code take."""
-    from fedattn.aggregator.strategies.registry import PARAMS
+    from fedattn.aggregator.strategies.registry import PARAMS, STRATEGIES
     from fedattn.api.schema import STRATEGY_PARAMS, SYNC_POLICIES
     from fedattn.attention.masks import SyncPolicy
 
     assert {k: sorted(v) for k, v in PARAMS.items()} == {k: sorted(v) for k, v in STRATEGY_PARAMS.items()}
+    assert all(rule.PARAMS is STRATEGY_PARAMS[name] for name, rule in STRATEGIES.items())
     assert sorted(p.value for p in SyncPolicy) == sorted(SYNC_POLICIES)

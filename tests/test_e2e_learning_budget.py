@@ -26,7 +26,8 @@ def test_dp_session_succeeds_with_privacy_budget_exhausted_after_the_rounds_it_a
     dp = session["spec"]["privacy"]["dp"]
     dp["targetEpsilon"] = 9.5
     bundle = manifests.Bundle(session=session, participants=bundle.participants, private=bundle.private)
-    spent = [epsilon_after(r, dp["noiseMultiplier"], 1.0, dp["delta"]) for r in range(1, 21)]
+    accounting = {"noise_multiplier": dp["noiseMultiplier"], "sampling_rate": 1.0, "delta": dp["delta"]}
+    spent = [epsilon_after(r, **accounting) for r in range(1, 21)]
     allowed = sum(e <= dp["targetEpsilon"] for e in spent)
     assert allowed == 3
 
@@ -49,13 +50,13 @@ def test_dp_session_succeeds_with_privacy_budget_exhausted_after_the_rounds_it_a
 
 
 def test_low_scoring_attackers_are_evicted_and_left_out_of_later_rounds(tmp_path):
-    bundle = manifests.load(ROOT / "examples/learning-krum.yaml")  # sites f and g flip their updates' sign
+    bundle = manifests.load(ROOT / "examples/learning-krum.yaml")  # participants f and g flip their updates' sign
     session = copy.deepcopy(bundle.session)
     session["spec"].update(
         minParticipants=5, rounds=5, strategy={"name": "median"}, eviction={"minScore": 0.0, "afterRounds": 2}
     )
     bundle = manifests.Bundle(session=session, participants=bundle.participants, private=bundle.private)
-    attackers = ["site-f", "site-g"]
+    attackers = ["digits-krum-f", "digits-krum-g"]
 
     with supervised(tmp_path / "logs") as supervisor:
         running = local.start(bundle, workdir=tmp_path, supervisor=supervisor)

@@ -9,9 +9,9 @@ import pytest
 from scipy import optimize, stats
 
 from fedattn.aggregator.strategies import build_strategy
+from fedattn.aggregator.strategies.private import DifferentiallyPrivate
 from fedattn.learning.privacy import (
     AdaptiveClipping,
-    DifferentiallyPrivate,
     DPSettings,
     PrivacyBudget,
     PrivacyError,
@@ -104,6 +104,10 @@ def _tight_gaussian_epsilon(sigma, rounds, delta):
     return optimize.brentq(gap, 0.0, 500.0)
 
 
+def _eps(rounds, noise_multiplier, sampling_rate, delta=1e-5):
+    return epsilon_after(rounds, noise_multiplier=noise_multiplier, sampling_rate=sampling_rate, delta=delta)
+
+
 def _classic_rdp_epsilon(sigma, rounds, delta):
     """min over alpha of T alpha / (2 sigma^2) + log(1/delta) / (alpha - 1), in closed form."""
     return rounds / (2 * sigma**2) + math.sqrt(2 * rounds * math.log(1 / delta)) / sigma
@@ -112,15 +116,15 @@ def _classic_rdp_epsilon(sigma, rounds, delta):
 @pytest.mark.parametrize(("sigma", "rounds"), [(1.0, 1), (1.1, 10), (4.0, 100), (0.8, 3)])
 def test_epsilon_lies_between_the_tight_gaussian_value_and_the_classic_rdp_bound(sigma, rounds):
     delta = 1e-5
-    eps = epsilon_after(rounds, sigma, 1.0, delta)
+    eps = epsilon_after(rounds, noise_multiplier=sigma, sampling_rate=1.0, delta=delta)
     assert _tight_gaussian_epsilon(sigma, rounds, delta) <= eps <= _classic_rdp_epsilon(sigma, rounds, delta)
 
 
 def test_epsilon_grows_with_rounds_and_shrinks_with_noise_and_sampling():
-    e = [epsilon_after(t, 1.0, 1.0, 1e-5) for t in (0, 1, 2, 10)]
+    e = [_eps(t, 1.0, 1.0) for t in (0, 1, 2, 10)]
     assert e[0] == 0.0 and e[1] < e[2] < e[3]
-    assert epsilon_after(5, 2.0, 1.0, 1e-5) < epsilon_after(5, 1.0, 1.0, 1e-5)
-    assert epsilon_after(5, 1.0, 0.1, 1e-5) < epsilon_after(5, 1.0, 1.0, 1e-5)
+    assert _eps(5, 2.0, 1.0) < _eps(5, 1.0, 1.0)
+    assert _eps(5, 1.0, 0.1) < _eps(5, 1.0, 1.0)
 
 
 @pytest.mark.parametrize(
@@ -134,13 +138,14 @@ def test_epsilon_grows_with_rounds_and_shrinks_with_noise_and_sampling():
 )
 def test_epsilon_after_rejects_bad_input(args, match):
     with pytest.raises(PrivacyError, match=match):
-        epsilon_after(*args)
+        rounds, noise_multiplier, sampling_rate, delta = args
+        epsilon_after(rounds, noise_multiplier=noise_multiplier, sampling_rate=sampling_rate, delta=delta)
 
 
 def test_budget_stops_before_the_round_that_would_exceed_it():
     budget = PrivacyBudget(target_epsilon=3.0, delta=1e-5, noise_multiplier=2.0)
     allowed = budget.max_rounds()
-    assert epsilon_after(allowed, 2.0, 1.0, 1e-5) <= 3.0 < epsilon_after(allowed + 1, 2.0, 1.0, 1e-5)
+    assert _eps(allowed, 2.0, 1.0) <= 3.0 < _eps(allowed + 1, 2.0, 1.0)
     for _ in range(allowed):
         check = budget.check_next_round()
         assert check.allowed and check.epsilon_next <= 3.0
@@ -212,13 +217,16 @@ def test_settings_from_manifest():
     dp = DPSettings.from_manifest({"noiseMultiplier": 1.1, "clipNorm": 0.5, "targetEpsilon": 8, "delta": 1e-6})
     assert (dp.noise_multiplier, dp.clip_norm, dp.target_epsilon, dp.delta, dp.adaptive) == (1.1, 0.5, 8, 1e-6, None)
     assert dp.budget().check_next_round().allowed
-    wrapped = dp.wrap(build_strategy("fedavg", size=3), size=3, rng=np.random.default_rng(0))
+    wrapped = DifferentiallyPrivate.from_settings(
+        dp, build_strategy("fedavg", size=3), size=3, rng=np.random.default_rng(0)
+    )
     assert wrapped.clip_norm == 0.5 and wrapped.sum_noise_multiplier == 1.1
     adaptive = DPSettings.from_manifest({"noiseMultiplier": 1.0, "adaptiveClipping": {"targetQuantile": 0.7}})
     assert adaptive.adaptive == AdaptiveClipping(target_quantile=0.7)
-    assert (
-        adaptive.wrap(build_strategy("fedavg", size=3), size=3, rng=np.random.default_rng(0)).sum_noise_multiplier > 1
+    wrapped = DifferentiallyPrivate.from_settings(
+        adaptive, build_strategy("fedavg", size=3), size=3, rng=np.random.default_rng(0)
     )
+    assert wrapped.sum_noise_multiplier > 1
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ import pytest
 
 from fedattn.runner import manifests
 
-EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*-*.yaml"))
+EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml"))
 
 
 def _write(tmp_path, text):
@@ -33,8 +33,7 @@ spec: {{sessionRef: {session}{extra}}}
 """
 
 
-@pytest.mark.parametrize("path", [p for p in EXAMPLES if p.name.startswith(("learning", "attention"))],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_loads(path):
     bundle = manifests.load(path)
     assert len(bundle.participants) >= bundle.spec["minParticipants"]

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from scipy import stats
 
 from fedattn import wire
-from fedattn.aggregator.strategy import FedAvg
+from fedattn.aggregator.strategies.fedavg import FedAvg
 from fedattn.learning.secagg import (
     ClientKeys,
     SecAggClient,

@@ -14,7 +14,7 @@ import threading
 import numpy as np
 import pytest
 
-from fedattn.aggregator.strategy import FedAvg
+from fedattn.aggregator.strategies.fedavg import FedAvg
 from fedattn.participant import secure
 from test_aggregator_server import CONTROL_IDENTITY, Harness, ctl, join, open_round, wait_event
 

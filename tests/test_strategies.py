@@ -18,6 +18,7 @@ from fedattn.aggregator.strategies import (
     check_quorum,
     params_schema,
 )
+from fedattn.aggregator.strategies.private import DifferentiallyPrivate
 from fedattn.aggregator.strategies.robust import (
     krum_scores,
     krum_select,
@@ -25,7 +26,7 @@ from fedattn.aggregator.strategies.robust import (
     pairwise_sq_distances,
     trimmed_mean_inplace,
 )
-from fedattn.learning.privacy import DifferentiallyPrivate
+from fedattn.api.spec import SessionSpec
 
 
 def run_round(strategy, global_params, updates, weights=None, *, round=1):
@@ -305,7 +306,7 @@ def test_params_schema_mirrors_the_table():
 def _spec(**over):
     spec = {"mode": "learning", "minParticipants": 5, "strategy": {"name": "fedavg", "params": {}}}
     spec.update(over)
-    return spec
+    return SessionSpec.from_manifest(spec)
 
 
 @pytest.mark.parametrize(
@@ -342,3 +343,36 @@ def test_session_strategy_wraps_dp_around_the_rule():
     wrapped = build_session_strategy(dp_spec, size=4, rng=rng)
     assert isinstance(wrapped, DifferentiallyPrivate)
     assert wrapped.inner.name == "fedadam" and (wrapped.clip_norm, wrapped.noise_multiplier) == (2.0, 0.7)
+
+
+def _doc_row(name, key, p):
+    kind = "integer" if p.kind is int else "number"
+    return f"| `{name}` | `{key}` | {kind} in {p.interval()} | {p.default:g} | {p.doc} |"
+
+
+def test_docs_list_every_rule_parameter_as_the_table_declares_it():
+    from pathlib import Path
+
+    from fedattn.api.strategy_params import RULE_PARAMS
+
+    doc = (Path(__file__).parent.parent / "docs" / "strategies.md").read_text()
+    for name, table in RULE_PARAMS.items():
+        rows = [_doc_row(name, key, p) for key, p in table.items()] or [f"| `{name}` | none | | | |"]
+        for row in rows:
+            assert row in doc, f"docs/strategies.md lacks: {row}"
+
+
+def test_every_registered_rule_is_a_complete_strategy_under_its_own_name():
+    from fedattn.aggregator.strategies import STRATEGIES, Strategy
+
+    for name, rule in STRATEGIES.items():
+        assert issubclass(rule, Strategy) and rule.name == name
+        assert not rule.__abstractmethods__, f"{name} leaves {sorted(rule.__abstractmethods__)} abstract"
+
+
+def test_a_stateless_rule_takes_only_an_empty_state():
+    strategy = build_strategy("median", size=3)
+    assert strategy.state_dict() == {}
+    strategy.load_state_dict({})
+    with pytest.raises(StrategyError, match="median keeps no state"):
+        strategy.load_state_dict({"m": np.zeros(3)})

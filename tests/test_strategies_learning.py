@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fedattn.aggregator.strategies import build_strategy
+from fedattn.aggregator.strategies.private import DifferentiallyPrivate
 from fedattn.learning import data, models, trainer
 from fedattn.learning.compression import CompressionSpec, ErrorFeedback, decode, encode
 from fedattn.learning.privacy import DPSettings
@@ -90,7 +91,8 @@ def test_robust_rules_withstand_two_attackers_that_break_fedavg(setup, poisoned_
 def test_dp_fedavg_still_learns_with_noise(setup, fedavg_accuracy):
     dp = DPSettings.from_manifest({"noiseMultiplier": 0.5, "clipNorm": 1.0, "targetEpsilon": 1000.0})
     size = setup[1].size
-    strategy = dp.wrap(build_strategy("fedavg", size=size), size=size, rng=np.random.default_rng(0))
+    inner = build_strategy("fedavg", size=size)
+    strategy = DifferentiallyPrivate.from_settings(dp, inner, size=size, rng=np.random.default_rng(0))
     accuracy = _simulate(setup, strategy)
     assert accuracy > 0.85
     budget = dp.budget()

@@ -8,7 +8,8 @@ The binaries come from ``scripts/k8s/build.sh`` (v1.20.2 built from Debian's sou
 Debian's ``etcd-server``. Every listener binds 127.0.0.1 on a free port; the PKI is thrown away with the
 working directory. The controller manager runs only the controllers the tests rely on: the service
 account token controller (v1.20 issues token Secrets, which the chart's ServiceAccount needs), the
-service account controller, the namespace controller and the garbage collector.
+service account controller, the namespace controller, the garbage collector and the ClusterRole
+aggregation controller (the chart's tenant roles aggregate into the built-in admin/edit/view).
 """
 
 from __future__ import annotations
@@ -239,7 +240,7 @@ class ControlPlane:
                 "--kubeconfig",
                 str(self.admin_kubeconfig),
                 "--controllers",
-                "serviceaccount-token,serviceaccount,namespace,garbagecollector",
+                "serviceaccount-token,serviceaccount,namespace,garbagecollector,clusterrole-aggregation",
                 "--service-account-private-key-file",
                 str(sa_priv),
                 "--root-ca-file",

@@ -31,11 +31,15 @@ FORBIDDEN = re.compile(r"[Ff]orbidden|\(403\)")
 
 
 @contextlib.contextmanager
-def running_operator(plane: ControlPlane, release: Release, *scope: str) -> Iterator[Path]:
-    """``fedattn operator SCOPE...`` authenticated as ``release``'s ServiceAccount, healthy; yields its log."""
+def running_operator(
+    plane: ControlPlane, release: Release, *scope: str, env: dict[str, str] | None = None
+) -> Iterator[Path]:
+    """``fedattn operator SCOPE...`` authenticated as ``release``'s ServiceAccount, healthy; yields its log.
+    ``env``: more environment, e.g. what the chart's Deployment sets."""
     log_path = plane.workdir / f"{release.name}-operator.log"
     port = free_port()
-    env = {**os.environ, "KUBECONFIG": str(release.operator_kubeconfig), "POD_NAMESPACE": release.namespace}
+    env = {**os.environ, **(env or {})}
+    env |= {"KUBECONFIG": str(release.operator_kubeconfig), "POD_NAMESPACE": release.namespace}
     with open(log_path, "wb") as log:
         # NB: its coordinator client dials in-cluster names; loopback_dns keeps those lookups local.
         argv = [

@@ -42,15 +42,29 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* Image reference of one component. Pass a dict with "ctx" and "component". */}}
+{{/* Image reference of one component: "<registry>/<repository>:<tag>", or "...@<digest>" when
+image.digests names one (a digest pins exactly what runs; the tag is then only a label). Pass a dict with
+"ctx" and "component". */}}
 {{- define "fedattn.image" -}}
 {{- $img := .ctx.Values.image }}
 {{- $repo := get $img.repositories .component }}
-{{- $tag := default .ctx.Chart.AppVersion $img.tag }}
 {{- if $img.registry }}
-{{- printf "%s/%s:%s" (trimSuffix "/" $img.registry) $repo $tag }}
+{{- $repo = printf "%s/%s" (trimSuffix "/" $img.registry) $repo }}
+{{- end }}
+{{- $digest := get ($img.digests | default dict) .component }}
+{{- if $digest }}
+{{- printf "%s@%s" $repo $digest }}
 {{- else }}
-{{- printf "%s:%s" $repo $tag }}
+{{- printf "%s:%s" $repo (default .ctx.Chart.AppVersion $img.tag) }}
+{{- end }}
+{{- end }}
+
+{{/* imagePullSecrets of a pod spec (every pod of the chart and, through the operator, of every session),
+"" when there are none. Indent with nindent. */}}
+{{- define "fedattn.imagePullSecrets" -}}
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
 
@@ -66,7 +80,7 @@ app.kubernetes.io/component: {{ .component }}
 {{/* Name and key of the Secret holding the default PostgreSQL DSN, "" when there is none. */}}
 {{- define "fedattn.databaseSecretName" -}}
 {{- if .Values.postgresql.enabled }}
-{{- printf "%s-postgresql" (include "fedattn.fullname" .) }}
+{{- default (printf "%s-postgresql" (include "fedattn.fullname" .)) .Values.postgresql.existingSecret }}
 {{- else }}
 {{- .Values.externalDatabase.secretName }}
 {{- end }}
@@ -74,4 +88,13 @@ app.kubernetes.io/component: {{ .component }}
 
 {{- define "fedattn.databaseSecretKey" -}}
 {{- if .Values.postgresql.enabled }}dsn{{ else }}{{ .Values.externalDatabase.secretKey }}{{ end }}
+{{- end }}
+
+{{/* Names of the imagePullSecrets, comma-separated (the operator's FEDATTN_IMAGE_PULL_SECRETS). */}}
+{{- define "fedattn.pullSecretNames" -}}
+{{- $names := list }}
+{{- range .Values.imagePullSecrets }}
+{{- $names = append $names .name }}
+{{- end }}
+{{- join "," $names }}
 {{- end }}

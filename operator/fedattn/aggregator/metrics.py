@@ -42,6 +42,18 @@ class Metrics:
             ["session"],
             registry=r,
         )
+        self.dp_epsilon_target = Gauge(
+            f"{PREFIX}_dp_epsilon_target",
+            "Differential privacy: the session's targetEpsilon (the budget dp_epsilon may not exceed)",
+            ["session"],
+            registry=r,
+        )
+        self.accuracy = Gauge(
+            f"{PREFIX}_accuracy_ratio",
+            "Learning: accuracy of the global model after the last closed round (held-out test split)",
+            ["session"],
+            registry=r,
+        )
         self.reliability = Gauge(
             f"{PREFIX}_participant_reliability_ratio",
             "Moving average of a participant's round scores (cosine of its delta to the last global step)",

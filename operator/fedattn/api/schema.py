@@ -20,6 +20,7 @@ from fedattn.api.fields import (
     string,
     string_map,
 )
+from fedattn.api.strategy_params import RULE_PARAMS, Param, Table
 
 GROUP = "fedattn.io"
 VERSION = "v1alpha1"
@@ -30,19 +31,8 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 #: the store files syncs under participant ``*``, which the name pattern already excludes.
 RESERVED_NAMES = ("operator", "coordinator-client", "server")
 
-#: Strategy -> the ``strategy.params`` keys it understands (a CEL rule rejects any other key).
-STRATEGY_PARAMS: dict[str, list[str]] = {
-    "fedavg": [],
-    "fedprox": ["proximalMu"],
-    "fedavgm": ["serverLearningRate", "serverMomentum"],
-    "fedadam": ["serverLearningRate", "beta1", "beta2", "tau"],
-    "fedyogi": ["serverLearningRate", "beta1", "beta2", "tau"],
-    "fedadagrad": ["serverLearningRate", "tau"],
-    "krum": ["byzantine"],
-    "multikrum": ["byzantine", "selected"],
-    "trimmedmean": ["trimFraction"],
-    "median": [],
-}
+#: Strategy -> its parameter table; the CRD's strategy enum, key check and bounds are built from it.
+STRATEGY_PARAMS: dict[str, Table] = RULE_PARAMS
 
 SESSION_PHASES = ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
 SESSION_CONDITIONS = [
@@ -64,8 +54,36 @@ def _cel_string_list(items: list[str]) -> str:
 
 
 def _strategy_rule() -> str:
-    table = ", ".join(f"'{name}': {_cel_string_list(keys)}" for name, keys in STRATEGY_PARAMS.items())
+    table = ", ".join(f"'{name}': {_cel_string_list(list(keys))}" for name, keys in STRATEGY_PARAMS.items())
     return f"self.params.all(k, k in {{{table}}}[self.name])"
+
+
+def _cel_bound(key: str, p: Param) -> str:
+    value = f"self.params['{key}']"
+    checks = []
+    if p.minimum is not None:
+        checks.append(f"{value} {'>' if p.exclusive_minimum else '>='} {float(p.minimum)!r}")
+    if p.maximum is not None:
+        checks.append(f"{value} {'<' if p.exclusive_maximum else '<='} {float(p.maximum)!r}")
+    return " && ".join(checks)
+
+
+def _strategy_bound_rules() -> list[tuple[str, str]]:
+    """One CEL rule per parameter and interval, over the rules that share it (from the tables)."""
+    shared: dict[tuple[str, str], list[str]] = {}
+    params: dict[tuple[str, str], Param] = {}
+    for name, table in STRATEGY_PARAMS.items():
+        for key, p in table.items():
+            if p.minimum is None and p.maximum is None:
+                continue
+            shared.setdefault((key, p.interval()), []).append(name)
+            params[key, p.interval()] = p
+    rules = []
+    for (key, interval), names in shared.items():
+        who = f"self.name == '{names[0]}'" if len(names) == 1 else f"self.name in {_cel_string_list(names)}"
+        rule = f"!({who}) || !('{key}' in self.params) || ({_cel_bound(key, params[key, interval])})"
+        rules.append((rule, f"{key} must be in {interval}"))
+    return rules
 
 
 def _name(description: str) -> Schema:
@@ -183,17 +201,15 @@ def _learning() -> dict[str, Schema]:
             {
                 "name": string("Strategy.", default="fedavg", enum=list(STRATEGY_PARAMS)),
                 "params": number_map(
-                    "Strategy parameters, e.g. proximalMu, serverLearningRate, trimFraction.", default={}
+                    "Strategy parameters, e.g. proximalMu, serverLearningRate, trimFraction"
+                    " (docs/strategies.md lists each rule's).",
+                    default={},
                 ),
             },
             default={"name": "fedavg", "params": {}},
             rules=[
                 (_strategy_rule(), "strategy.params has a key this strategy does not take"),
-                (
-                    "self.name != 'trimmedmean' || !('trimFraction' in self.params)"
-                    " || (self.params['trimFraction'] >= 0.0 && self.params['trimFraction'] < 0.5)",
-                    "trimFraction must be in [0, 0.5)",
-                ),
+                *_strategy_bound_rules(),
             ],
         ),
         "training": obj(

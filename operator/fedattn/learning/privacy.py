@@ -13,6 +13,9 @@ Adaptive clipping (Andrew et al., "Differentially Private Learning with Adaptive
 noised count of unclipped updates; the noise budget is split so the round as a whole is still a
 Gaussian mechanism of multiplier ``noiseMultiplier`` (:func:`split_noise_multiplier`).
 
+The wrapper that applies these to a rule is a strategy itself
+(``fedattn.aggregator.strategies.private``); this module keeps the math, the settings and the budget.
+
 Epsilon is counted by Google's ``dp-accounting`` (RDP accountant): each round is one Gaussian
 mechanism, Poisson-subsampled when only a share ``sampling_rate`` of the population takes part.
 """
@@ -27,28 +30,25 @@ from typing import Any, ClassVar
 import dp_accounting
 import numpy as np
 
-from fedattn.aggregator.strategy import Strategy
-
-#: rules whose result depends on the updates only through their mean: noising the mean privatises
-#: them; robust rules (Krum, median, trimmed mean) are not means and are refused
-MEAN_BASED = frozenset({"fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "fedadagrad"})
+from fedattn.api.spec import DPSpec
 
 
 class PrivacyError(ValueError):
     """Invalid DP settings or a rule DP cannot wrap; the text says which."""
 
 
-def _positive(name: str, value: float) -> float:
+def positive(name: str, value: float) -> float:
+    """``value`` as a float; raises :class:`PrivacyError` naming the field unless finite and > 0."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise PrivacyError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def _check_accounting(*, noise_multiplier: float, sampling_rate: float, delta: float) -> None:
-    _positive("noiseMultiplier", noise_multiplier)
-    if not _positive("sampling rate", sampling_rate) <= 1:
+    positive("noiseMultiplier", noise_multiplier)
+    if not positive("sampling rate", sampling_rate) <= 1:
         raise PrivacyError(f"sampling rate must be in (0, 1], got {sampling_rate!r}")
-    if not _positive("delta", delta) < 1:
+    if not positive("delta", delta) < 1:
         raise PrivacyError(f"delta must be in (0, 1), got {delta!r}")
 
 
@@ -97,8 +97,8 @@ class AdaptiveClipping:
         q = self.target_quantile
         if isinstance(q, bool) or not isinstance(q, int | float) or not 0 < q < 1:
             raise PrivacyError(f"targetQuantile must be in (0, 1), got {self.target_quantile!r}")
-        _positive("clip learningRate", self.learning_rate)
-        _positive("count noise std", self.count_noise_std)
+        positive("clip learningRate", self.learning_rate)
+        positive("count noise std", self.count_noise_std)
 
 
 def _round_event(noise_multiplier: float, sampling_rate: float) -> dp_accounting.DpEvent:
@@ -108,7 +108,7 @@ def _round_event(noise_multiplier: float, sampling_rate: float) -> dp_accounting
     return dp_accounting.PoissonSampledDpEvent(sampling_rate, gaussian)
 
 
-def epsilon_after(rounds: int, noise_multiplier: float, sampling_rate: float, delta: float) -> float:
+def epsilon_after(rounds: int, *, noise_multiplier: float, sampling_rate: float, delta: float) -> float:
     """Epsilon spent after ``rounds`` rounds at ``delta`` (RDP accountant of ``dp-accounting``)."""
     _check_accounting(noise_multiplier=noise_multiplier, sampling_rate=sampling_rate, delta=delta)
     if rounds < 0:
@@ -140,16 +140,19 @@ class PrivacyBudget:
     rounds_done: int = 0
 
     def __post_init__(self) -> None:
-        _positive("targetEpsilon", self.target_epsilon)
+        positive("targetEpsilon", self.target_epsilon)
         _check_accounting(noise_multiplier=self.noise_multiplier, sampling_rate=self.sampling_rate, delta=self.delta)
+
+    def _accounting(self) -> dict[str, float]:
+        return {"noise_multiplier": self.noise_multiplier, "sampling_rate": self.sampling_rate, "delta": self.delta}
 
     @property
     def epsilon_spent(self) -> float:
-        return epsilon_after(self.rounds_done, self.noise_multiplier, self.sampling_rate, self.delta)
+        return epsilon_after(self.rounds_done, **self._accounting())
 
     def check_next_round(self) -> BudgetCheck:
         """Would round ``rounds_done + 1`` keep epsilon <= target? ``reason`` is the stop message."""
-        nxt = epsilon_after(self.rounds_done + 1, self.noise_multiplier, self.sampling_rate, self.delta)
+        nxt = epsilon_after(self.rounds_done + 1, **self._accounting())
         if nxt <= self.target_epsilon:
             return BudgetCheck(True, nxt)
         return BudgetCheck(
@@ -166,12 +169,12 @@ class PrivacyBudget:
 
     def max_rounds(self, *, limit: int = 100_000) -> int:
         """The most rounds the budget allows in total (binary search; epsilon grows with rounds)."""
-        if epsilon_after(1, self.noise_multiplier, self.sampling_rate, self.delta) > self.target_epsilon:
+        if epsilon_after(1, **self._accounting()) > self.target_epsilon:
             return 0
         lo, hi = 1, limit
         while lo < hi:
             mid = (lo + hi + 1) // 2
-            if epsilon_after(mid, self.noise_multiplier, self.sampling_rate, self.delta) <= self.target_epsilon:
+            if epsilon_after(mid, **self._accounting()) <= self.target_epsilon:
                 lo = mid
             else:
                 hi = mid - 1
@@ -180,7 +183,7 @@ class PrivacyBudget:
 
 @dataclass(frozen=True)
 class DPSettings:
-    """``spec.privacy.dp`` checked once; builds the session's budget and the DP wrapper of its rule."""
+    """``spec.privacy.dp`` checked once; builds the session's budget (the wrapper: ``strategies.private``)."""
 
     noise_multiplier: float
     clip_norm: float
@@ -208,14 +211,27 @@ class DPSettings:
             raise PrivacyError(f"privacy.dp.mechanism {v['mechanism']!r} is not supported; use 'gaussian'")
         adaptive = v["adaptiveClipping"]
         settings = cls(
-            noise_multiplier=_positive("noiseMultiplier", v["noiseMultiplier"]),
-            clip_norm=_positive("clipNorm", v["clipNorm"]),
-            target_epsilon=_positive("targetEpsilon", v["targetEpsilon"]),
+            noise_multiplier=positive("noiseMultiplier", v["noiseMultiplier"]),
+            clip_norm=positive("clipNorm", v["clipNorm"]),
+            target_epsilon=positive("targetEpsilon", v["targetEpsilon"]),
             delta=v["delta"],
             adaptive=None if adaptive is None else _adaptive_from_manifest(adaptive),
         )
         _check_accounting(noise_multiplier=settings.noise_multiplier, sampling_rate=1.0, delta=settings.delta)
         return settings
+
+    @classmethod
+    def from_spec(cls, dp: DPSpec) -> DPSettings:
+        """The typed ``spec.privacy.dp`` (defaults applied by the schema), checked like :meth:`from_manifest`."""
+        return cls.from_manifest(
+            {
+                "mechanism": dp.mechanism,
+                "noiseMultiplier": dp.noise_multiplier,
+                "clipNorm": dp.clip_norm,
+                "targetEpsilon": dp.target_epsilon,
+                "delta": dp.delta,
+            }
+        )
 
     def budget(self, *, sampling_rate: float = 1.0) -> PrivacyBudget:
         return PrivacyBudget(
@@ -225,129 +241,9 @@ class DPSettings:
             sampling_rate=sampling_rate,
         )
 
-    def wrap(self, inner: Strategy, *, size: int, rng: np.random.Generator) -> DifferentiallyPrivate:
-        return DifferentiallyPrivate(
-            inner,
-            size=size,
-            clip_norm=self.clip_norm,
-            noise_multiplier=self.noise_multiplier,
-            rng=rng,
-            adaptive=self.adaptive,
-        )
-
 
 def _adaptive_from_manifest(raw: Any) -> AdaptiveClipping:
     fields = {"targetQuantile": "target_quantile", "learningRate": "learning_rate", "countNoiseStd": "count_noise_std"}
     if not isinstance(raw, Mapping) or set(raw) - set(fields):
         raise PrivacyError(f"privacy.dp.adaptiveClipping must be a map of {sorted(fields)}")
     return AdaptiveClipping(**{fields[k]: value for k, value in raw.items()})
-
-
-class DifferentiallyPrivate:
-    """Wraps a mean-based rule (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad) with central DP.
-
-    ``fold`` clips the update's delta from the round's global model and adds it to an O(P) sum with
-    weight 1; ``finish`` noises the sum, forms the mean model and hands it to the inner rule as the
-    round's only update, so the inner rule's step sees the noised mean. Same life cycle and factory
-    shape as every rule (:class:`fedattn.aggregator.strategy.Strategy`).
-    """
-
-
-    def __init__(
-        self,
-        inner: Strategy,
-        *,
-        size: int,
-        clip_norm: float,
-        noise_multiplier: float,
-        rng: np.random.Generator,
-        adaptive: AdaptiveClipping | None = None,
-    ) -> None:
-        name = getattr(inner, "name", type(inner).__name__.lower())
-        if name not in MEAN_BASED:
-            raise PrivacyError(f"differential privacy cannot wrap {name}; use one of {sorted(MEAN_BASED)}")
-        self.inner, self.size = inner, size
-        self.clip_norm = _positive("clipNorm", clip_norm)
-        self.noise_multiplier = _positive("noiseMultiplier", noise_multiplier)
-        self.adaptive = adaptive
-        #: multiplier of the noise on the update sum (smaller than the overall one when C adapts)
-        self.sum_noise_multiplier = (
-            self.noise_multiplier
-            if adaptive is None
-            else split_noise_multiplier(self.noise_multiplier, count_noise_std=adaptive.count_noise_std)
-        )
-        self.rng = rng
-        self._round = 0
-        self._global = np.zeros(size)
-        self._sum = np.zeros(size)
-        self._delta = np.zeros(size)
-        self.folded = 0
-        self.clipped = 0
-        self.weight_total = 0.0
-
-    def begin_round(self, *, round: int, global_params: np.ndarray, n_expected: int | None = None) -> None:
-        del n_expected  # NB: accepted like the robust rules do; the sum is O(P) whatever the count
-        if global_params.shape != (self.size,):
-            raise PrivacyError(f"global model has shape {global_params.shape}, expected ({self.size},)")
-        self._round = round
-        np.copyto(self._global, global_params)
-        self._sum.fill(0.0)
-        self.folded = self.clipped = 0
-        self.weight_total = 0.0
-
-    def fold(self, update: np.ndarray, weight: float) -> None:
-        """Clip ``update - global`` to ``clip_norm`` and add it; ``weight`` is checked but not used."""
-        if update.shape != (self.size,):
-            raise PrivacyError(f"update shape {update.shape} does not match the model ({self.size},)")
-        if not weight > 0 or not np.isfinite(weight):
-            raise PrivacyError(f"aggregation weight must be a finite number > 0, got {weight!r}")
-        np.subtract(update, self._global, out=self._delta)
-        if clip_inplace(self._delta, clip_norm=self.clip_norm) > self.clip_norm:
-            self.clipped += 1
-        self._sum += self._delta
-        self.folded += 1
-        self.weight_total += 1.0
-
-    def noised_mean(self) -> np.ndarray:
-        """The round's mean model, noised on the sum (std ``sum_noise_multiplier * clip_norm``)."""
-        if self.folded == 0:
-            raise PrivacyError("no update was folded this round")
-        noised = self._sum.copy()
-        add_gaussian_noise(noised, std=self.sum_noise_multiplier * self.clip_norm, rng=self.rng)
-        return self._global + noised / self.folded
-
-    def _adapt(self) -> None:
-        if self.adaptive is None:
-            return
-        a = self.adaptive
-        count = (self.folded - self.clipped) + self.rng.normal(0.0, a.count_noise_std)
-        self.clip_norm = adapt_clip_norm(
-            self.clip_norm,
-            unclipped_fraction=count / self.folded,
-            target_quantile=a.target_quantile,
-            learning_rate=a.learning_rate,
-        )
-
-    def finish(self) -> np.ndarray:
-        mean = self.noised_mean()
-        self._adapt()
-        self.inner.begin_round(round=self._round, global_params=self._global.astype(np.float32))
-        self.inner.fold(mean.astype(np.float32), 1.0)
-        return self.inner.finish()
-
-    def client_config(self) -> dict[str, Any]:
-        return self.inner.client_config()
-
-    def state_dict(self) -> dict[str, Any]:
-        """The inner rule's state under ``inner.``, plus the (possibly adapted) clip norm."""
-        inner = self.inner.state_dict() if hasattr(self.inner, "state_dict") else {}
-        return {"clip_norm": np.array(self.clip_norm), **{f"inner.{k}": v for k, v in inner.items()}}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        if "clip_norm" not in state:
-            raise PrivacyError("DP state needs 'clip_norm'")
-        clip = _positive("clip_norm", float(np.asarray(state["clip_norm"])))
-        inner = {k.removeprefix("inner."): v for k, v in state.items() if k.startswith("inner.")}
-        if hasattr(self.inner, "load_state_dict"):
-            self.inner.load_state_dict(inner)
-        self.clip_norm = clip

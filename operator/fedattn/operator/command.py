@@ -1,8 +1,9 @@
 """``fedattn operator``: kopf with explicit settings, plus one plain-HTTP port for /healthz and /metrics.
 
 Standalone by default (one active replica, the chart's Recreate strategy); ``--peering NAME`` turns
-on kopf's peering for several replicas (needs kopf's KopfPeering CRD). Images and the default
-database Secret come from the environment the Helm chart sets.
+on kopf's peering for several replicas (needs kopf's KopfPeering CRD). Images, the default
+database Secret, pull secrets and default resources of session pods come from the environment the Helm
+chart sets.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fedattn import logs
 from fedattn.operator.handlers import REGISTRY, Config
 from fedattn.operator.kube import Kube
+from fedattn.operator.pod_defaults import PodDefaults
 from fedattn.operator.progress import CoordinatorStatus
 from fedattn.operator.trust import ImagePolicy
 
@@ -71,6 +73,7 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | os._Environ = o
         images=images,
         default_database=database,
         image_policy=ImagePolicy.from_env(env),
+        pods=PodDefaults.from_env(env),
         poll_seconds=args.poll_seconds,
     )
 

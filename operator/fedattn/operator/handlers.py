@@ -22,6 +22,7 @@ from fedattn.api import ManifestError, apply_defaults_and_validate, name_problem
 from fedattn.operator import builders, credentials, names, status, trust
 from fedattn.operator.kube import Kube
 from fedattn.operator.metrics import PhaseCounter, measured
+from fedattn.operator.pod_defaults import PodDefaults
 from fedattn.operator.progress import StatusSource
 
 REGISTRY = kopf.OperatorRegistry()
@@ -38,6 +39,8 @@ class Config:
     images: dict[str, str] = field(default_factory=dict)
     #: ``{name, key}`` of a Secret with the DSN for sessions without ``spec.database`` (SQLite if None)
     default_database: dict[str, str] | None = None
+    #: pull secrets and default resources of every session pod (the chart's values)
+    pods: PodDefaults = field(default_factory=PodDefaults)
     poll_seconds: float = 10.0
     retry_seconds: float = 2.0  # how soon a handler waiting for another object tries again
     renew_check_seconds: float = 3600.0
@@ -183,9 +186,9 @@ def _session_children(session: dict[str, Any], cfg: Config) -> list[dict[str, An
     if "database" not in session["spec"] and cfg.default_database:
         session = {**session, "spec": {**session["spec"], "database": {"secretRef": cfg.default_database}}}
     return [
-        builders.build_coordinator_deployment(session, image=cfg.image("coordinator")),
+        cfg.pods.apply(builders.build_coordinator_deployment(session, image=cfg.image("coordinator"))),
         builders.build_coordinator_service(session),
-        builders.build_aggregator_deployment(session, image=cfg.image("aggregator")),
+        cfg.pods.apply(builders.build_aggregator_deployment(session, image=cfg.image("aggregator"))),
         builders.build_aggregator_service(session),
     ]
 
@@ -240,7 +243,7 @@ async def _sync_participant_jobs(cfg: Config, session: dict[str, Any]) -> None:
             await cfg.kube.delete("Job", ns, names.participant_job(p["metadata"]["name"]))
         elif current.get("credentialsSecret"):
             participant = _validated("FedParticipant", p)
-            job = builders.build_participant_job(participant, session, image=cfg.image("participant"))
+            job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
             kopf.adopt(job, owner=p)
             await cfg.kube.ensure(job)
 
@@ -316,7 +319,7 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
             return  # the session changed meanwhile (or is being deleted): decide again on the next pass
         for kind, reason, message in status.transitions(previous, new):
             kopf.event(body, type=kind, reason=reason, message=message)
-    cfg.phases.set(ns, s, new["phase"])
+    cfg.phases.set(ns, s, new["phase"], conditions=new.get("conditions", []))
     if coordinator is not None:
         await _update_participants(cfg, session, members, coordinator.get("participant_status") or {}, now=now)
 
@@ -425,7 +428,7 @@ async def issue_participant(
     session = await _session_for(cfg, participant)
     await credentials.ensure_participant(cfg.kube, participant, session, owner=raw, retry_seconds=cfg.retry_seconds)
     if not participant["spec"].get("external"):
-        job = builders.build_participant_job(participant, session, image=cfg.image("participant"))
+        job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
         kopf.adopt(job, owner=raw)
         await cfg.kube.ensure(job)  # NB: a Job's pod template is immutable: create once, never patch
     new = status.participant_status(

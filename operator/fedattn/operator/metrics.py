@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import kopf
@@ -22,6 +23,11 @@ RECONCILE_ERRORS = Counter(
     ["resource", "handler", "kind"],
 )
 SESSIONS = Gauge("fedattn_operator_sessions", "FedSessions this operator sees, by phase.", ["phase"])
+DEGRADED = Gauge(
+    "fedattn_operator_session_degraded",
+    "1 while a FedSession's Degraded condition is True (participants failed or evicted, coordinator unreachable).",
+    ["namespace", "session"],
+)
 CERTIFICATES_RENEWED = Counter(
     "fedattn_operator_certificates_renewed_total", "Certificates reissued before expiry.", ["identity"]
 )
@@ -56,16 +62,24 @@ def measured(resource: str, handler: str) -> Callable[[F], F]:
 
 
 class PhaseCounter:
-    """Keeps ``fedattn_operator_sessions{phase}`` equal to the phases last written per session."""
+    """Keeps ``fedattn_operator_sessions{phase}`` equal to the phases last written per session, and
+    ``fedattn_operator_session_degraded`` to their Degraded condition (``phase`` None: the session is gone)."""
 
     def __init__(self) -> None:
         self._phases: dict[tuple[str, str], str] = {}
 
-    def set(self, namespace: str, name: str, phase: str | None) -> None:
+    def set(
+        self, namespace: str, name: str, phase: str | None, *, conditions: Iterable[Mapping[str, Any]] = ()
+    ) -> None:
         key = (namespace, name)
         old = self._phases.pop(key, None)
         if old is not None:
             SESSIONS.labels(old).dec()
-        if phase is not None:
-            self._phases[key] = phase
-            SESSIONS.labels(phase).inc()
+        if phase is None:
+            with contextlib.suppress(KeyError):  # NB: a session never observed has no series to remove
+                DEGRADED.remove(namespace, name)
+            return
+        self._phases[key] = phase
+        SESSIONS.labels(phase).inc()
+        degraded = any(c.get("type") == "Degraded" and c.get("status") == "True" for c in conditions)
+        DEGRADED.labels(namespace, name).set(1 if degraded else 0)

@@ -25,7 +25,7 @@ from fedattn.attention.reference import FedAttnPlan
 from fedattn.participant.attender import await_kind, zmq_exchange
 
 SESSION = "loopback"
-TIMEOUT_SECONDS = 120.0
+TIMEOUT_SECONDS = 120  # NB: an integer, as spec.roundTimeoutSeconds must be
 
 
 def _names(n: int) -> list[str]:

@@ -1,11 +1,11 @@
-"""Aggregation rules beyond FedAvg/FedProx: server optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad)
-and robust rules (Krum, Multi-Krum, trimmed mean, median), with their parameter tables.
+"""Aggregation rules: FedAvg/FedProx, server optimizers (FedAvgM, FedAdam, FedYogi, FedAdagrad),
+robust rules (Krum, Multi-Krum, trimmed mean, median) and the central-DP wrapper of a mean-based rule.
 
 Build one with :func:`build_strategy` (``name``, CRD ``params``, ``size=P``) and drive it through
-the aggregator's life cycle (:class:`fedattn.aggregator.strategy.Strategy`).
+the aggregator's life cycle (:class:`fedattn.aggregator.strategies.base.Strategy`).
 """
 
-from fedattn.aggregator.strategies.params import StrategyError
+from fedattn.aggregator.strategies.base import Strategy
 from fedattn.aggregator.strategies.registry import (
     MEAN_BASED,
     PARAMS,
@@ -16,11 +16,13 @@ from fedattn.aggregator.strategies.registry import (
     check_quorum,
     params_schema,
 )
+from fedattn.api.strategy_params import StrategyError
 
 __all__ = [
     "MEAN_BASED",
     "PARAMS",
     "STRATEGIES",
+    "Strategy",
     "StrategyError",
     "build_session_strategy",
     "build_strategy",

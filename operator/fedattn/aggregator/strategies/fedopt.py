@@ -5,7 +5,8 @@ Reddi et al., "Adaptive Federated Optimization" (ICLR 2021), Algorithm 2: with t
 moment ``v`` (Adam: EMA of delta^2; Yogi: sign-controlled additive; Adagrad: running sum), and
 ``global += eta * m / (sqrt(v) + tau)``. As in the paper ``v`` starts at ``tau^2`` (``v_{-1} >= tau^2``)
 and no bias correction is applied. FedAvgM (Hsu et al. 2019) is heavy-ball momentum on ``delta``.
-Defaults follow Flower's (``eta``, ``beta_1``, ``beta_2``, ``tau`` there; camelCase in the CRD).
+Defaults follow Flower's (``eta``, ``beta_1``, ``beta_2``, ``tau`` there; camelCase in the CRD; the
+tables are ``fedattn.api.strategy_params.RULE_PARAMS``).
 
 The moment updates are plain in-place functions over numpy arrays. The classes stream the round's
 mean exactly like FedAvg (they are FedAvg plus a step in ``finish``) and keep O(P) float64 state
@@ -19,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from fedattn.aggregator.strategies.params import Param, StrategyError, Table, parse_params
-from fedattn.aggregator.strategy import FedAvg
+from fedattn.aggregator.strategies.fedavg import FedAvg
+from fedattn.api.strategy_params import RULE_PARAMS, StrategyError, Table, parse_params
 
 
 def momentum_update(m: np.ndarray, delta: np.ndarray, *, momentum: float) -> None:
@@ -58,23 +59,9 @@ def adaptive_step(m: np.ndarray, v: np.ndarray, *, eta: float, tau: float) -> np
     return eta * m / (np.sqrt(v) + tau)
 
 
-def _lr(default: float) -> Param:
-    return Param("server_learning_rate", float, default, 0.0, exclusive_minimum=True, doc="server step (eta)")
-
-
-def _beta(attr: str, default: float, doc: str) -> Param:
-    return Param(attr, float, default, 0.0, 1.0, exclusive_maximum=True, doc=doc)
-
-
-def _tau(default: float) -> Param:
-    return Param("tau", float, default, 0.0, exclusive_minimum=True, doc="adaptivity, added to sqrt(v)")
-
-
 class _ServerOptimizer(FedAvg):
     """FedAvg's streaming mean, then a server step on ``delta`` with O(P) state kept across rounds."""
 
-    name = ""
-    PARAMS: Table = {}
     STATE_KEYS: tuple[str, ...] = ("m",)
 
     def __init__(self, *, size: int, params: Mapping[str, Any] | None = None) -> None:
@@ -87,8 +74,8 @@ class _ServerOptimizer(FedAvg):
     def _initial(self, key: str) -> np.ndarray:
         return np.zeros(self.size)
 
-    def begin_round(self, *, round: int, global_params: np.ndarray) -> None:
-        super().begin_round(round=round, global_params=global_params)
+    def begin_round(self, *, round: int, global_params: np.ndarray, n_expected: int | None = None) -> None:
+        super().begin_round(round=round, global_params=global_params, n_expected=n_expected)
         if global_params.shape != (self.size,):
             raise StrategyError(f"global model has shape {global_params.shape}, strategy expects ({self.size},)")
         np.copyto(self._global, global_params)
@@ -121,10 +108,7 @@ class FedAvgM(_ServerOptimizer):
     """FedAvg with server momentum: ``m = momentum m + delta``, ``global += lr * m``."""
 
     name = "fedavgm"
-    PARAMS: Table = {
-        "serverLearningRate": _lr(1.0),
-        "serverMomentum": _beta("server_momentum", 0.0, "heavy-ball momentum"),
-    }
+    PARAMS: Table = RULE_PARAMS["fedavgm"]
     server_learning_rate: float
     server_momentum: float
 
@@ -137,12 +121,7 @@ class FedAdam(_ServerOptimizer):
     """Adam on the pseudo-gradient (Reddi et al. FedAdam)."""
 
     name = "fedadam"
-    PARAMS: Table = {
-        "serverLearningRate": _lr(0.1),
-        "beta1": _beta("beta1", 0.9, "first-moment decay (beta_1)"),
-        "beta2": _beta("beta2", 0.99, "second-moment decay (beta_2)"),
-        "tau": _tau(1e-9),
-    }
+    PARAMS: Table = RULE_PARAMS["fedadam"]
     STATE_KEYS = ("m", "v")
     second_moment = staticmethod(adam_second_moment)
     server_learning_rate: float
@@ -164,12 +143,7 @@ class FedYogi(FedAdam):
     """Yogi on the pseudo-gradient: ``v`` grows or shrinks additively, so it cannot blow up like Adam's."""
 
     name = "fedyogi"
-    PARAMS: Table = {
-        "serverLearningRate": _lr(0.01),
-        "beta1": _beta("beta1", 0.9, "first-moment decay (beta_1)"),
-        "beta2": _beta("beta2", 0.99, "second-moment decay (beta_2)"),
-        "tau": _tau(1e-3),
-    }
+    PARAMS: Table = RULE_PARAMS["fedyogi"]
     second_moment = staticmethod(yogi_second_moment)
 
 
@@ -177,9 +151,6 @@ class FedAdagrad(FedAdam):
     """Adagrad on the pseudo-gradient: ``v`` is the running sum of ``delta^2``."""
 
     name = "fedadagrad"
-    PARAMS: Table = {
-        "serverLearningRate": _lr(0.1),
-        "tau": _tau(1e-9),
-    }
+    PARAMS: Table = RULE_PARAMS["fedadagrad"]
     second_moment = staticmethod(adagrad_second_moment)
     beta1 = 0.0  # NB: as Flower's FedAdagrad: no first-moment averaging, the step uses delta itself

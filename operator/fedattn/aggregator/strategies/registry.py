@@ -1,38 +1,40 @@
-"""``spec.strategy {name, params}`` -> a rule, plus the checks and schema the CRD needs for it.
+"""``spec.strategy {name, params}`` -> a rule, plus the cross-field checks of a learning spec.
 
-Every factory has the aggregator's signature ``factory(size=P, params=spec.strategy.params)``
-(:data:`fedattn.aggregator.strategy.STRATEGIES`); FedAvg and FedProx are the server's own.
+:data:`STRATEGIES` lists every rule by its ``name``; each class has the factory shape
+``Rule(size=P, params=spec.strategy.params)`` of :class:`fedattn.aggregator.strategies.base.Strategy`
+and takes its parameter table from ``fedattn.api.strategy_params.RULE_PARAMS``. Adding a rule:
+docs/strategies.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from fedattn.aggregator.strategies.base import Strategy
+from fedattn.aggregator.strategies.fedavg import FedAvg, FedProx
 from fedattn.aggregator.strategies.fedopt import FedAdagrad, FedAdam, FedAvgM, FedYogi
-from fedattn.aggregator.strategies.params import Param, StrategyError, Table, parse_params, schema_of
+from fedattn.aggregator.strategies.private import DifferentiallyPrivate
 from fedattn.aggregator.strategies.robust import Krum, Median, MultiKrum, TrimmedMean
-from fedattn.aggregator.strategy import FedAvg, FedProx, Strategy
-from fedattn.learning.privacy import MEAN_BASED, DPSettings
+from fedattn.api.spec import SessionSpec
+from fedattn.api.strategy_params import StrategyError, Table, parse_params, schema_of
+from fedattn.learning.privacy import DPSettings
 from fedattn.learning.secagg import resolve_threshold
 
-_RULES = (FedAvgM, FedAdam, FedYogi, FedAdagrad, Krum, MultiKrum, TrimmedMean, Median)
-
-#: name -> factory(size=P, params=CRD params)
-STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    "fedavg": FedAvg,
-    "fedprox": FedProx,
-    **{rule.name: rule for rule in _RULES},
+#: name -> rule class, the factory ``Rule(size=P, params=CRD params)``
+STRATEGIES: dict[str, type[Strategy]] = {
+    rule.name: rule
+    for rule in (FedAvg, FedProx, FedAvgM, FedAdam, FedYogi, FedAdagrad, Krum, MultiKrum, TrimmedMean, Median)
 }
 
-#: name -> parameter table (CRD names); the server's FedAvg/FedProx declared here
-PARAMS: dict[str, Table] = {
-    "fedavg": {},
-    "fedprox": {"proximalMu": Param("proximal_mu", float, 0.01, 0.0, doc="client proximal weight mu")},
-    **{rule.name: rule.PARAMS for rule in _RULES},
-}
+#: name -> parameter table (CRD names), as each rule declares it
+PARAMS: dict[str, Table] = {name: rule.PARAMS for name, rule in STRATEGIES.items()}
+
+#: rules whose result depends on the updates only through their mean: noising the mean privatises
+#: them and a secure sum suffices; robust rules (Krum, median, trimmed mean) are not means
+MEAN_BASED = frozenset(name for name, rule in STRATEGIES.items() if rule.mean_based)
 
 
 def _check_params(name: str, params: Mapping[str, Any] | None) -> None:
@@ -69,40 +71,34 @@ def params_schema(name: str) -> dict[str, Any]:
     return schema_of(PARAMS[name])
 
 
-def check_learning_spec(spec: Mapping[str, Any]) -> None:
-    """Cross-field rules of a learning ``FedSession.spec`` (defaults applied).
+def check_learning_spec(spec: SessionSpec) -> None:
+    """Cross-field rules of a learning ``FedSession.spec``.
 
     Raises a ``ValueError`` naming the conflict: :class:`StrategyError`, or the owning module's error
     for its own block (``SecAggError`` for ``secureAggregation``).
     """
-    name, params = _strategy_of(spec)
+    name, params = spec.strategy.name, spec.strategy.params
     _check_params(name, params)
-    check_quorum(name, params, min_participants=int(spec.get("minParticipants", 2)))
-    privacy = spec.get("privacy") or {}
-    secure_aggregation = privacy.get("secureAggregation") or {}
-    secure = bool(secure_aggregation.get("enabled", False))
+    check_quorum(name, params, min_participants=spec.min_participants)
+    secure_aggregation = spec.secure_aggregation
+    secure = secure_aggregation is not None and secure_aggregation.enabled
     if secure:
-        resolve_threshold(secure_aggregation, min_participants=int(spec.get("minParticipants", 2)))
-    if privacy.get("dp") and name not in MEAN_BASED:
+        resolve_threshold({"threshold": secure_aggregation.threshold}, min_participants=spec.min_participants)
+    if spec.dp is not None and name not in MEAN_BASED:
         raise StrategyError(f"privacy.dp needs a mean-based strategy ({sorted(MEAN_BASED)}), not {name}")
     if secure and name not in MEAN_BASED:
         raise StrategyError(f"secureAggregation reveals only the sum, which {name} cannot aggregate")
-    compression = spec.get("compression") or {}
-    quantized = bool(compression.get("quantizeBits", 0))
-    sparse = 0 < compression.get("topK", 1.0) < 1
+    compression = spec.compression
+    quantized = compression is not None and bool(compression.quantize_bits)
+    sparse = compression is not None and 0 < compression.top_k < 1
     if secure and (quantized or sparse):
         raise StrategyError("secureAggregation masks every value uniformly, so updates cannot also be compressed")
 
 
-def _strategy_of(spec: Mapping[str, Any]) -> tuple[str, Mapping[str, Any]]:
-    strategy = spec.get("strategy") or {}
-    return str(strategy.get("name", "fedavg")), strategy.get("params") or {}
-
-
-def build_session_strategy(spec: Mapping[str, Any], *, size: int, rng: np.random.Generator) -> Strategy:
+def build_session_strategy(spec: SessionSpec, *, size: int, rng: np.random.Generator) -> Strategy:
     """The rule a learning session runs: ``spec.strategy``, wrapped in central DP when ``privacy.dp`` is set."""
     check_learning_spec(spec)
-    name, params = _strategy_of(spec)
-    strategy = build_strategy(name, params, size=size)
-    dp = (spec.get("privacy") or {}).get("dp")
-    return DPSettings.from_manifest(dp).wrap(strategy, size=size, rng=rng) if dp else strategy
+    strategy = build_strategy(spec.strategy.name, spec.strategy.params, size=size)
+    if spec.dp is None:
+        return strategy
+    return DifferentiallyPrivate.from_settings(DPSettings.from_spec(spec.dp), strategy, size=size, rng=rng)

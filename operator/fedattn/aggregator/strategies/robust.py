@@ -25,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from fedattn.aggregator.strategies.params import Param, StrategyError, Table, parse_params
+from fedattn.aggregator.strategies.base import Strategy
+from fedattn.api.strategy_params import RULE_PARAMS, StrategyError, Table, parse_params
 
 
 def pairwise_sq_distances(x: np.ndarray) -> np.ndarray:
@@ -88,15 +89,12 @@ def median_inplace(x: np.ndarray) -> np.ndarray:
     return 0.5 * (x[:mid].max(axis=0) + x[mid])
 
 
-class _Buffered:
+class _Buffered(Strategy):
     """Copies each update into a row of one preallocated float64 array, with its weight.
 
     ``begin_round(n_expected=N)`` sizes the buffer for N updates up front; without it the buffer
     doubles when a round outgrows it, so after the first round no round allocates.
     """
-
-    name = ""
-    PARAMS: Table = {}
 
     def __init__(self, *, size: int, params: Mapping[str, Any] | None = None) -> None:
         for attr, value in parse_params(self.PARAMS, params, strategy=self.name).items():
@@ -139,18 +137,12 @@ class _Buffered:
     def _aggregate(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def client_config(self) -> dict[str, Any]:
-        return {}
-
-
-_BYZANTINE = Param("byzantine", int, 0, 0, doc="f, the number of malicious updates tolerated")
-
 
 class Krum(_Buffered):
     """Krum: the single update with the best (lowest) Krum score."""
 
     name = "krum"
-    PARAMS: Table = {"byzantine": _BYZANTINE}
+    PARAMS: Table = RULE_PARAMS["krum"]
     byzantine: int
     selected: int = 1
 
@@ -164,21 +156,14 @@ class MultiKrum(Krum):
     """Multi-Krum: the weighted mean of the ``selected`` best-scored updates."""
 
     name = "multikrum"
-    PARAMS: Table = {
-        "byzantine": _BYZANTINE,
-        "selected": Param("selected", int, 2, 1, doc="m, the number of best-scored updates averaged"),
-    }
+    PARAMS: Table = RULE_PARAMS["multikrum"]
 
 
 class TrimmedMean(_Buffered):
     """Coordinate-wise trimmed mean, cutting ``trimFraction`` of the updates at each end."""
 
     name = "trimmedmean"
-    PARAMS: Table = {
-        "trimFraction": Param(
-            "trim_fraction", float, 0.2, 0.0, 0.5, exclusive_maximum=True, doc="share cut at each end (beta)"
-        )
-    }
+    PARAMS: Table = RULE_PARAMS["trimmedmean"]
     trim_fraction: float
 
     def _aggregate(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -189,6 +174,7 @@ class Median(_Buffered):
     """Coordinate-wise median."""
 
     name = "median"
+    PARAMS: Table = RULE_PARAMS["median"]
 
     def _aggregate(self, rows: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return median_inplace(rows)

@@ -25,14 +25,6 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(float(a @ b) / (na * nb), -1.0, 1.0))
 
 
-def cosine_scores(deltas: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Cosine of every row of ``deltas`` (N, P) to ``reference`` (P,) in one matrix-vector product."""
-    norms = np.linalg.norm(deltas, axis=1) * np.linalg.norm(reference)
-    dots = deltas @ reference
-    out = np.divide(dots, norms, out=np.zeros(len(deltas)), where=norms > 0)
-    return np.clip(out, -1.0, 1.0)
-
-
 @dataclass(frozen=True)
 class Reliability:
     """Running record of one participant across rounds."""

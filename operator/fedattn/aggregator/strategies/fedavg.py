@@ -1,11 +1,4 @@
-"""Aggregation strategies: how the updates of one round become the next global model.
-
-A strategy sees one round at a time: ``begin_round`` hands it the current global model,
-``fold`` is called once per accepted update as it arrives, ``finish`` returns the new global model.
-The server never looks inside, so robust rules (Krum, median, trimmed mean: one preallocated
-``(N, P)`` buffer filled by ``fold``) and server optimisers (FedAdam, FedYogi, FedAvgM: moments kept
-across rounds on the instance) plug in through ``fedattn.aggregator.strategies.build_strategy``
-without touching the server.
+"""FedAvg and FedProx, the streaming mean every mean-based rule builds on.
 
 FedAvg streams: updates are folded into a float64 accumulator as they arrive, so memory is O(P)
 whatever the number of participants (Flower's ``aggregate`` keeps all N updates and allocates a
@@ -23,11 +16,14 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from scipy.linalg import blas
 from threadpoolctl import ThreadpoolController
+
+from fedattn.aggregator.strategies.base import Strategy
+from fedattn.api.strategy_params import RULE_PARAMS, Table, parse_params
 
 #: Elements per fold chunk: 128 Ki float64 = 1 MiB of scratch, about one core's L2. Measured (as
 #: above, numpy kernel): 8 Ki -> 2.7, 32 Ki -> 3.3, 128 Ki -> 5.1, 1 Mi -> 5.2, whole vector -> 2.9
@@ -36,36 +32,6 @@ FOLD_CHUNK = 1 << 17
 #: Most updates folded in one pass; bounds how many received updates are held before folding.
 #: Measured (P = 1e7, N = 16, GB/s per CPU s): 1 -> 6.4, 4 -> 8.2, 8 -> 8.7.
 FOLD_GROUP = 8
-
-
-class Strategy(Protocol):
-    """Life cycle of one aggregation rule; one instance per session, reused across rounds.
-
-    A strategy may also offer ``fold_many(updates, weights)`` (same contract as calling ``fold`` for
-    each, in order); the server uses it for updates that arrive together, see :func:`fold_all`.
-    """
-
-    def begin_round(self, *, round: int, global_params: np.ndarray) -> None:
-        """Reset per-round state; ``global_params`` is the model sent to participants this round."""
-
-    def fold(self, update: np.ndarray, weight: float) -> None:
-        """Take one participant's update (float32, shape (P,)) with its aggregation weight > 0."""
-
-    def finish(self) -> np.ndarray:
-        """The new global model (float32, shape (P,)); only called after at least one fold."""
-
-    def client_config(self) -> dict[str, Any]:
-        """Strategy parameters participants need with the model (e.g. FedProx's ``proximal_mu``)."""
-
-
-def fold_all(strategy: Strategy, updates: Sequence[np.ndarray], weights: Sequence[float]) -> None:
-    """Fold updates that arrived together: in one pass when the strategy can, else one by one."""
-    fold_many = getattr(strategy, "fold_many", None)
-    if fold_many is not None:
-        fold_many(updates, weights)
-        return
-    for update, weight in zip(updates, weights, strict=True):
-        strategy.fold(update, weight)
 
 
 @functools.cache
@@ -120,8 +86,13 @@ def fold_weighted(
                 blas.daxpy(tmp, dst, a=w)  # in place: dst is a contiguous float64 view
 
 
-class FedAvg:
+class FedAvg(Strategy):
     """Weighted federated averaging, ``sum(w_i x_i) / sum(w_i)``, streamed in O(P) memory."""
+
+    name = "fedavg"
+    PARAMS: Table = RULE_PARAMS["fedavg"]
+    mean_based = True
+    folds_in_batches = True
 
     def __init__(self, *, size: int, params: Mapping[str, Any] | None = None) -> None:
         self.size = size
@@ -131,7 +102,7 @@ class FedAvg:
         self.weight_total = 0.0
         self.folded = 0
 
-    def begin_round(self, *, round: int, global_params: np.ndarray) -> None:
+    def begin_round(self, *, round: int, global_params: np.ndarray, n_expected: int | None = None) -> None:
         # NB: no zeroing pass: the round's first fold overwrites the accumulator (``folded == 0``).
         self.weight_total = 0.0
         self.folded = 0
@@ -172,19 +143,16 @@ class FedAvg:
             np.copyto(out[start:stop], tmp, casting="same_kind")
         return out
 
-    def client_config(self) -> dict[str, Any]:
-        return {}
-
 
 class FedProx(FedAvg):
     """FedAvg on the server; participants add ``mu/2 ||w - w_global||^2`` to their local loss."""
 
+    name = "fedprox"
+    PARAMS: Table = RULE_PARAMS["fedprox"]
+
     def __init__(self, *, size: int, params: Mapping[str, Any] | None = None) -> None:
         super().__init__(size=size, params=params)
-        mu = float((params or {}).get("proximalMu", 0.01))
-        if not mu >= 0:
-            raise ValueError(f"proximalMu must be >= 0, got {mu}")
-        self.proximal_mu = mu
+        self.proximal_mu = float(parse_params(self.PARAMS, params, strategy=self.name)["proximal_mu"])
 
     def client_config(self) -> dict[str, Any]:
         return {"proximal_mu": self.proximal_mu}

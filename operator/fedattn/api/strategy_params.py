@@ -1,8 +1,11 @@
 """Strategy parameters as one table per rule: what is valid, checked once, and exported as a schema.
 
 Names are the CRD's (camelCase, docs/resources.md); each maps to a Python attribute of the rule.
-The same table yields the OpenAPI fragment the CRD can embed (:func:`schema_of`), so the manifest's
-validation and the aggregator's cannot drift apart.
+:data:`RULE_PARAMS` is the one place a rule's parameters are declared: the rule's class in
+``fedattn.aggregator.strategies`` takes its ``PARAMS`` from here, and the CRD schema
+(:mod:`fedattn.api.schema`) builds its strategy enum, key check and bound checks from here, so the
+manifest's validation and the aggregator's cannot drift apart. It is pure data in ``api/`` because
+``api`` sits below the aggregator and may not import it (docs/strategies.md).
 """
 
 from __future__ import annotations
@@ -79,3 +82,45 @@ def schema_of(table: Table) -> dict[str, Any]:
             prop["exclusiveMaximum"] = p.exclusive_maximum
         properties[key] = prop
     return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+def _lr(default: float) -> Param:
+    return Param("server_learning_rate", float, default, 0.0, exclusive_minimum=True, doc="server step (eta)")
+
+
+def _beta(attr: str, default: float, doc: str) -> Param:
+    return Param(attr, float, default, 0.0, 1.0, exclusive_maximum=True, doc=doc)
+
+
+def _tau(default: float) -> Param:
+    return Param("tau", float, default, 0.0, exclusive_minimum=True, doc="adaptivity, added to sqrt(v)")
+
+
+_BETA1 = _beta("beta1", 0.9, "first-moment decay (beta_1)")
+_BETA2 = _beta("beta2", 0.99, "second-moment decay (beta_2)")
+_BYZANTINE = Param("byzantine", int, 0, 0, doc="f, the number of malicious updates tolerated")
+
+#: rule name (``spec.strategy.name``) -> its parameter table (``spec.strategy.params``); defaults
+#: for the server optimizers follow Flower's, see fedattn.aggregator.strategies.fedopt
+RULE_PARAMS: dict[str, Table] = {
+    "fedavg": {},
+    "fedprox": {"proximalMu": Param("proximal_mu", float, 0.01, 0.0, doc="client proximal weight mu")},
+    "fedavgm": {
+        "serverLearningRate": _lr(1.0),
+        "serverMomentum": _beta("server_momentum", 0.0, "heavy-ball momentum"),
+    },
+    "fedadam": {"serverLearningRate": _lr(0.1), "beta1": _BETA1, "beta2": _BETA2, "tau": _tau(1e-9)},
+    "fedyogi": {"serverLearningRate": _lr(0.01), "beta1": _BETA1, "beta2": _BETA2, "tau": _tau(1e-3)},
+    "fedadagrad": {"serverLearningRate": _lr(0.1), "tau": _tau(1e-9)},
+    "krum": {"byzantine": _BYZANTINE},
+    "multikrum": {
+        "byzantine": _BYZANTINE,
+        "selected": Param("selected", int, 2, 1, doc="m, the number of best-scored updates averaged"),
+    },
+    "trimmedmean": {
+        "trimFraction": Param(
+            "trim_fraction", float, 0.2, 0.0, 0.5, exclusive_maximum=True, doc="share cut at each end (beta)"
+        )
+    },
+    "median": {},
+}

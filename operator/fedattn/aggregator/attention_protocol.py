@@ -1,0 +1,126 @@
+"""The attention conversation: prompt layout at hello, KV blocks per sync layer, barrier releases.
+
+Participants announce their prompt length in ``hello``; once everyone did (or the timeout passes
+with a quorum) each gets a ``welcome`` with the tokens before its own. Per sync layer each sends its
+``kv`` block; when the barrier completes (or times out with a quorum) each receives the global KV
+rows up to its own positions (``kv_global``). docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from fedattn import wire
+from fedattn.aggregator.attention_session import AttentionSession, Release
+from fedattn.aggregator.conversation import Conversation, Handler, Link
+from fedattn.api.spec import SessionSpec
+from fedattn.attention.exchange import rows_up_to
+
+log = logging.getLogger("fedattn.aggregator")
+
+
+class AttentionProtocol(Conversation):
+    """KV sync barriers; one instance per aggregator, serving every attention session."""
+
+    mode = "attention"
+
+    def __init__(self, link: Link, *, max_message_bytes: int) -> None:
+        super().__init__(link)
+        self.max_message_bytes = max_message_bytes
+        self._handlers: dict[str, Handler] = {"hello": self._hello, "kv": self._kv}
+
+    @property
+    def handlers(self) -> Mapping[str, Handler]:
+        return self._handlers
+
+    def configure(
+        self, *, msg: wire.Message, spec: SessionSpec, weights: dict[str, float]
+    ) -> AttentionSession:
+        limit = int(msg.meta.get("max_payload_bytes", self.max_message_bytes))
+        return AttentionSession(name=msg.session, spec=spec, weights=weights, max_payload_bytes=limit)
+
+    def _hello(self, route: bytes, state: AttentionSession, msg: wire.Message, checksums: list[int]) -> None:
+        name = msg.participant
+        state.routes[name] = route
+        self.link.event(state.name, "hello", participant=name, round=0)
+        layout = state.announce(name, msg.meta.get("tokens"))
+        if layout is not None:
+            self._welcome_layout(state, layout)
+
+    def _kv(self, route: bytes, state: AttentionSession, msg: wire.Message, checksums: list[int]) -> None:
+        release = state.accept(participant=msg.participant, layer=msg.layer, arrays=msg.arrays)
+        state.routes[msg.participant] = route
+        self.link.metrics.contributions_accepted.labels(kind="kv").inc()
+        if release is not None:
+            self._release(state, release)
+
+    def _release(self, state: AttentionSession, release: Release) -> None:
+        names = sorted(release.receivers)
+        sent = 0
+        for name, max_position in release.receivers.items():
+            k, v, positions = rows_up_to(release.global_kv, max_position)
+            frames = wire.encode(
+                kind="kv_global",
+                session=state.name,
+                participant=name,
+                layer=release.layer,
+                seq=self.link.next_seq(),
+                meta={"participants": names},
+                arrays=[k, v, positions],
+            )
+            if self.link.send(state.routes[name], frames):
+                sent += sum(memoryview(f).nbytes for f in frames[1:])
+        self.link.metrics.sync_latency_seconds.observe(release.latency_seconds)
+        latency_ms = release.latency_seconds * 1000
+        self.link.event(
+            state.name, "sync", layer=release.layer, bytes=release.bytes_in + sent, latency_ms=latency_ms
+        )
+        if release.missing:
+            self.link.event(state.name, "sync_missed", layer=release.layer, participants=release.missing)
+        log.info(
+            "kv sync released after %.1f ms",
+            latency_ms,
+            extra={"session": state.name, "layer": release.layer},
+        )
+
+    def _welcome_layout(self, state: AttentionSession, layout: dict[str, int]) -> None:
+        """Tell every participant in the fixed prompt layout how many private tokens precede its own."""
+        order = list(layout)
+        for name, before in layout.items():
+            self.link.reply(
+                state.routes[name],
+                kind="welcome",
+                session=state.name,
+                participant=name,
+                meta={"mode": state.mode, "tokens_before": before, "participants": order},
+            )
+        left_out = sorted(set(state.weights) - set(layout))
+        if left_out:
+            self.link.event(state.name, "sync_missed", layer=-1, participants=left_out)
+        log.info("prompt layout fixed for %s", order, extra={"session": state.name})
+
+    def tick(self, state: AttentionSession, now: float) -> None:
+        """Layout and barrier timeouts: release with a quorum, otherwise tell the ones left waiting."""
+        layout, waiting = state.expire_layout(now)
+        if layout is not None:
+            self._welcome_layout(state, layout)
+        for name in waiting:
+            error = wire.WireError(
+                "sync_timeout",
+                f"too few participants announced their prompt within {state.timeout_seconds:.0f}s",
+            )
+            self.link.reject(state.routes[name], error, session=state.name, participant=name)
+        if not state.barriers:
+            return
+        released, failed = state.expire(now)
+        for release in released:
+            self._release(state, release)
+        for barrier in failed:
+            error = wire.WireError(
+                "sync_timeout",
+                f"layer {barrier.layer}: {len(barrier.parts)} of the {state.min_participants} needed"
+                " arrived in time",
+            )
+            for name in barrier.parts:
+                self.link.reject(state.routes[name], error, session=state.name, participant=name)

@@ -1,0 +1,301 @@
+"""The learning conversation: hello, updates, secure aggregation, rounds opened and closed, checkpoints.
+
+Participants say ``hello`` and get the round's ``model``, send one ``update`` per round (acked, and
+reported as a ``contribution`` event) or, with secure aggregation, the ``secagg_*`` exchange
+(fedattn.aggregator.secure); the coordinator opens and closes rounds (``ctl_open_round``,
+``ctl_close_round``). Checkpoints (fedattn.aggregator.checkpoint) are written between rounds and
+read back when a restarted aggregator configures or restores a session. docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedattn import wire
+from fedattn.aggregator import checkpoint
+from fedattn.aggregator.conversation import DEFERRED, Conversation, Handler, Link
+from fedattn.aggregator.learning_session import Evaluate, LearningSession
+from fedattn.api.spec import SessionSpec
+
+log = logging.getLogger("fedattn.aggregator")
+
+
+@dataclass
+class Hooks:
+    """In-process extension points (the local runner or learning module supplies them).
+
+    ``initial_params(session, spec)`` gives the initial model when ``ctl_configure`` carries none;
+    ``evaluator(session, spec)`` gives a held-out ``evaluate(params) -> accuracy`` for close replies.
+    Both get the session's defaulted spec as a dict (``SessionSpec.to_manifest()``, mode included).
+    """
+
+    initial_params: Callable[[str, Mapping[str, Any]], np.ndarray | None] | None = None
+    evaluator: Callable[[str, Mapping[str, Any]], Evaluate | None] | None = None
+
+
+class LearningProtocol(Conversation):
+    """Rounds of federated learning; one instance per aggregator, serving every learning session."""
+
+    mode = "learning"
+
+    def __init__(self, link: Link, *, hooks: Hooks, checkpoint_dir: Path | None) -> None:
+        super().__init__(link)
+        self.hooks = hooks
+        self.checkpoint_dir = checkpoint_dir
+        self._handlers: dict[str, Handler] = {
+            "hello": self._hello,
+            "update": self._update,
+            "secagg_keys": self._secagg,
+            "secagg_shares": self._secagg,
+            "secagg_reveal": self._secagg,
+        }
+
+    @property
+    def handlers(self) -> Mapping[str, Handler]:
+        return self._handlers
+
+    # --- session life cycle -----------------------------------------------------------------------
+
+    def configure(self, *, msg: wire.Message, spec: SessionSpec, weights: dict[str, float]) -> LearningSession:
+        initial = self._initial_params(msg, spec)
+        state = self._session_of(name=msg.session, spec=spec, weights=weights, initial=initial)
+        self._resume(state)
+        fresh = (state.round, state.open) == (0, False)
+        if self.checkpoint_dir is not None and state.checkpoint_every and fresh:
+            self._checkpoint(state)  # NB: from now on a restarted aggregator knows the session by itself
+        return state
+
+    def _session_of(
+        self, *, name: str, spec: SessionSpec, weights: dict[str, float], initial: np.ndarray
+    ) -> LearningSession:
+        evaluate = self.hooks.evaluator(name, spec.to_manifest()) if self.hooks.evaluator else None
+        return LearningSession(name=name, spec=spec, weights=weights, initial=initial, evaluate=evaluate)
+
+    def restore_checkpointed(self) -> dict[str, LearningSession]:
+        """Every unfinished learning session that has a checkpoint, before the server serves anyone.
+
+        So a coordinator whose requests (e.g. the ``ctl_close_round`` of a round the old process had
+        open) reach the restarted aggregator finds the session there, at its checkpointed round.
+        """
+        if self.checkpoint_dir is None or not self.checkpoint_dir.is_dir():
+            return {}
+        restored = {}
+        for path in sorted(self.checkpoint_dir.glob("*.ckpt.npz")):
+            name = path.name.removesuffix(".ckpt.npz")
+            try:
+                saved = checkpoint.load(self.checkpoint_dir, name)
+                if saved is None or saved[1].get("finished"):
+                    continue
+                arrays, meta = saved
+                weights = {str(n): float(w) for n, w in meta["weights"].items()}
+                # NB: checkpoints written before the typed spec stored the spec without its mode
+                spec = SessionSpec.from_manifest({"mode": "learning", **meta["spec"]})
+                state = self._session_of(name=name, spec=spec, weights=weights, initial=arrays["global"])
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.error("checkpoint %s not restored: %s", path.name, exc, extra={"session": name})
+                continue
+            self._resume(state)
+            restored[name] = state
+        return restored
+
+    def _checkpoint(self, state: LearningSession, *, finished: bool = False) -> None:
+        arrays, meta = state.snapshot()
+        start = time.perf_counter()
+        checkpoint.save(self.checkpoint_dir, state.name, arrays=arrays, meta={**meta, "finished": finished})
+        self.link.metrics.checkpoint_seconds.observe(time.perf_counter() - start)
+
+    def _resume(self, state: LearningSession) -> None:
+        """Continue from the session's checkpoint, and reopen the round that was open, if any.
+
+        A checkpoint that does not fit the session (another strategy or model size under the same
+        name) is logged and ignored: the session starts from its initial model.
+        """
+        if self.checkpoint_dir is None:
+            return
+        ids = {"session": state.name}
+        try:
+            saved = checkpoint.load(self.checkpoint_dir, state.name)
+            if saved is not None and saved[1].get("finished"):
+                log.info("the checkpoint is of a finished session: starting afresh", extra=ids)
+                return
+            if saved is not None:
+                state.restore(*saved)
+                log.info("resumed from the checkpoint of round %d", state.round, extra=ids)
+            reopen = checkpoint.load_open_round(self.checkpoint_dir, state.name)
+            if reopen is not None and reopen[0] > state.round:
+                state.open_round(*reopen)
+                state.reopened = True
+                log.info("reopened round %d after a restart", reopen[0], extra=ids)
+        except ValueError as exc:  # CheckpointError, StrategyError, PrivacyError
+            log.error("checkpoint not used: %s", exc, extra=ids)
+
+    def _initial_params(self, msg: wire.Message, spec: SessionSpec) -> np.ndarray:
+        if msg.arrays:
+            return msg.arrays[0]
+        if self.hooks.initial_params is not None:
+            got = self.hooks.initial_params(msg.session, spec.to_manifest())
+            if got is not None:
+                return got
+        size = msg.meta.get("params")
+        if not isinstance(size, int) or size <= 0:
+            raise ValueError("learning sessions need an initial model array or meta.params (P > 0)")
+        return np.zeros(size, dtype=np.float32)
+
+    def final_arrays(self, state: LearningSession) -> list[Any]:
+        """The final model; checkpointed as finished first, so a restart does not bring the session back."""
+        if self.checkpoint_dir is not None and state.checkpoint_every and not state.open:
+            self._checkpoint(state, finished=True)
+            checkpoint.clear_open_round(self.checkpoint_dir, state.name)
+        return [state.global_params]
+
+    def after_burst(self, state: LearningSession) -> None:
+        try:
+            state.fold_pending()
+        except wire.WireError as exc:
+            log.error("folding accepted updates failed: %s", exc.detail, extra={"session": state.name})
+
+    # --- participants -----------------------------------------------------------------------------
+
+    def _send_model(self, state: LearningSession, name: str) -> bool:
+        meta = {"rounds": state.spec.rounds, **state.strategy.client_config()}
+        if state.secure is not None:
+            meta.update(state.secure.client_config(), members=sorted(state.members))
+        frames = wire.encode(
+            kind="model",
+            session=state.name,
+            participant=name,
+            round=state.round,
+            seq=self.link.next_seq(),
+            meta=meta,
+            arrays=[state.global_params],
+        )
+        return self.link.send(state.routes[name], frames)
+
+    def _hello(self, route: bytes, state: LearningSession, msg: wire.Message, checksums: list[int]) -> None:
+        name = msg.participant
+        state.routes[name] = route
+        self.link.reply(
+            route, kind="welcome", session=state.name, participant=name, round=state.round, meta={"mode": state.mode}
+        )
+        self.link.event(state.name, "hello", participant=name, round=state.round)
+        log.info("hello", extra={"session": state.name, "participant": name})
+        if state.open and name in state.members and name not in state.contributed:
+            self._send_model(state, name)  # NB: joined after the round opened: it still gets the model
+
+    def _update(self, route: bytes, state: LearningSession, msg: wire.Message, checksums: list[int]) -> None:
+        weight = state.accept(participant=msg.participant, round=msg.round, arrays=msg.arrays, meta=msg.meta)
+        state.routes[msg.participant] = route  # NB: a reconnected DEALER has a new routing id
+        metrics = self.link.metrics
+        metrics.contributions_accepted.labels(kind="update").inc()
+        compressed = msg.meta.get("compression")
+        codec = str(compressed.get("codec", "dense")) if isinstance(compressed, Mapping) else "dense"
+        metrics.update_bytes.labels(codec=codec).inc(msg.nbytes)
+        state.update_bytes += msg.nbytes
+        self.link.reply(
+            route, kind="ack", session=state.name, participant=msg.participant, round=msg.round, meta={"seq": msg.seq}
+        )
+        if state.unmask_due:
+            state.unmask_due = False
+            self._start_unmask(state)
+        latency_ms = (time.monotonic() - state.opened_at) * 1000
+        self.link.event(
+            state.name,
+            "contribution",
+            participant=msg.participant,
+            round=msg.round,
+            bytes=msg.nbytes,
+            weight=weight,
+            checksum=checksums[0] if checksums else 0,  # NB: the header's XXH3 digest, verified against the payload
+            latency_ms=latency_ms,
+        )
+        log.info(
+            "update folded (%d bytes)",
+            msg.nbytes,
+            extra={"session": state.name, "participant": msg.participant, "round": msg.round},
+        )
+
+    # --- secure aggregation (fedattn.aggregator.secure) ------------------------------------------
+
+    def _secagg(self, route: bytes, state: LearningSession, msg: wire.Message, checksums: list[int]) -> None:
+        secure, name = state.secure, msg.participant
+        if secure is None or msg.round != state.round:
+            raise wire.WireError("stale_round", f"no secure aggregation round {msg.round} is open")
+        state.routes[name] = route
+        if msg.kind == "secagg_keys":
+            keys = secure.add_key(name, msg.meta.get("public_key"))
+            if keys is not None:
+                for member in sorted(keys):
+                    self._to_member(state, member, "secagg_keys", {"keys": keys})
+        elif msg.kind == "secagg_shares":
+            for peer, bundle in secure.route_shares(name, msg.meta.get("sealed")).items():
+                self._to_member(state, peer, "secagg_shares", {"from": {name: bundle}})
+        elif secure.add_reveal(name, msg.meta.get("shares")):
+            if secure.unmask_started is not None:
+                self.link.metrics.secagg_unmask_seconds.observe(time.perf_counter() - secure.unmask_started)
+            log.info("secure sum unmasked", extra={"session": state.name, "round": state.round})
+            self.link.answer_deferred(state.name)
+
+    def _to_member(self, state: LearningSession, name: str, kind: str, meta: dict[str, Any]) -> None:
+        route = state.routes.get(name)
+        if route is not None:
+            self.link.reply(route, kind=kind, session=state.name, participant=name, round=state.round, meta=meta)
+
+    def _start_unmask(self, state: LearningSession) -> None:
+        """Fix who survived and ask each survivor for its shares (raises ValueError below the threshold)."""
+        assert state.secure is not None
+        survivors, dropped = state.secure.start_unmask()
+        if state.secure.unmask_started is None:
+            state.secure.unmask_started = time.perf_counter()
+        for name in survivors:
+            self._to_member(state, name, "secagg_unmask", {"survivors": survivors, "dropped": dropped})
+        log.info(
+            "unmasking with %d survivors, %d dropped",
+            len(survivors),
+            len(dropped),
+            extra={"session": state.name, "round": state.round},
+        )
+
+    # --- control link -----------------------------------------------------------------------------
+
+    def ctl_open_round(self, state: LearningSession, msg: wire.Message) -> dict[str, Any]:
+        names = [str(n) for n in msg.meta.get("participants") or []]
+        state.open_round(msg.round, names)
+        if self.checkpoint_dir is not None and state.checkpoint_every:
+            checkpoint.save_open_round(self.checkpoint_dir, state.name, round=msg.round, participants=names)
+        sent = [n for n in names if n in state.routes and self._send_model(state, n)]
+        log.info("round opened", extra={"session": state.name, "round": msg.round})
+        return {"sent": sent, "waiting_for_hello": [n for n in names if n not in sent]}
+
+    def ctl_close_round(self, state: LearningSession, msg: wire.Message) -> dict[str, Any]:
+        """The round's result; :data:`DEFERRED` while a secure sum still waits for its unmasking."""
+        secure = state.secure
+        if state.open and msg.round == state.round and secure and secure.mean is None and state.contributed:
+            self._start_unmask(state)  # NB: the ones whose input did not arrive count as dropped
+            return DEFERRED  # answered when enough survivors revealed their shares
+        result = state.close_round(msg.round)
+        metrics = self.link.metrics
+        metrics.aggregation_seconds.observe(result.aggregation_seconds)
+        metrics.rounds_closed.inc()
+        if result.epsilon is not None:
+            metrics.dp_epsilon.labels(session=state.name).set(result.epsilon)
+        if state.budget is not None:
+            metrics.dp_epsilon_target.labels(session=state.name).set(state.budget.target_epsilon)
+        if result.accuracy is not None:
+            metrics.accuracy.labels(session=state.name).set(result.accuracy)
+        for name, score in (result.reliability or {}).items():
+            metrics.reliability.labels(session=state.name, participant=name).set(score)
+        every = state.checkpoint_every
+        if self.checkpoint_dir is not None and every:
+            if msg.round % every == 0:
+                self._checkpoint(state)
+            checkpoint.clear_open_round(self.checkpoint_dir, state.name)
+        meta = result.meta()
+        log.info("round closed: %s", meta, extra={"session": state.name, "round": msg.round})
+        return meta

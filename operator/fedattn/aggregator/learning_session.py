@@ -1,0 +1,345 @@
+"""A learning session's state: rounds over one global parameter vector, folded by its strategy.
+
+Socket-free (see :mod:`fedattn.aggregator.sessions`); the conversation that drives it is
+:mod:`fedattn.aggregator.learning_protocol`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedattn import wire
+from fedattn.aggregator.secure import SecureRound
+from fedattn.aggregator.sessions import Session
+from fedattn.aggregator.strategies import Strategy, build_session_strategy
+from fedattn.aggregator.strategies.fedavg import FOLD_GROUP
+from fedattn.aggregator.strategies.scores import Reliability, cosine, should_evict, update_reliability
+from fedattn.api.spec import SessionSpec
+from fedattn.learning import compression, secagg
+from fedattn.learning.privacy import DPSettings, PrivacyBudget
+
+Evaluate = Callable[[np.ndarray], float]
+
+
+@dataclass
+class RoundResult:
+    round: int
+    contributions: int
+    weight_total: float
+    aggregation_seconds: float
+    model_checksum: int
+    accuracy: float | None
+    update_bytes: int = 0  # payload bytes of the round's accepted updates, as sent (compressed or not)
+    epsilon: float | None = None  # DP: epsilon spent after this round (dp-accounting, RDP)
+    stop: str | None = None  # why no further round may open (PrivacyBudgetExhausted: ...), if so
+    scores: dict[str, float] | None = None  # contribution: cosine of each delta to the last global step
+    reliability: dict[str, float] | None = None  # EMA of each member's round scores (scores.Reliability)
+    evict: list[str] | None = None  # members to evict under spec.eviction (the coordinator's evict API)
+
+    def meta(self) -> dict[str, Any]:
+        """The ``ctl_close_round`` reply fields (absent optional values are left out)."""
+        out: dict[str, Any] = {
+            "contributions": self.contributions,
+            "weight_total": self.weight_total,
+            "aggregation_seconds": self.aggregation_seconds,
+            "model_checksum": self.model_checksum,
+            "update_bytes": self.update_bytes,
+        }
+        for key in ("accuracy", "epsilon", "stop", "scores", "reliability", "evict"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+class LearningSession(Session):
+    """Rounds of federated learning over one global parameter vector."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        spec: SessionSpec,
+        weights: dict[str, float],
+        initial: np.ndarray,
+        evaluate: Evaluate | None = None,
+    ) -> None:
+        initial = np.ascontiguousarray(initial, dtype=np.float32).reshape(-1)
+        if initial.size == 0 or not np.isfinite(initial).all():
+            raise ValueError("the initial model must be a non-empty finite vector")
+        # NB: a top-k "compressed" update with k near P (int32 indices + float32 values) is twice a model.
+        limit = 2 * initial.nbytes + 64 * 1024
+        super().__init__(name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=limit)
+        # NB: DP noise must not be predictable, so its generator is seeded from the OS, not the spec.
+        self.strategy: Strategy = build_session_strategy(spec, size=initial.size, rng=np.random.default_rng())
+        self.budget: PrivacyBudget | None = DPSettings.from_spec(spec.dp).budget() if spec.dp else None
+        self.last_result: RoundResult | None = None
+        secure = spec.secure_aggregation
+        self.secure_threshold = (
+            secagg.resolve_threshold({"threshold": secure.threshold}, min_participants=self.min_participants)
+            if secure is not None and secure.enabled
+            else None
+        )
+        self.secure: SecureRound | None = None  # this round's secure aggregation, when enabled
+        self.unmask_due = False
+        self.reliability: dict[str, Reliability] = {}
+        self.evicted: set[str] = set()
+        self.last_step: np.ndarray | None = None  # the previous round's global change, the score reference
+        self.similarity: dict[str, float] = {}
+        self.global_params = initial
+        self.evaluate = evaluate
+        self.round = 0
+        self.open = False
+        self.members: frozenset[str] = frozenset()
+        self.contributed: dict[str, float] = {}
+        self.opened_at = 0.0
+        self.fold_seconds = 0.0
+        self.update_bytes = 0  # payload bytes of this round's accepted updates (after compression)
+        self.reopened = False  # the open round was reopened from a checkpoint by a restarted aggregator
+        self._pending: list[tuple[np.ndarray, float]] = []
+
+    @property
+    def size(self) -> int:
+        return int(self.global_params.size)
+
+    @property
+    def checkpoint_every(self) -> int:
+        """``spec.checkpoint.everyRounds`` (0: never)."""
+        return self.spec.checkpoint.every_rounds
+
+    def open_round(self, round: int, participants: list[str]) -> None:
+        """Start round ``round`` (any number above the last one) for ``participants`` (session members).
+
+        Opening the round that is already open with the same participants is a no-op (a retried request,
+        or the round a restarted aggregator reopened from its checkpoint). With DP, a round that would
+        exceed ``targetEpsilon`` is refused with ``PrivacyBudgetExhausted``.
+        """
+        if self.open and round == self.round and frozenset(participants) == self.members:
+            return
+        if self.open:
+            raise ValueError(f"round {self.round} is still open")
+        if round <= self.round:
+            # NB: later rounds may be skipped: after an aggregator restart the coordinator continues
+            # with its own round number (from the initial model until checkpoints exist).
+            raise ValueError(f"round {round} was already opened (last {self.round})")
+        unknown = sorted(set(participants) - self.weights.keys())
+        if unknown or not participants:
+            raise ValueError(f"participants must be non-empty session members; unknown: {unknown}")
+        if self.budget is not None and not (check := self.budget.check_next_round()).allowed:
+            raise ValueError(check.reason)
+        self.strategy.begin_round(round=round, global_params=self.global_params, n_expected=len(participants))
+        self.round, self.open, self.members = round, True, frozenset(participants)
+        self.contributed = {}
+        self.similarity = {}
+        self.unmask_due = False
+        self.secure = (
+            SecureRound(
+                session=self.name,
+                round=round,
+                members=frozenset(participants),
+                threshold=min(self.secure_threshold, len(participants)),
+                size=self.size,
+            )
+            if self.secure_threshold is not None
+            else None
+        )
+        self._pending = []
+        self.opened_at = time.monotonic()
+        self.fold_seconds = 0.0
+        self.update_bytes = 0
+        self.reopened = False
+
+    def accept(
+        self, *, participant: str, round: int, arrays: list[np.ndarray], meta: Mapping[str, Any]
+    ) -> float:
+        """Take one update (folded now, or with the rest of its socket burst); returns its weight.
+
+        Raises WireError with the rejection code; everything is checked before the update is held.
+        """
+        if not self.open or round != self.round:
+            state = f"round {self.round} is open" if self.open else f"no round is open (last {self.round})"
+            raise wire.WireError("stale_round", f"update for round {round}, but {state}")
+        if participant not in self.members:
+            raise wire.WireError("not_in_round", f"{participant} is not a participant of round {round}")
+        if participant in self.contributed:
+            raise wire.WireError("duplicate", f"{participant} already contributed to round {round}")
+        examples = meta.get("num_examples")
+        if isinstance(examples, bool) or not isinstance(examples, int | float) or not 0 < examples < math.inf:
+            raise wire.WireError("bad_meta", f"num_examples must be a number > 0, got {examples!r}")
+        weight = float(examples) * self.weights[participant]
+        if self.secure is not None:
+            if not meta.get("masked"):
+                raise wire.WireError("bad_meta", "this session aggregates securely: send a masked update")
+            self.unmask_due = self.secure.add_masked(participant, arrays)
+            self.contributed[participant] = weight
+            return weight
+        update = self._update_of(arrays, meta)
+        if self.last_step is not None:
+            self.similarity[participant] = cosine(update - self.global_params, self.last_step)
+        if self.strategy.folds_in_batches:
+            # NB: held (a view of the received frame, no copy) until fold_pending at the end of the socket
+            # burst or when FOLD_GROUP are waiting, so updates that arrive together share one pass.
+            self._pending.append((update, weight))
+            if len(self._pending) >= FOLD_GROUP:
+                self.fold_pending()
+        else:
+            self._timed_fold([update], [weight])
+        self.contributed[participant] = weight
+        return weight
+
+    def _update_of(self, arrays: list[np.ndarray], meta: Mapping[str, Any]) -> np.ndarray:
+        """The full local model an update stands for: sent as is, or a compressed delta from the global."""
+        if "compression" in meta:  # decoded on arrival (fedattn.learning.compression, code bad_encoding)
+            delta = compression.decode(arrays, meta["compression"], size=self.size)
+            return np.add(self.global_params, delta, dtype=np.float32)
+        if len(arrays) != 1 or arrays[0].dtype != np.float32 or arrays[0].shape != (self.size,):
+            got = [f"{a.dtype}{list(a.shape)}" for a in arrays]
+            raise wire.WireError(
+                "shape_mismatch", f"update must be one float32[{self.size}] array, got {got}"
+            )
+        return arrays[0]
+
+    def fold_pending(self) -> None:
+        """Fold the updates accepted but not folded yet (the server calls this after each burst)."""
+        if self._pending:
+            pending, self._pending = self._pending, []
+            self._timed_fold([u for u, _ in pending], [w for _, w in pending])
+
+    def _timed_fold(self, updates: list[np.ndarray], weights: list[float]) -> None:
+        start = time.perf_counter()
+        try:
+            self.strategy.fold_many(updates, weights)
+        except ValueError as exc:  # a strategy's own checks (robust rules' buffers, parameters)
+            raise wire.WireError("rejected_by_strategy", str(exc)) from None
+        finally:
+            self.fold_seconds += time.perf_counter() - start
+
+    def close_round(self, round: int) -> RoundResult:
+        """Finish the open round: the strategy's result becomes the global model.
+
+        Closing the round that was closed last returns the same result again (a retried request whose
+        reply was lost, possibly to an aggregator restarted from the checkpoint of that round).
+        """
+        if not self.open and self.last_result is not None and round == self.last_result.round:
+            return self.last_result
+        if not self.open or round != self.round:
+            raise ValueError(
+                f"round {round} is not the open round (open: {self.round if self.open else None})"
+            )
+        if not self.contributed and not self.reopened:
+            raise ValueError(f"round {round} has no contributions; keep it open or finish the session")
+        self.fold_pending()
+        start = time.perf_counter()
+        if self.secure is not None and self.contributed:
+            if self.secure.mean is None:
+                raise ValueError(f"round {round}: the secure sum is not unmasked yet")
+            self._timed_fold([self.secure.mean], [1.0])  # NB: the only update the aggregator ever sees
+        if self.contributed:
+            previous, self.global_params = self.global_params, self.strategy.finish()
+            self.last_step = np.subtract(self.global_params, previous, dtype=np.float64)
+        # NB: else a round reopened after a restart whose updates died with the old process: the
+        # coordinator counted them and closes it; the model stays as checkpointed, the session goes on.
+        seconds = self.fold_seconds + time.perf_counter() - start
+        self.open = False
+        accuracy = float(self.evaluate(self.global_params)) if self.evaluate else None
+        epsilon = stop = None
+        if self.budget is not None:
+            epsilon = self.budget.record_round() if self.contributed else self.budget.epsilon_spent
+            check = self.budget.check_next_round()
+            stop = None if check.allowed else check.reason
+        scores, reliability, evict = self._score_round()
+        self.last_result = RoundResult(
+            round=round,
+            contributions=len(self.contributed),
+            weight_total=float(sum(self.contributed.values())),
+            aggregation_seconds=seconds,
+            model_checksum=wire.checksum(self.global_params),
+            accuracy=accuracy,
+            update_bytes=self.update_bytes,
+            epsilon=epsilon,
+            stop=stop,
+            scores=scores,
+            reliability=reliability,
+            evict=evict,
+        )
+        return self.last_result
+
+    def _score_round(self) -> tuple[dict[str, float] | None, dict[str, float] | None, list[str] | None]:
+        """Round scores of the members (late ones score 0), their reliability, and who to evict.
+
+        Nothing is scored before a reference exists (round 1 has no previous global step).
+        """
+        if not self.similarity:
+            return None, None, None
+        eviction = self.spec.eviction
+        min_score = eviction.min_score if eviction is not None else 0.0
+        for name in self.members:
+            record = self.reliability.get(name, Reliability())
+            self.reliability[name] = update_reliability(
+                record, similarity=self.similarity.get(name), min_score=min_score
+            )
+        evict = None
+        if eviction is not None:
+            after = eviction.after_rounds
+            evict = sorted(
+                n
+                for n in self.members - self.evicted
+                if should_evict(self.reliability[n], after_rounds=after)
+            )
+            self.evicted.update(evict)
+        reliability = {n: self.reliability[n].score for n in sorted(self.members)}
+        return dict(sorted(self.similarity.items())), reliability, evict
+
+    # --- checkpoints (the server writes and reads them: fedattn.aggregator.checkpoint) ------------
+
+    def snapshot(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """What a checkpoint holds between rounds: global model, rule state, round, privacy rounds."""
+        if self.open:
+            raise ValueError(f"round {self.round} is open; checkpoints are taken between rounds")
+        state = self.strategy.state_dict()
+        arrays = {"global": self.global_params, **{f"strategy.{k}": np.asarray(v) for k, v in state.items()}}
+        meta = {
+            "spec": self.spec.to_manifest(),
+            "weights": self.weights,
+            "finished": False,
+            "round": self.round,
+            "size": self.size,
+            "strategy": self.spec.strategy.name,
+            "dp_rounds": self.budget.rounds_done if self.budget is not None else None,
+            "last_result": None if self.last_result is None else vars(self.last_result),
+        }
+        return arrays, meta
+
+    def restore(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Continue from :meth:`snapshot`'s output; raises ValueError when it belongs to another setup."""
+        strategy = self.spec.strategy.name
+        model = arrays.get("global")
+        if meta.get("strategy") != strategy or model is None or model.shape != (self.size,):
+            raise ValueError(
+                f"checkpoint is for strategy {meta.get('strategy')!r} with P={meta.get('size')}, "
+                f"the session runs {strategy!r} with P={self.size}"
+            )
+        if not np.isfinite(model).all():
+            raise ValueError("checkpoint model has non-finite values")
+        state = {k.removeprefix("strategy."): v for k, v in arrays.items() if k.startswith("strategy.")}
+        self.strategy.load_state_dict(state)
+        self.global_params = np.ascontiguousarray(model, dtype=np.float32)
+        self.round, self.open = int(meta["round"]), False
+        if self.budget is not None:
+            self.budget.rounds_done = int(meta.get("dp_rounds") or 0)
+        last = meta.get("last_result")
+        self.last_result = RoundResult(**last) if last else None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "params": self.size,
+            "round": self.round,
+            "open": self.open,
+            "contributions": len(self.contributed),
+        }
