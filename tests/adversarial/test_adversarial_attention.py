@@ -57,7 +57,6 @@ def wait_until(predicate) -> None:
 # --- item 1: leaving while a barrier waits -------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 1: a barrier releases to a route that left (KeyError)")
 @pytest.mark.parametrize("leave", ["bye", "ctl_revoke"])
 def test_a_participant_leaving_while_a_barrier_waits_does_not_stop_the_aggregator(agg, leave):
     members = {"alice": 2, "bob": 2, "carol": 2}

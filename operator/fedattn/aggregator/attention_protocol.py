@@ -69,7 +69,8 @@ class AttentionProtocol(Conversation):
                 meta={"participants": names},
                 arrays=[k, v, positions],
             )
-            if self.link.send(state.routes[name], frames):
+            route = state.routes.get(name)
+            if route is not None and self.link.send(route, frames):  # NB: no route: it left meanwhile
                 sent += sum(memoryview(f).nbytes for f in frames[1:])
         self.link.metrics.sync_latency_seconds.observe(release.latency_seconds)
         latency_ms = release.latency_seconds * 1000
@@ -88,6 +89,8 @@ class AttentionProtocol(Conversation):
         """Tell every participant in the fixed prompt layout how many private tokens precede its own."""
         order = list(layout)
         for name, before in layout.items():
+            if name not in state.routes:
+                continue  # NB: it left (or was revoked) after announcing; a new hello gets the layout
             self.link.reply(
                 state.routes[name],
                 kind="welcome",
@@ -110,7 +113,7 @@ class AttentionProtocol(Conversation):
                 "sync_timeout",
                 f"too few participants announced their prompt within {state.timeout_seconds:.0f}s",
             )
-            self.link.reject(state.routes[name], error, session=state.name, participant=name)
+            self._tell(state, name, error)
         if not state.barriers:
             return
         released, failed = state.expire(now)
@@ -123,4 +126,17 @@ class AttentionProtocol(Conversation):
                 " arrived in time",
             )
             for name in barrier.parts:
-                self.link.reject(state.routes[name], error, session=state.name, participant=name)
+                self._tell(state, name, error)
+
+    def _tell(self, state: AttentionSession, name: str, error: wire.WireError) -> None:
+        """Reject on behalf of a timer: to the participant's route, if it still has one."""
+        route = state.routes.get(name)
+        if route is not None:
+            self.link.reject(route, error, session=state.name, participant=name)
+
+    def leave(self, state: AttentionSession, participant: str) -> None:
+        layout, released = state.leave(participant)
+        if layout is not None:
+            self._welcome_layout(state, layout)
+        for release in released:
+            self._release(state, release)

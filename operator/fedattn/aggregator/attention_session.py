@@ -49,11 +49,33 @@ class AttentionSession(Session):
         self.prompt_tokens: dict[str, int] = {}  # announced in hello, to place rows at global positions
         self.first_announce: float | None = None
         self.layout: dict[str, int] | None = None  # participant -> tokens before its slice, once fixed
+        self.left: set[str] = set()  # said bye or were revoked: nothing waits for them
 
     @property
     def active(self) -> frozenset[str]:
-        """Who the KV barriers wait for: the participants in the fixed layout (all, until it is fixed)."""
-        return frozenset(self.layout) if self.layout is not None else frozenset(self.weights)
+        """Who the KV barriers wait for: the participants in the fixed layout (all, until it is fixed),
+        except those who left."""
+        members = frozenset(self.layout) if self.layout is not None else frozenset(self.weights)
+        return members - self.left
+
+    def leave(self, participant: str) -> tuple[dict[str, int] | None, list[Release]]:
+        """``participant`` is gone: out of the pending layout and of every open barrier. Returns the
+        layout if its leaving completed it, and the barriers it completed (everyone else was there)."""
+        self.left.add(participant)
+        self.prompt_tokens.pop(participant, None)
+        layout = self._fix_layout() if self._everyone_announced() else None
+        released = []
+        for barrier in list(self.barriers.values()):
+            barrier.parts.pop(participant, None)
+            barrier.expected = barrier.expected - {participant}
+            if not barrier.parts:
+                del self.barriers[barrier.layer]
+            elif barrier.complete:
+                released.append(self._release(barrier))
+        return layout, released
+
+    def _everyone_announced(self) -> bool:
+        return self.layout is None and bool(self.prompt_tokens) and self.active <= self.prompt_tokens.keys()
 
     def announce(self, participant: str, tokens: Any) -> dict[str, int] | None:
         """Record a participant's prompt length; returns the layout once every participant announced.
@@ -68,12 +90,14 @@ class AttentionSession(Session):
             )
         if self.layout is not None:
             if participant in self.layout:
+                self.left.discard(participant)
                 return self.layout  # a reconnect: tell it again
             raise wire.WireError("stale_round", "the prompt layout was fixed without this participant")
+        self.left.discard(participant)
         self.prompt_tokens[participant] = tokens
         if self.first_announce is None:
             self.first_announce = time.monotonic()
-        return self._fix_layout() if self.weights.keys() <= self.prompt_tokens.keys() else None
+        return self._fix_layout() if self._everyone_announced() else None
 
     def expire_layout(self, now: float) -> tuple[dict[str, int] | None, list[str]]:
         """At the timeout: the layout of who announced (quorum), or the names left waiting (no quorum)."""

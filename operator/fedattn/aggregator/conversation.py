@@ -81,3 +81,8 @@ class Conversation(ABC):
     def tick(self, state: Any, now: float) -> None:
         """Timed work between messages, ``now`` from ``time.monotonic()`` (none by default)."""
         del state, now
+
+    def leave(self, state: Any, participant: str) -> None:
+        """``participant`` left (``bye``) or was revoked; its route is already gone. Nothing waits for
+        it from now on (nothing to do by default)."""
+        del state, participant

@@ -160,14 +160,15 @@ class Aggregator:
                         except zmq.Again:
                             break
                         self._on_frames_safely(frames)
-                    self._after_burst()
+                    for state in list(self.sessions.values()):
+                        self._safely("after a burst", self.conversations[state.mode].after_burst, state)
                 now = time.monotonic()
                 if now >= next_rescan:
-                    self.allowlist.rescan()
+                    self._safely("rescanning the allowlist", self.allowlist.rescan)
                     next_rescan = now + self._rescan_seconds
-                for state in self.sessions.values():
-                    self.conversations[state.mode].tick(state, now)
-                self._flush_events()
+                for state in list(self.sessions.values()):
+                    self._safely("timed work", self.conversations[state.mode].tick, state, now)
+                self._safely("sending events", self._flush_events)
         finally:
             self.socket.close(linger=0)
 
@@ -260,15 +261,16 @@ class Aggregator:
     # --- receiving --------------------------------------------------------------------------------
 
     def _on_frames_safely(self, frames: list[zmq.Frame]) -> None:
-        try:
-            self._on_frames(frames)
-        except Exception:  # NB: a bug triggered by one message must not take the data plane down
-            log.exception("internal error while handling a message")
-            self.metrics.rejected.labels(reason="internal").inc()
+        self._safely("handling a message", self._on_frames, frames)
 
-    def _after_burst(self) -> None:
-        for state in self.sessions.values():
-            self.conversations[state.mode].after_burst(state)
+    def _safely(self, what: str, work: Callable[..., None], *args: Any) -> None:
+        """Run one step of the loop; a bug one peer triggers (a message, a timer it armed) is logged and
+        counted, never allowed to take the data plane down for everyone."""
+        try:
+            work(*args)
+        except Exception:
+            log.exception("internal error while %s", what)
+            self.metrics.rejected.labels(reason="internal").inc()
 
     def _on_frames(self, frames: list[zmq.Frame]) -> None:
         self.metrics.bytes_received.inc(sum(len(f) for f in frames))
@@ -321,7 +323,7 @@ class Aggregator:
         self, route: bytes, state: Session, msg: wire.Message, *, checksums: list[int]
     ) -> None:
         if msg.kind == "bye":
-            state.routes.pop(msg.participant, None)
+            self._leave(state, msg.participant)
             self.reply(
                 route,
                 kind="ack",
@@ -435,7 +437,13 @@ class Aggregator:
             raise ValueError("ctl_revoke needs participant")
         self.allowlist.revoke(name)
         for state in self.sessions.values():
-            state.routes.pop(name, None)
+            if name in state.weights:
+                self._leave(state, name)
+
+    def _leave(self, state: Session, name: str) -> None:
+        """``name`` is gone from ``state`` (bye, revoked): no route, and nothing waits for it any more."""
+        state.routes.pop(name, None)
+        self.conversations[state.mode].leave(state, name)
 
     def _ctl_status(self, msg: wire.Message) -> dict[str, Any]:
         return {"sessions": {name: s.describe() for name, s in self.sessions.items()}}
