@@ -388,9 +388,12 @@ async def test_attention_session_records_syncs_and_results(coordinator, pki_dir,
     def sync(index: int, name: str) -> list[int]:
         layers = []
         with dealer(pki_dir, aggregator, "attn", name) as client:
+            shape = {"n_layers": 4, "n_kv_heads": 1, "head_dim": 4}
+            client.send("hello", meta={"tokens": 2, "prefix": 0, "model": shape})
+            before = client.recv().meta["tokens_before"]
             for layer in (0, 2):
                 k = np.full((1, 2, 4), index, dtype=np.float32)
-                positions = np.array([2 * index, 2 * index + 1], dtype=np.int64)
+                positions = np.array([before, before + 1], dtype=np.int64)
                 client.send("kv", layer=layer, arrays=[k, k.copy(), positions])
                 layers.append(client.recv().layer)
         return layers

@@ -16,7 +16,7 @@ from fedattn.aggregator.client import AggregatorClient, Timeout
 from test_aggregator_server import CONTROL_IDENTITY, SESSION, Harness, ctl, kv_block
 
 PREFIX = 1
-#: model dimensions the coordinator tells the aggregator (what K/V of one token may weigh)
+#: the (public) model's shape every participant announces in hello: what K/V of one token may weigh
 MODEL = {"n_layers": 8, "n_kv_heads": 2, "head_dim": 4}
 
 
@@ -27,7 +27,6 @@ def configure(agg: Harness, members: dict[str, int], **spec) -> AggregatorClient
         "mode": "attention",
         "spec": {"minParticipants": 1, "roundTimeoutSeconds": 300, "syncInterval": 2, **spec},
         "participants": dict.fromkeys(members, 1.0),
-        "model": MODEL,
     }
     reply = ctl(coord, agg.events, "ctl_configure", meta=meta)
     assert reply["ok"], reply
@@ -38,7 +37,7 @@ def hello_all(agg: Harness, members: dict[str, int]) -> dict[str, AggregatorClie
     clients = {}
     for name, tokens in members.items():
         clients[name] = agg.client(name)
-        clients[name].send("hello", meta={"tokens": tokens, "prefix": PREFIX})
+        clients[name].send("hello", meta={"tokens": tokens, "prefix": PREFIX, "model": MODEL})
     for client in clients.values():
         assert client.recv().kind == "welcome"
     return clients
@@ -85,13 +84,12 @@ def test_a_participant_leaving_while_a_barrier_waits_does_not_stop_the_aggregato
 # --- item 3: positions bound to the sender's slice ------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 3: positions are not checked against the layout")
 def test_a_participant_cannot_claim_positions_outside_its_slice_to_see_later_rows(agg):
     members = {"alice": 3, "bob": 3}
     configure(agg, members)
     clients = hello_all(agg, members)
     alice, bob = clients["alice"], clients["bob"]
-    spoof = alice.request("kv", layer=0, arrays=kv_block([*slice_of(0, 3), 1_000_000]))
+    spoof = alice.request("kv", layer=0, arrays=kv_block([*slice_of(0, 2), 1_000_000]))  # fits the size bound
     assert spoof.kind == "error" and spoof.meta["code"] == "bad_kv", spoof.meta
     assert "slice" in spoof.meta["message"]
     alice.send("kv", layer=0, arrays=kv_block(slice_of(0, 3)))
@@ -102,7 +100,6 @@ def test_a_participant_cannot_claim_positions_outside_its_slice_to_see_later_row
     np.testing.assert_array_equal(seen["bob"].arrays[2], slice_of(0, 6))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 3: positions are not checked against the layout")
 def test_a_participant_cannot_squat_another_ones_positions(agg):
     members = {"alice": 3, "bob": 3}
     configure(agg, members)
@@ -131,7 +128,6 @@ def test_a_sparse_sync_inside_the_slice_is_taken(agg):
 # --- item 4: barriers and payloads bounded by the session -----------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 4: kv is accepted for any layer and any size")
 def test_kv_only_for_sync_layers_of_the_model_and_a_few_pending_layers(agg):
     members = {"alice": 3, "bob": 3}
     configure(agg, members)  # 8 layers, syncInterval 2: layers 0, 2, 4, 6 sync
@@ -155,7 +151,6 @@ def _taken(client: AggregatorClient, layer: int, arrays) -> bool:
     return False
 
 
-@pytest.mark.xfail(strict=True, reason="issue 14 item 4: kv is accepted for any layer and any size")
 def test_kv_payload_is_bounded_by_the_model_and_the_announced_prompt(agg):
     members = {"alice": 3, "bob": 3}
     configure(agg, members)

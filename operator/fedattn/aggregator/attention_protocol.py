@@ -1,7 +1,10 @@
 """The attention conversation: prompt layout at hello, KV blocks per sync layer, barrier releases.
 
-Participants announce their prompt length in ``hello``; once everyone did (or the timeout passes
-with a quorum) each gets a ``welcome`` with the tokens before its own. Per sync layer each sends its
+Participants announce their prompt length, the shared prefix length and the model's KV shape in
+``hello``; once everyone did (or the timeout passes with a quorum) each gets a ``welcome`` with the
+tokens before its own. From then on a ``kv`` block is taken only for a sync layer of the schedule,
+in the model's shape, at positions inside the sender's own slice, with at most a few layers pending
+per sender; each receiver's cut-off is the end of its slice, never a position it claimed. Per sync layer each sends its
 ``kv`` block; when the barrier completes (or times out with a quorum) each receives the global KV
 rows up to its own positions (``kv_global``). docs/protocol.md.
 """
@@ -44,7 +47,7 @@ class AttentionProtocol(Conversation):
         name = msg.participant
         state.routes[name] = route
         self.link.event(state.name, "hello", participant=name, round=0)
-        layout = state.announce(name, msg.meta.get("tokens"))
+        layout = state.announce(name, msg.meta)
         if layout is not None:
             self._welcome_layout(state, layout)
 
@@ -98,6 +101,8 @@ class AttentionProtocol(Conversation):
                 participant=name,
                 meta={"mode": state.mode, "tokens_before": before, "participants": order},
             )
+        for name, why in state.refused.items():
+            self._tell(state, name, wire.WireError("bad_layout", why))
         left_out = sorted(set(state.weights) - set(layout))
         if left_out:
             self.link.event(state.name, "sync_missed", layer=-1, participants=left_out)

@@ -7,6 +7,7 @@ Socket-free (see :mod:`fedattn.aggregator.sessions`); the conversation that driv
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,9 +18,51 @@ from fedattn.aggregator.kv import Barrier, KVPart
 from fedattn.aggregator.sessions import Session
 from fedattn.api.spec import SessionSpec
 from fedattn.attention.exchange import union_kv
+from fedattn.attention.masks import sync_layers
 from fedattn.attention.spec import participant_order
 
 MAX_PROMPT_TOKENS = 1 << 20
+#: caps on what a participant may announce about the (public) model: beyond any Llama we run
+MAX_LAYERS, MAX_KV_HEADS, MAX_HEAD_DIM = 1024, 256, 1024
+#: barriers one participant may have open: prefill waits for each sync, so an honest one has 1
+MAX_PENDING_LAYERS = 2
+#: what a message may carry before the layout fixes the KV payload bound (a hello has no arrays)
+PRE_LAYOUT_PAYLOAD_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Announcement:
+    """What a participant's ``hello`` says: its private token count, and what everyone shares (the
+    public prefix length and the model's KV shape), which must agree across the session."""
+
+    tokens: int
+    prefix: int
+    n_layers: int
+    n_kv_heads: int
+    head_dim: int
+
+    @property
+    def shared(self) -> tuple[int, int, int, int]:
+        return (self.prefix, self.n_layers, self.n_kv_heads, self.head_dim)
+
+    @classmethod
+    def parse(cls, meta: Mapping[str, Any]) -> Announcement:
+        model = meta.get("model")
+        if not isinstance(model, Mapping):
+            raise wire.WireError("bad_layout", "hello needs meta.model {n_layers, n_kv_heads, head_dim}")
+        return cls(
+            tokens=_count(meta.get("tokens"), "meta.tokens", low=1, high=MAX_PROMPT_TOKENS),
+            prefix=_count(meta.get("prefix"), "meta.prefix", low=0, high=MAX_PROMPT_TOKENS),
+            n_layers=_count(model.get("n_layers"), "meta.model.n_layers", low=1, high=MAX_LAYERS),
+            n_kv_heads=_count(model.get("n_kv_heads"), "meta.model.n_kv_heads", low=1, high=MAX_KV_HEADS),
+            head_dim=_count(model.get("head_dim"), "meta.model.head_dim", low=1, high=MAX_HEAD_DIM),
+        )
+
+
+def _count(value: Any, what: str, *, low: int, high: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise wire.WireError("bad_layout", f"hello needs {what} in {low}..{high}, got {value!r}")
+    return value
 
 
 @dataclass
@@ -28,7 +71,7 @@ class Release:
 
     layer: int
     global_kv: KVPart
-    receivers: dict[str, int]  # participant -> its largest own position
+    receivers: dict[str, int]  # participant -> the last position of its slice (what it may see up to)
     missing: list[str]
     latency_seconds: float
     bytes_in: int
@@ -41,14 +84,23 @@ class AttentionSession(Session):
         self, *, name: str, spec: SessionSpec, weights: dict[str, float], max_payload_bytes: int
     ):
         super().__init__(
-            name=name, mode="attention", spec=spec, weights=weights, max_payload_bytes=max_payload_bytes
+            name=name,
+            mode="attention",
+            spec=spec,
+            weights=weights,
+            max_payload_bytes=min(max_payload_bytes, PRE_LAYOUT_PAYLOAD_BYTES),
         )
+        self.message_limit = max_payload_bytes  # the socket-wide limit; the layout may only lower it
         self.barriers: dict[int, Barrier] = {}
         self.released: set[int] = set()
         self.syncs = 0
-        self.prompt_tokens: dict[str, int] = {}  # announced in hello, to place rows at global positions
+        self.prompt_tokens: dict[str, Announcement] = {}  # hello's announcements, until the layout is fixed
         self.first_announce: float | None = None
         self.layout: dict[str, int] | None = None  # participant -> tokens before its slice, once fixed
+        self.slices: dict[str, tuple[int, int]] = {}  # participant -> [first, last] global position
+        self.shape: Announcement | None = None  # the shared prefix and model shape of the fixed layout
+        self.sync_schedule: frozenset[int] = frozenset()
+        self.refused: dict[str, str] = {}  # announced what the layout disagrees with -> why
         self.left: set[str] = set()  # said bye or were revoked: nothing waits for them
 
     @property
@@ -77,24 +129,23 @@ class AttentionSession(Session):
     def _everyone_announced(self) -> bool:
         return self.layout is None and bool(self.prompt_tokens) and self.active <= self.prompt_tokens.keys()
 
-    def announce(self, participant: str, tokens: Any) -> dict[str, int] | None:
-        """Record a participant's prompt length; returns the layout once every participant announced.
+    def announce(self, participant: str, meta: Mapping[str, Any]) -> dict[str, int] | None:
+        """Record a participant's announcement; returns the layout once every participant announced.
 
         The layout (prompt order: as configured, the publisher last) gives each participant the number
         of private tokens before its own, hence its global positions; lengths are what K/V row counts
         reveal anyway, nothing more.
         """
-        if not isinstance(tokens, int) or isinstance(tokens, bool) or not 0 < tokens <= MAX_PROMPT_TOKENS:
-            raise wire.WireError(
-                "bad_layout", f"hello needs meta.tokens in 1..{MAX_PROMPT_TOKENS}, got {tokens!r}"
-            )
+        announced = Announcement.parse(meta)
+        if participant in self.refused:
+            raise wire.WireError("bad_layout", self.refused[participant])
         if self.layout is not None:
             if participant in self.layout:
                 self.left.discard(participant)
                 return self.layout  # a reconnect: tell it again
             raise wire.WireError("stale_round", "the prompt layout was fixed without this participant")
         self.left.discard(participant)
-        self.prompt_tokens[participant] = tokens
+        self.prompt_tokens[participant] = announced
         if self.first_announce is None:
             self.first_announce = time.monotonic()
         return self._fix_layout() if self._everyone_announced() else None
@@ -115,19 +166,56 @@ class AttentionSession(Session):
         return None, waiting
 
     def _fix_layout(self) -> dict[str, int]:
+        """Order, slices, KV shape, sync schedule and payload bound, all from the announcements.
+
+        What everyone shares (prefix length, model shape) is the publisher's announcement (the session
+        answers its question), or the most common one without it; who announced something else is left
+        out of the layout and told why. From here on, positions, layers and sizes are checked against it.
+        """
         present = [n for n in self.weights if n in self.prompt_tokens]
         publisher = self.spec.publisher
+        shared = [self.prompt_tokens[n].shared for n in present]
+        reference = (
+            self.prompt_tokens[publisher].shared if publisher in present else max(shared, key=shared.count)
+        )
+        for name in present:
+            if self.prompt_tokens[name].shared != reference:
+                self.refused[name] = (
+                    f"{name} announced prefix/model {self.prompt_tokens[name].shared}, the session's"
+                    f" layout has {reference} (prefix, n_layers, n_kv_heads, head_dim)"
+                )
+        present = [n for n in present if n not in self.refused]
         order = participant_order(present, publisher) if publisher in present else present
+        shape = self.prompt_tokens[order[0]]
         before, self.layout = 0, {}
         for name in order:
             self.layout[name] = before
-            before += self.prompt_tokens[name]
+            tokens = self.prompt_tokens[name].tokens
+            self.slices[name] = (shape.prefix + before, shape.prefix + before + tokens - 1)
+            before += tokens
+        self.shape = shape
+        self.sync_schedule = sync_layers(
+            shape.n_layers,
+            interval=self.spec.sync_interval,
+            layers=list(self.spec.sync_layers) if self.spec.sync_layers else None,
+            policy=self.spec.sync_policy,
+        )
+        most = max(self.prompt_tokens[n].tokens for n in order)
+        # NB: K and V float32 (n_kv_heads, T, head_dim) plus int64 positions, for the longest slice
+        bound = 2 * shape.n_kv_heads * most * shape.head_dim * 4 + most * 8
+        self.max_payload_bytes = min(self.message_limit, bound)
         return self.layout
 
     def accept(self, *, participant: str, layer: int, arrays: list[np.ndarray]) -> Release | None:
         """Add a participant's block to its layer's barrier; returns the release when it completes."""
-        if layer < 0:
-            raise wire.WireError("bad_layer", "kv messages need a layer >= 0")
+        if self.layout is None or self.shape is None:
+            raise wire.WireError("stale_round", "the prompt layout is not fixed yet: wait for welcome")
+        if participant not in self.slices:
+            raise wire.WireError("not_in_round", f"{participant} is not in the prompt layout")
+        if layer not in self.sync_schedule:
+            raise wire.WireError(
+                "bad_layer", f"layer {layer} is not a sync layer of this session {sorted(self.sync_schedule)}"
+            )
         if layer in self.released:
             raise wire.WireError("stale_round", f"layer {layer} was already synced")
         if len(arrays) != 3 or arrays[0].dtype != np.float32 or arrays[1].dtype != np.float32:
@@ -135,15 +223,38 @@ class AttentionSession(Session):
         if arrays[2].dtype != np.int64:
             raise wire.WireError("bad_dtype", f"positions must be int64, got {arrays[2].dtype}")
         barrier = self.barriers.get(layer)
+        if barrier is not None and participant in barrier.parts:
+            raise wire.WireError("duplicate", f"{participant} already sent KV for layer {layer}")
+        self._check_own(participant, layer, arrays)
         if barrier is None:
             barrier = self.barriers[layer] = Barrier(layer=layer, expected=self.active)
-        if participant in barrier.parts:
-            raise wire.WireError("duplicate", f"{participant} already sent KV for layer {layer}")
         try:
             barrier.add(participant, (arrays[0], arrays[1], arrays[2]))
         except ValueError as exc:
             raise wire.WireError("bad_kv", str(exc)) from None
         return self._release(barrier) if barrier.complete else None
+
+    def _check_own(self, participant: str, layer: int, arrays: list[np.ndarray]) -> None:
+        """The block fits the model's KV shape and lies in the sender's own slice; a few pending layers."""
+        assert self.shape is not None
+        k, positions = arrays[0], arrays[2]
+        first, last = self.slices[participant]
+        heads, dim = self.shape.n_kv_heads, self.shape.head_dim
+        if k.ndim != 3 or (k.shape[0], k.shape[2]) != (heads, dim) or k.shape[1] > last - first + 1:
+            raise wire.WireError(
+                "bad_kv",
+                f"K/V must be ({heads} heads, T <= {last - first + 1} rows, {dim} dims) for this model and"
+                f" slice, got {k.shape}",
+            )
+        if positions.size and (positions.min() < first or positions.max() > last):
+            raise wire.WireError(
+                "bad_kv", f"positions must lie in {participant}'s slice {first}..{last} of the prompt layout"
+            )
+        pending = [b.layer for b in self.barriers.values() if participant in b.parts and b.layer != layer]
+        if len(pending) >= MAX_PENDING_LAYERS:
+            raise wire.WireError(
+                "too_many_pending", f"{participant} already waits on layers {sorted(pending)}; wait for kv_global"
+            )
 
     def expire(self, now: float) -> tuple[list[Release], list[Barrier]]:
         """Barriers past the timeout: released with who is present (quorum) or failed (no quorum)."""
@@ -165,7 +276,7 @@ class AttentionSession(Session):
         return Release(
             layer=barrier.layer,
             global_kv=union_kv(parts),
-            receivers={n: int(p[2].max()) if p[2].size else -1 for n, p in zip(names, parts, strict=True)},
+            receivers={n: self.slices[n][1] for n in names},  # NB: the layout's cut-off, not a claim
             missing=barrier.missing(),
             latency_seconds=time.monotonic() - barrier.first_arrival,
             bytes_in=sum(a.nbytes for p in parts for a in p),

@@ -291,6 +291,9 @@ class LearningProtocol(Conversation):
             metrics.accuracy.labels(session=state.name).set(result.accuracy)
         for name, score in (result.reliability or {}).items():
             metrics.reliability.labels(session=state.name, participant=name).set(score)
+        if result.model_kept:  # NB: recorded in the store as an event, next to the round
+            log.error("round's model not taken: %s", result.model_kept, extra={"session": state.name})
+            self.link.event(state.name, "model_kept", round=msg.round, message=result.model_kept)
         every = state.checkpoint_every
         if self.checkpoint_dir is not None and every:
             if msg.round % every == 0:

@@ -286,6 +286,26 @@ def _learning() -> dict[str, Schema]:
                 ),
             },
         ),
+        "updateLimits": obj(
+            "Learning: bounds on what one participant's update may claim and move (FedAvg is not"
+            " Byzantine-robust: within these bounds a member still steers the mean; see krum, median,"
+            " trimmedmean).",
+            {
+                "maxExamples": integer(
+                    "Largest num_examples an update may claim (its FedAvg weight); above it the update is"
+                    " refused.",
+                    default=1_000_000,
+                    minimum=1,
+                ),
+                "clipNorm": number(
+                    "L2 bound on each update's delta from the global model, clipped without noise"
+                    " (unset: no bound; with privacy.dp its own clipNorm applies too).",
+                    minimum=0,
+                    exclusive_minimum=True,
+                ),
+            },
+            default={},
+        ),
         "checkpoint": obj(
             "Learning: aggregator checkpoints.",
             {"everyRounds": integer("Checkpoint every k rounds (0 = never).", default=0, minimum=0)},

@@ -147,6 +147,12 @@ class CompressionSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class UpdateLimitsSpec:
+    max_examples: int
+    clip_norm: float | None
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointSpec:
     every_rounds: int
 
@@ -209,6 +215,7 @@ class SessionSpec:
     training: TrainingSpec
     privacy: PrivacySpec | None
     compression: CompressionSpec | None
+    update_limits: UpdateLimitsSpec
     checkpoint: CheckpointSpec
     eviction: EvictionSpec | None
     # attention
