@@ -42,7 +42,8 @@ class Link(Protocol):
     def reject(
         self, route: bytes, error: wire.WireError, *, session: str, participant: str, round: int = 0
     ) -> None:
-        """An ``error`` reply, a ``rejected`` event and a count."""
+        """An ``error`` reply and a count, always; a log line and a ``rejected`` event for a sample of
+        each sender's rejections (:class:`fedattn.ratelimit.Sampler`)."""
 
     def event(self, session: str, event: str, **fields: Any) -> None:
         """Queue an event for the coordinator."""

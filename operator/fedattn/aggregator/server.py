@@ -2,9 +2,10 @@
 
 One thread owns the socket (ZMQ sockets are not thread-safe) and runs :meth:`Aggregator.serve`:
 poll, handle each message in arrival order, and between messages do the timed work (allowlist
-rescan, KV barrier timeouts, resending queued events). Every rejection is an ``error`` reply with
-``{code, message}``, a ``rejected`` event and a count in ``fedattn_aggregator_rejected_total``;
-nothing one peer sends can stop the loop.
+rescan, KV barrier timeouts, resending queued events), every step under the same guard. Every
+rejection is an ``error`` reply with ``{code, message}`` and a count in
+``fedattn_aggregator_rejected_total``; a sample per sender becomes a log line and, for members of
+the session, a ``rejected`` event. Nothing one peer sends can stop the loop or flood logs and store.
 
 This module is the transport: socket, authentication, decoding, replies, events and the control
 link's dispatch table. What a message means is its session mode's conversation
@@ -33,6 +34,7 @@ from fedattn import pki, wire
 from fedattn.aggregator.allowlist import Allowlist, NamingAuthenticator, start_authenticator
 from fedattn.aggregator.attention_protocol import AttentionProtocol
 from fedattn.aggregator.conversation import DEFERRED, Conversation
+from fedattn.aggregator.early_hellos import EarlyHellos
 from fedattn.aggregator.events import EventQueue
 from fedattn.aggregator.learning_protocol import Hooks, LearningProtocol
 from fedattn.aggregator.learning_session import LearningSession
@@ -40,6 +42,7 @@ from fedattn.aggregator.metrics import Metrics
 from fedattn.aggregator.probes import serve_probes
 from fedattn.aggregator.sessions import Session
 from fedattn.api.spec import SessionSpec
+from fedattn.ratelimit import Sampler
 
 log = logging.getLogger("fedattn.aggregator")
 
@@ -47,7 +50,9 @@ log = logging.getLogger("fedattn.aggregator")
 CONTROL_IDENTITY = pki.CONTROL_CLIENT
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 IO_THREADS = 2
-MAX_EARLY_HELLOS = 10_000
+#: rejections of one sender in one session logged and reported at once, then one per period
+REJECTIONS_BURST = 20
+REJECTION_EVERY_SECONDS = 6.0
 
 __all__ = ["CONTROL_IDENTITY", "DEFAULT_MAX_MESSAGE_BYTES", "Aggregator", "Hooks"]
 
@@ -84,8 +89,9 @@ class Aggregator:
         self._rescan_seconds = rescan_seconds
         self._seq = itertools.count(1)
         self._control_route: bytes | None = None
-        # (session, participant) -> route of an authenticated hello that came before ctl_configure
-        self._early_hellos: dict[tuple[str, str], bytes] = {}
+        self._early_hellos = EarlyHellos()  # authenticated hellos that came before ctl_configure
+        # NB: a flood of garbage is counted in full but logged and reported as a sample per sender
+        self._rejections = Sampler(burst=REJECTIONS_BURST, every_seconds=REJECTION_EVERY_SECONDS)
         self._pending_close: dict[str, tuple[bytes, wire.Message]] = {}  # session -> deferred ctl_close_round
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -212,28 +218,45 @@ class Aggregator:
         return self.send(route, frames)
 
     def reject(
-        self, route: bytes, error: wire.WireError, *, session: str, participant: str, round: int = 0
+        self,
+        route: bytes,
+        error: wire.WireError,
+        *,
+        session: str,
+        participant: str,
+        round: int = 0,
+        member: bool = True,
     ) -> None:
+        """An ``error`` reply, always; a count, always; a log line and a ``rejected`` event for a sample
+        of each sender's rejections, the event only when the sender is a ``member`` of ``session``
+        (an outsider's garbage is not that session's history)."""
         self.metrics.rejected.labels(reason=error.code).inc()
-        log.warning(
-            "rejected: %s",
-            error.detail,
-            extra={"session": session, "participant": participant, "round": round, "reason": error.code},
-        )
         self.send(
             route,
             wire.error_reply(
                 session=session, participant=participant, error=error, round=round, seq=next(self._seq)
             ),
         )
-        if participant != CONTROL_IDENTITY:
+        attributed = session if member else "-"
+        allowed, suppressed = self._rejections.allow((attributed, participant), now=time.monotonic())
+        if not allowed:
+            return
+        more = f" ({suppressed} more from this sender suppressed)" if suppressed else ""
+        log.warning(
+            "rejected: %s%s",
+            error.detail,
+            more,
+            extra={"session": attributed, "participant": participant, "round": round, "reason": error.code},
+        )
+        if member and participant != CONTROL_IDENTITY:
             self.event(
-                session or "-",
+                session,
                 "rejected",
                 participant=participant,
                 round=round,
                 reason=error.code,
                 message=error.detail,
+                **({"suppressed_before": suppressed} if suppressed else {}),
             )
 
     def event(self, session: str, event: str, **fields: Any) -> None:
@@ -282,10 +305,11 @@ class Aggregator:
         try:
             header = wire.decode_header(body[0])
         except wire.WireError as exc:
-            self.reject(route, exc, session="-", participant=user or "-")
+            self.reject(route, exc, session="-", participant=user or "-", member=False)
             return
         session, participant, kind = header["session"], header["participant"], header["kind"]
-        ctx = {"session": session, "participant": participant, "round": header["round"]}
+        # NB: rejections name the authenticated sender, never a participant the header merely claims
+        ctx = {"session": session, "participant": user or "-", "round": header["round"], "member": False}
         try:
             if not user or not self.allowlist.is_allowed(user):
                 raise wire.WireError("unauthenticated", "this connection's Curve key is no longer allowed")
@@ -306,13 +330,14 @@ class Aggregator:
                 )
             state = self.sessions.get(session)
             if state is None:
-                if kind == "hello" and len(self._early_hellos) < MAX_EARLY_HELLOS:
-                    # NB: the sender is authenticated; remember it so the session, once configured,
-                    # can send it the model without waiting for another hello (configure race).
-                    self._early_hellos[(session, participant)] = route
+                if kind == "hello":
+                    self._early_hellos.remember(
+                        session=session, participant=participant, route=route, now=time.monotonic()
+                    )
                 raise wire.WireError("unknown_session", f"session {session!r} is not configured here")
             if participant not in state.weights:
                 raise wire.WireError("not_in_session", f"{participant} is not a participant of {session}")
+            ctx["member"] = True
             msg = wire.decode(body, max_bytes=state.max_payload_bytes)
             state.check_seq(participant, msg.seq)
             self._on_participant(route, state, msg, checksums=[a["xxh3"] for a in header["arrays"]])
@@ -390,7 +415,7 @@ class Aggregator:
         state = conversation.configure(msg=msg, spec=spec, weights=weights)
         self.sessions[msg.session] = state
         for name in weights:
-            route = self._early_hellos.pop((msg.session, name), None)
+            route = self._early_hellos.take(session=msg.session, participant=name, now=time.monotonic())
             if route is not None:
                 state.routes[name] = route
                 self.event(msg.session, "hello", participant=name, round=0)
