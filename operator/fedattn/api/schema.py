@@ -420,6 +420,13 @@ def session_spec() -> Schema:
                 "!(has(self.syncLayers) && has(self.syncPolicy))",
                 "set at most one of syncLayers and syncPolicy",
             ),
+            (
+                "!(has(self.privacy) && has(self.privacy.secureAggregation)"
+                " && self.privacy.secureAggregation.enabled"
+                " && (has(self.privacy.dp) || (has(self.updateLimits) && has(self.updateLimits.clipNorm))))",
+                "secureAggregation hides each update, so privacy.dp and updateLimits.clipNorm cannot clip it:"
+                " the epsilon reported would not hold; use one or the other",
+            ),
         ],
     )
 
