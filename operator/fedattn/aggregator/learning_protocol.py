@@ -253,6 +253,7 @@ class LearningProtocol(Conversation):
         survivors, dropped = state.secure.start_unmask()
         if state.secure.unmask_started is None:
             state.secure.unmask_started = time.perf_counter()
+            state.secure.asked_at = time.monotonic()
         for name in survivors:
             self._to_member(state, name, "secagg_unmask", {"survivors": survivors, "dropped": dropped})
         log.info(
@@ -261,6 +262,31 @@ class LearningProtocol(Conversation):
             len(dropped),
             extra={"session": state.name, "round": state.round},
         )
+
+    def tick(self, state: LearningSession, now: float) -> None:
+        """Secure aggregation waits at most ``roundTimeoutSeconds`` per phase: a member whose key never
+        comes is excluded (the others go on), a round whose reveals never reach the threshold closes
+        keeping the old model (``model_kept`` names those that did not reveal); both are recorded
+        (``secagg_excluded`` / ``secagg_failed`` events). Before, one silent member stalled it forever."""
+        secure = state.secure
+        if secure is None or secure.failed is not None or secure.mean is not None or not state.open:
+            return
+        timeout = state.timeout_seconds
+        if secure.server is None and secure.keys and now - state.opened_at >= timeout:
+            keys = secure.give_up_waiting_for_keys()
+            if secure.excluded:
+                why = "; ".join(f"{n}: {reason}" for n, reason in sorted(secure.excluded.items()))
+                self.link.event(
+                    state.name, "secagg_excluded", round=state.round, participants=sorted(secure.excluded), message=why
+                )
+            for member in sorted(keys or {}):
+                self._to_member(state, member, "secagg_keys", {"keys": keys})
+        elif secure.asked_at is not None and now - secure.asked_at >= timeout:
+            secure.give_up_waiting_for_reveals()
+        if secure.failed is not None:
+            log.error("%s", secure.failed, extra={"session": state.name, "round": state.round})
+            self.link.event(state.name, "secagg_failed", round=state.round, message=secure.failed)
+            self.link.answer_deferred(state.name)  # NB: the waiting ctl_close_round closes, model kept, saying why
 
     # --- control link -----------------------------------------------------------------------------
 
@@ -276,7 +302,8 @@ class LearningProtocol(Conversation):
     def ctl_close_round(self, state: LearningSession, msg: wire.Message) -> dict[str, Any]:
         """The round's result; :data:`DEFERRED` while a secure sum still waits for its unmasking."""
         secure = state.secure
-        if state.open and msg.round == state.round and secure and secure.mean is None and state.contributed:
+        waiting = secure is not None and secure.mean is None and secure.failed is None
+        if state.open and msg.round == state.round and waiting and state.contributed:
             self._start_unmask(state)  # NB: the ones whose input did not arrive count as dropped
             return DEFERRED  # answered when enough survivors revealed their shares
         result = state.close_round(msg.round)

@@ -269,16 +269,18 @@ class LearningSession(Session):
             raise ValueError(
                 f"round {round} is not the open round (open: {self.round if self.open else None})"
             )
-        if not self.contributed and not self.reopened:
+        failed = self.secure.failed if self.secure is not None else None
+        if not self.contributed and not self.reopened and failed is None:
             raise ValueError(f"round {round} has no contributions; keep it open or finish the session")
         self.fold_pending()
         start = time.perf_counter()
-        if self.secure is not None and self.contributed:
+        kept = failed  # NB: a failed secure round has nothing to fold; the session goes on from the old model
+        if self.secure is not None and self.contributed and failed is None:
             if self.secure.mean is None:
                 raise ValueError(f"round {round}: the secure sum is not unmasked yet")
-            self._timed_fold([self.secure.mean], [1.0])  # NB: the only update the aggregator ever sees
-        kept = None
-        if self.contributed:
+            else:
+                self._timed_fold([self.secure.mean], [1.0])  # NB: the only update the aggregator ever sees
+        if self.contributed and kept is None:
             new = self.strategy.finish()
             if np.isfinite(new).all():
                 previous, self.global_params = self.global_params, new
