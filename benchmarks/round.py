@@ -128,7 +128,7 @@ def raw_transfer_seconds(nbytes: int, *, chunk: int = 1 << 20) -> float:
 
 def measure(clients: int, params: int, rounds: int) -> dict:
     bundle = _bundle(clients, params, rounds)
-    actual = 75 * bundle.spec["model"]["hiddenUnits"] + 10
+    actual = 75 * bundle.spec.model.hidden_units + 10
     with tempfile.TemporaryDirectory() as tmp, supervised(Path(tmp) / "logs") as supervisor:
         workdir = Path(tmp)
         session = local.start(bundle, workdir=workdir, supervisor=supervisor, participants=[])

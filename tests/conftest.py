@@ -5,6 +5,11 @@
 - ``postgres_dsn``: DSN of a database created once for the whole test session.
 - ``fresh_database``: DSN of a new empty database for one test (dropped afterwards).
 
+and the attention tests' real model, loaded once per test session (~1 s and ~0.5 GB each time):
+
+- ``model``: the packaged SmolLM2 GGUF (:func:`fedattn.attention.gguf_model.load_model`);
+- ``tokenizer``: its chat tokenizer.
+
 Nothing is skipped: without PostgreSQL binaries these fixtures fail and say how to install them.
 """
 
@@ -34,6 +39,20 @@ def postgres_server() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def postgres_dsn(postgres_server: PostgresServer) -> str:
     return postgres_server.create_database("fedattn")
+
+
+@pytest.fixture(scope="session")
+def model():
+    from fedattn.attention.gguf_model import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from fedattn.attention.tokenizer import load_tokenizer
+
+    return load_tokenizer()
 
 
 @pytest.fixture

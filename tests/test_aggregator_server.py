@@ -428,7 +428,7 @@ def test_compressed_delta_is_decoded_against_the_global_model(h):
     alice.recv()
     delta = np.zeros(size, np.float32)
     delta[[3, 500, 999]] = [0.5, -2.0, 1.25]
-    spec = compression.CompressionSpec.from_manifest(session_compression)
+    spec = compression.CompressionSpec(top_k=session_compression["topK"])
     arrays, meta = compression.encode(delta, spec=spec)
     assert sum(a.nbytes for a in arrays) < delta.nbytes / 10
     ack = alice.request("update", round=1, arrays=arrays, meta={"num_examples": 4, "compression": meta})

@@ -121,6 +121,7 @@ def test_a_whole_object_or_its_spec_read_alike_and_round_trip() -> None:
         ({"mode": "learning", "privacy": {"dp": 3}}, "spec.privacy.dp: expected an object, got int"),
         ({"mode": "chat"}, "spec.mode: 'chat' is not one of ['attention', 'learning']"),
         ({}, "spec.mode: required"),
+        ({"mode": "learning", "compression": {"bits": 8}}, "spec.compression.bits: unknown field"),
     ],
 )
 def test_a_wrong_type_is_named_by_its_path(spec: dict, problem: str) -> None:

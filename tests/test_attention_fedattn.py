@@ -6,10 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from attention_prompts import TEXTS
 from fedattn.attention.driver import run_prefill
 from fedattn.attention.exchange import MemoryExchange, union_kv
 from fedattn.attention.forward import greedy_decode, prefill
-from fedattn.attention.gguf_model import load_model
 from fedattn.attention.layout import (
     PREFIX_OWNER,
     SharedPrefix,
@@ -22,27 +22,11 @@ from fedattn.attention.layout import (
 from fedattn.attention.masks import kept_rows, layer_mask, sync_layers
 from fedattn.attention.participant import participant_decode, participant_prefill
 from fedattn.attention.reference import FedAttnPlan, reference_logits
-from fedattn.attention.tokenizer import load_tokenizer
 
-TEXTS = [
-    "Document 1: The lighthouse on Marrow Island was built in 1871 and painted red in 1902.\n",
-    "Document 2: The ferry to Marrow Island leaves from Port Ellis every Tuesday at 9 am.\n",
-    "Question: In which year was the lighthouse on Marrow Island painted red? Answer with the year only.\n",
-]
 #: per-participant vs reference: same float32 math in a different order (row subsets, concatenations)
 FED_TOLERANCE = 1e-3
 #: identities (H=1, N=1): the masks reduce to causal exactly
 IDENTITY_TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from fedattn.attention import forward as F
-from fedattn.attention.gguf_model import default_model_path, load_model
-from fedattn.attention.tokenizer import load_tokenizer
+from fedattn.attention.gguf_model import default_model_path
 
 PROMPT = [
     {
@@ -25,13 +24,8 @@ LOGIT_TOLERANCE = 1e-3
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def prompt_ids():
-    return np.array(load_tokenizer().encode_chat(PROMPT), dtype=np.int64)
+def prompt_ids(tokenizer):
+    return np.array(tokenizer.encode_chat(PROMPT), dtype=np.int64)
 
 
 @pytest.fixture(scope="module")

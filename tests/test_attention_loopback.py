@@ -9,30 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedattn.attention.gguf_model import load_model
+from attention_prompts import TEXTS
 from fedattn.attention.layout import SharedPrefix, chat_layout
 from fedattn.attention.masks import sync_layers
 from fedattn.attention.reference import FedAttnPlan, reference_logits
-from fedattn.attention.tokenizer import load_tokenizer
 from fedattn.runner.loopback import run_prefill
 
-TEXTS = [
-    "Document 1: The lighthouse on Marrow Island was built in 1871 and painted red in 1902.\n",
-    "Document 2: The ferry to Marrow Island leaves from Port Ellis every Tuesday at 9 am.\n",
-    "Question: In which year was the lighthouse on Marrow Island painted red? Answer with the year only.\n",
-]
 #: same float32 math in another order (row subsets, concatenations); measured max ~1e-4
 TOLERANCE = 1e-3
-
-
-@pytest.fixture(scope="module")
-def model():
-    return load_model()
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return load_tokenizer()
 
 
 @pytest.mark.parametrize(("h", "n"), [(2, 2), (4, 3)])

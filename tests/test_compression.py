@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fedattn import wire
+from fedattn.api.spec import SessionSpec
 from fedattn.learning.compression import (
     CompressionSpec,
     ErrorFeedback,
@@ -143,10 +144,17 @@ def test_decode_rejects_inconsistent_payloads_with_a_wire_error(build, tamper, m
     assert info.value.code == "bad_encoding"
 
 
+def _codec(compression: dict | None) -> CompressionSpec:
+    """The codec of a session whose ``spec.compression`` is ``compression`` (None: not set)."""
+    spec = {"mode": "learning"} if compression is None else {"mode": "learning", "compression": compression}
+    return CompressionSpec.from_manifest(SessionSpec.from_manifest(spec).compression)
+
+
 def test_spec_from_manifest_validates():
-    assert CompressionSpec.from_manifest({"quantizeBits": 8, "topK": 0.1}).codec == "topk+int8"
-    assert CompressionSpec.from_manifest(None).codec == "dense"
-    assert CompressionSpec.from_manifest({"topK": 1.0}).codec == "dense"
+    assert _codec({"quantizeBits": 8, "topK": 0.1}).codec == "topk+int8"
+    assert _codec(None).codec == "dense"
+    assert _codec({"quantizeBits": 0, "topK": 1.0}).codec == "dense"
+    assert _codec({}).codec == "int8"  # NB: the schema's defaults: quantizeBits 8, topK 1 (all)
     for bad in (
         {"quantizeBits": 4},
         {"quantizeBits": 8.5},
@@ -157,7 +165,7 @@ def test_spec_from_manifest_validates():
         {"bits": 8},
     ):
         with pytest.raises(ValueError, match=r"quantizeBits|topK"):
-            CompressionSpec.from_manifest(bad)
+            _codec(bad)
 
 
 _DTYPES = ["float32", "int8", "int32", "int64", "uint8"]

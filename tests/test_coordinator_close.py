@@ -50,20 +50,8 @@ def test_a_well_formed_close_reply_is_carried_over_field_by_field():
         "stop": "PrivacyBudgetExhausted: round 3 would spend epsilon 9.01 > targetEpsilon 8",
     }
     summary = RoundSummary.from_reply(reply, round=2, members=MEMBERS)
-    assert summary == RoundSummary(
-        round=2,
-        contributions=3,
-        accuracy=0.75,
-        weight_total=3.0,
-        aggregation_seconds=0.012,
-        epsilon=1.5,
-        update_bytes=4096,
-        model_checksum=2**63 - 1,
-        scores={"alice": 0.25, "bob": 1.0},
-        reliability={"carol": 0.5},
-        evict=("bob",),
-        stop="PrivacyBudgetExhausted: round 3 would spend epsilon 9.01 > targetEpsilon 8",
-    )
+    judgement = {"scores": {"alice": 0.25, "bob": 1.0}, "reliability": {"carol": 0.5}, "evict": ["bob"]}
+    assert summary.judgement() == judgement
     assert summary.status() == {
         "round": 2,
         "state": "Closed",
@@ -73,12 +61,10 @@ def test_a_well_formed_close_reply_is_carried_over_field_by_field():
         "aggregation_seconds": 0.012,
         "epsilon": 1.5,
         "update_bytes": 4096,
-        "scores": {"alice": 0.25, "bob": 1.0},
-        "reliability": {"carol": 0.5},
-        "evict": ["bob"],
+        **judgement,
     }
-    judgement = {"scores": {"alice": 0.25, "bob": 1.0}, "reliability": {"carol": 0.5}, "evict": ["bob"]}
-    assert summary.judgement() == judgement
+    assert summary.evict == ("bob",) and summary.model_checksum == 2**63 - 1
+    assert summary.stop == reply["stop"]
     json.dumps(summary.status(), allow_nan=False)  # NB: status is served as JSON
 
 

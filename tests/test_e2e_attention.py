@@ -65,7 +65,7 @@ def test_prompts_never_cross_the_wire_and_sync_counts_follow_h(tmp_path):
     assert status["phase"] == "Succeeded", status["message"]
     tokenizer = load_tokenizer(resolve_model_path(attention_spec.model_path(bundle.spec)))
     n_layers = 30
-    expected_syncs = len(range(0, n_layers, bundle.spec["syncInterval"]))
+    expected_syncs = len(range(0, n_layers, bundle.spec.sync_interval))
     assert status["syncs"] == expected_syncs
     wire = b"".join(seen)
     assert len(seen) > expected_syncs * len(bundle.participants)

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from fedattn.api.schema import PARTICIPANT_PHASES, SESSION_PHASES
+from fedattn.api.spec import SessionSpec
 from fedattn.operator import status
 
 GITOPS = Path(__file__).resolve().parents[1] / "docs" / "gitops"
@@ -70,9 +71,8 @@ def _observation(phase: str) -> status.Observation:
 
 def operator_session(phase: str) -> dict[str, Any]:
     """A FedSession with the status today's ``session_status`` writes for ``phase``."""
-    st = status.session_status(
-        previous={}, spec={"minParticipants": 2}, generation=1, seen=_observation(phase), now=NOW
-    )
+    spec = SessionSpec.from_manifest({"mode": "learning", "minParticipants": 2})
+    st = status.session_status(previous={}, spec=spec, generation=1, seen=_observation(phase), now=NOW)
     assert st["phase"] == phase
     return _object("FedSession", st)
 

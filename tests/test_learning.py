@@ -1,11 +1,20 @@
 """The built-in trainer's pieces: partitions, gradients (against finite differences), training."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from fedattn.api.spec import ModelSpec, SessionSpec
 from fedattn.learning import data, models
 from fedattn.learning.centralized import centralized_accuracy
 from fedattn.learning.trainer import TrainConfig, train
+
+
+def _model(name: str, hidden_units: int | None = None) -> ModelSpec | None:
+    """``spec.model`` as the typed reader gives it (the schema's hiddenUnits unless given)."""
+    model = {"name": name} if hidden_units is None else {"name": name, "hiddenUnits": hidden_units}
+    return SessionSpec.from_manifest({"mode": "learning", "model": model}).model
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +65,7 @@ def test_bad_dataset_arguments_are_explained():
 
 @pytest.mark.parametrize("name", ["softmax", "mlp"])
 def test_gradient_matches_finite_differences(digits, name):
-    arch = models.architecture({"name": name, "hiddenUnits": 8}, features=64, classes=10)
+    arch = models.architecture(_model(name, hidden_units=8), features=64, classes=10)
     params = models.init_params(arch, seed=0).astype(np.float64)
     x, y = digits.train.x[:16].astype(np.float64), digits.train.y[:16]
     _, grad = models.loss_and_grad(arch, params, x, y)
@@ -70,25 +79,26 @@ def test_gradient_matches_finite_differences(digits, name):
 
 
 def test_views_reject_wrong_size():
-    arch = models.architecture({"name": "softmax"}, features=64, classes=10)
+    arch = models.architecture(_model("softmax"), features=64, classes=10)
     with pytest.raises(ValueError, match="needs 650 parameters"):
         arch.views(np.zeros(10, dtype=np.float32))
     with pytest.raises(ValueError, match="unknown model"):
-        models.architecture({"name": "resnet"}, features=64, classes=10)
+        models.architecture(_model("resnet"), features=64, classes=10)
 
 
 def test_training_reduces_loss_and_fedprox_stays_closer_to_start(digits):
-    arch = models.architecture({"name": "mlp", "hiddenUnits": 16}, features=64, classes=10)
+    arch = models.architecture(_model("mlp", hidden_units=16), features=64, classes=10)
     start = models.init_params(arch, seed=0)
     before, _ = models.loss_and_grad(arch, start, digits.train.x, digits.train.y)
-    plain, _ = train(arch, start, digits.train, TrainConfig(epochs=2), seed=0)
-    prox, _ = train(arch, start, digits.train, TrainConfig(epochs=2, proximal_mu=1.0), seed=0)
+    config = TrainConfig(epochs=2, batch_size=32, learning_rate=0.1)
+    plain, _ = train(arch, start, digits.train, config, seed=0)
+    prox, _ = train(arch, start, digits.train, replace(config, proximal_mu=1.0), seed=0)
     after, _ = models.loss_and_grad(arch, plain, digits.train.x, digits.train.y)
     assert after < before / 2
     assert np.linalg.norm(prox - start) < np.linalg.norm(plain - start)
 
 
 def test_centralized_baseline_learns_digits():
-    spec = {"rounds": 5, "model": {"name": "mlp", "hiddenUnits": 32},
+    spec = {"mode": "learning", "rounds": 5, "model": {"name": "mlp", "hiddenUnits": 32},
             "training": {"dataset": "digits", "testFraction": 0.25, "seed": 1, "localEpochs": 2}}
-    assert centralized_accuracy(spec) > 0.9
+    assert centralized_accuracy(SessionSpec.from_manifest(spec)) > 0.9

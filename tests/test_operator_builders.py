@@ -12,6 +12,7 @@ import pytest
 
 from fedattn import pki
 from fedattn.api import apply_defaults_and_validate
+from fedattn.api.spec import ParticipantSpec, SessionSpec
 from fedattn.operator import builders, names
 
 
@@ -24,7 +25,7 @@ def _session(**spec) -> dict:
     }
     out = apply_defaults_and_validate("FedSession", doc)
     out["metadata"]["namespace"] = "team"
-    return out
+    return {**out, "spec": SessionSpec.from_manifest(out)}
 
 
 def _participant(**spec) -> dict:
@@ -36,7 +37,7 @@ def _participant(**spec) -> dict:
     }
     out = apply_defaults_and_validate("FedParticipant", doc)
     out["metadata"]["namespace"] = "team"
-    return out
+    return {**out, "spec": ParticipantSpec.from_manifest(out)}
 
 
 def _container(obj: dict) -> dict:

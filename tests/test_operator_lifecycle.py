@@ -280,13 +280,19 @@ async def test_suspend_scales_down_and_resume_scales_up(api) -> None:
 
         assert replicas() == {1}
         await config.kube.patch(
-            "FedSession", NAMESPACE, "qa", {"spec": {"suspend": True}, "metadata": {"generation": 2}}
+            kind="FedSession",
+            namespace=NAMESPACE,
+            name="qa",
+            body={"spec": {"suspend": True}, "metadata": {"generation": 2}},
         )
         await eventually(lambda: replicas() == {0} and _status(emulator, SESSIONS, "qa").get("phase") == "Suspended")
         assert _cond(_status(emulator, SESSIONS, "qa"), "Ready")["reason"] == "Suspended"
         await eventually(lambda: names_of(emulator, JOBS) == set())  # no Job burns its retries meanwhile
         await config.kube.patch(
-            "FedSession", NAMESPACE, "qa", {"spec": {"suspend": False}, "metadata": {"generation": 3}}
+            kind="FedSession",
+            namespace=NAMESPACE,
+            name="qa",
+            body={"spec": {"suspend": False}, "metadata": {"generation": 3}},
         )
         await eventually(lambda: replicas() == {1} and _status(emulator, SESSIONS, "qa").get("phase") == "Running")
         await eventually(lambda: names_of(emulator, JOBS) == jobs)
@@ -337,7 +343,7 @@ async def test_deleting_a_participant_revokes_its_credentials(api) -> None:
     async with running_operator(url, recorded) as config:
         await _create_all(config, [*_private_data(), _attention_session(), *_participants()])
         await eventually(lambda: "holder-b.curve.pub" in stored(emulator, CONFIGMAPS, "qa-allow")["data"])
-        await config.kube.delete("FedParticipant", NAMESPACE, "holder-b")
+        await config.kube.delete(kind="FedParticipant", namespace=NAMESPACE, name="holder-b")
         await eventually(lambda: stored(emulator, PARTICIPANTS, "holder-b") is None)
     assert recorded.evictions == [("qa", "holder-b")]  # the coordinator revokes its key at once
     assert "holder-b.curve.pub" not in stored(emulator, CONFIGMAPS, "qa-allow")["data"]
@@ -367,7 +373,7 @@ async def test_deleting_a_session_completes(api) -> None:
     async with running_operator(url, RecordedStatus()) as config:
         await _create_all(config, [_attention_session()])
         await eventually(lambda: stored(emulator, DEPLOYMENTS, "qa-coordinator"))
-        await config.kube.delete("FedSession", NAMESPACE, "qa")
+        await config.kube.delete(kind="FedSession", namespace=NAMESPACE, name="qa")
         # kopf stops the progress daemon and releases its finalizer; children go with the owner (GC)
         await eventually(lambda: stored(emulator, SESSIONS, "qa") is None)
 
@@ -426,13 +432,19 @@ async def test_every_api_call_is_covered_by_the_role(api) -> None:
         recorded.statuses["qa"] = _running(3, participant_status={"holder-b": {"phase": "Evicted"}})
         await eventually(lambda: _status(emulator, PARTICIPANTS, "holder-b").get("phase") == "Evicted")
         await config.kube.patch(
-            "FedSession", NAMESPACE, "qa", {"spec": {"suspend": True}, "metadata": {"generation": 2}}
+            kind="FedSession",
+            namespace=NAMESPACE,
+            name="qa",
+            body={"spec": {"suspend": True}, "metadata": {"generation": 2}},
         )
         await eventually(lambda: _status(emulator, SESSIONS, "qa").get("phase") == "Suspended")
-        await config.kube.delete("FedParticipant", NAMESPACE, "holder-a")
+        await config.kube.delete(kind="FedParticipant", namespace=NAMESPACE, name="holder-a")
         await eventually(lambda: stored(emulator, PARTICIPANTS, "holder-a") is None)
         await config.kube.patch(
-            "FedSession", NAMESPACE, "qa", {"spec": {"suspend": False}, "metadata": {"generation": 3}}
+            kind="FedSession",
+            namespace=NAMESPACE,
+            name="qa",
+            body={"spec": {"suspend": False}, "metadata": {"generation": 3}},
         )
         recorded.statuses["qa"] = {**_running(3), "phase": "Succeeded"}
         await eventually(lambda: stored(emulator, SESSIONS, "qa") is None)  # TTL

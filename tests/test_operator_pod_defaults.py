@@ -8,6 +8,7 @@ import json
 import pytest
 
 from fedattn.api import apply_defaults_and_validate
+from fedattn.api.spec import ParticipantSpec, SessionSpec
 from fedattn.operator import builders
 from fedattn.operator.pod_defaults import PodDefaults
 
@@ -23,7 +24,9 @@ def _doc(kind: str, name: str, spec: dict) -> dict:
     out = apply_defaults_and_validate(kind, {"apiVersion": "fedattn.io/v1alpha1", "kind": kind,
                                              "metadata": {"name": name}, "spec": spec})  # fmt: skip
     out["metadata"]["namespace"] = "team"
-    return out
+    # NB: the builders take the object with its spec parsed into the typed view, as handlers pass it.
+    typed = SessionSpec if kind == "FedSession" else ParticipantSpec
+    return {**out, "spec": typed.from_manifest(out)}
 
 
 def _workloads(**session_spec) -> dict[str, dict]:

@@ -14,6 +14,8 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from fedattn import pki
+from fedattn.api.spec import SessionSpec
+from fedattn.operator.objects import Session
 from fedattn.operator.progress import CoordinatorStatus
 
 STATUS = {"name": "s1", "phase": "Running", "round": 2, "participants": {"joined": 2, "ready": 2, "total": 2}}
@@ -71,12 +73,13 @@ def coordinator(tmp_path: Path) -> Iterator[tuple[int, dict[str, bytes]]]:
     httpd.shutdown()
 
 
-def _session() -> dict:
+def _session() -> Session:
     return {
         "apiVersion": "fedattn.io/v1alpha1",
         "kind": "FedSession",
         "metadata": {"name": "s1", "namespace": "team", "uid": "u1"},
-        "spec": {"mode": "learning", "resilience": {"timeoutSeconds": 5, "retries": 0}},
+        "spec": SessionSpec.from_manifest({"mode": "learning", "resilience": {"timeoutSeconds": 5, "retries": 0}}),
+        "status": {},
     }
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from fedattn.api.spec import SessionSpec
 from fedattn.operator import status
 from fedattn.operator.status import Observation
 
 T0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-SPEC = {"minParticipants": 2}
+SPEC = SessionSpec.from_manifest({"mode": "learning", "minParticipants": 2})
 
 
 def _cond(st: dict, type_: str) -> dict:
@@ -60,7 +61,8 @@ def test_running_session_status_from_the_coordinator() -> None:
 
 def test_quorum_counts_against_min_participants() -> None:
     seen = Observation(coordinator=_coordinator(joined=1), certificates_ready=True)
-    st = status.session_status(previous={}, spec={"minParticipants": 3}, generation=1, seen=seen, now=T0)
+    spec = SessionSpec.from_manifest({"mode": "learning", "minParticipants": 3})
+    st = status.session_status(previous={}, spec=spec, generation=1, seen=seen, now=T0)
     q = _cond(st, "QuorumReached")
     assert (q["status"], q["reason"], q["message"]) == ("False", "WaitingForParticipants", "1/3 participants joined")
 
@@ -169,7 +171,9 @@ def test_transitions_become_events() -> None:
 
 
 def test_deadline_counts_from_creation() -> None:
-    session = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": {"activeDeadlineSeconds": 60}}
+    spec = SessionSpec.from_manifest({"mode": "learning", "activeDeadlineSeconds": 60})
+    session = {"metadata": {"creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": spec}
     assert status.deadline_failure(session, now=T0 + dt.timedelta(seconds=60)) is None
     assert status.deadline_failure(session, now=T0 + dt.timedelta(seconds=61))[0] == "DeadlineExceeded"
-    assert status.deadline_failure({"metadata": {}, "spec": {}}, now=T0) is None
+    no_deadline = {"metadata": {}, "spec": SessionSpec.from_manifest({"mode": "learning"})}
+    assert status.deadline_failure(no_deadline, now=T0) is None

@@ -36,13 +36,13 @@ spec: {{sessionRef: {session}{extra}}}
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_loads(path):
     bundle = manifests.load(path)
-    assert len(bundle.participants) >= bundle.spec["minParticipants"]
+    assert len(bundle.participants) >= bundle.spec.min_participants
 
 
 def test_defaults_come_from_the_crd_schema(tmp_path):
     bundle = manifests.load(_write(tmp_path, SESSION + _participant("a") + _participant("b")))
-    assert bundle.spec["roundTimeoutSeconds"] == 300
-    assert bundle.spec["resilience"]["retries"] == 3
+    assert bundle.spec.round_timeout_seconds == 300
+    assert bundle.spec.resilience.retries == 3
     assert bundle.participant_names == ["a", "b"]
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from fedattn.aggregator.strategies import build_strategy
 from fedattn.aggregator.strategies.private import DifferentiallyPrivate
+from fedattn.api.spec import ModelSpec
 from fedattn.learning import data, models, trainer
 from fedattn.learning.compression import CompressionSpec, ErrorFeedback, decode, encode
 from fedattn.learning.privacy import DPSettings
@@ -24,7 +25,8 @@ ALPHA = 5.0
 @pytest.fixture(scope="module")
 def setup():
     ds = data.load("digits", test_fraction=0.25, seed=0)
-    arch = models.architecture({"name": "softmax"}, features=ds.features, classes=ds.classes)
+    softmax = ModelSpec(name="softmax", source=None, hidden_units=1)  # NB: softmax has no hidden layer
+    arch = models.architecture(softmax, features=ds.features, classes=ds.classes)
     shards = [data.participant_split(ds, index=i, parts=PARTS, alpha=ALPHA, seed=0) for i in range(PARTS)]
     return ds, arch, shards
 

@@ -1,19 +1,21 @@
 """Timeouts, bounded retries with exponential backoff, and a circuit breaker for every remote call.
 
-The policy comes from a session's ``spec.resilience`` (defaults: 30 s timeout, 3 retries, backoff
-1/2/4 s, breaker opens after 5 consecutive failures for 60 s). Retrying is tenacity's job and the
+The policy comes from a session's ``spec.resilience`` (its defaults are the schema's: 30 s timeout,
+3 retries, backoff 1/2/4 s, breaker opens after 5 consecutive failures for 60 s). Retrying is tenacity's job and the
 breaker is pybreaker's; this module only maps the spec onto them so every caller behaves alike.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import pybreaker
 import tenacity
+
+from fedattn.api.spec import ResilienceSpec, SessionSpec
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -25,23 +27,28 @@ class PermanentFailure(Exception):
 
 @dataclass(frozen=True)
 class Policy:
-    timeout_seconds: float = 30.0
-    retries: int = 3
-    backoff_seconds: float = 1.0
-    breaker_failures: int = 5
-    breaker_open_seconds: float = 60.0
+    timeout_seconds: float
+    retries: int
+    backoff_seconds: float
+    breaker_failures: int
+    breaker_open_seconds: float
 
     @classmethod
-    def from_spec(cls, resilience: Mapping[str, Any] | None) -> Policy:
-        spec = dict(resilience or {})
-        breaker = dict(spec.get("circuitBreaker") or {})
+    def from_spec(cls, resilience: ResilienceSpec) -> Policy:
+        """The policy of a session's typed ``spec.resilience``."""
         return cls(
-            timeout_seconds=float(spec.get("timeoutSeconds", cls.timeout_seconds)),
-            retries=int(spec.get("retries", cls.retries)),
-            backoff_seconds=float(spec.get("backoffSeconds", cls.backoff_seconds)),
-            breaker_failures=int(breaker.get("failures", cls.breaker_failures)),
-            breaker_open_seconds=float(breaker.get("openSeconds", cls.breaker_open_seconds)),
+            timeout_seconds=float(resilience.timeout_seconds),
+            retries=resilience.retries,
+            backoff_seconds=resilience.backoff_seconds,
+            breaker_failures=resilience.circuit_breaker.failures,
+            breaker_open_seconds=float(resilience.circuit_breaker.open_seconds),
         )
+
+    @classmethod
+    def default(cls) -> Policy:
+        """The schema's defaults, for a caller that has no session yet (e.g. before it joins one).
+        NB: ``resilience`` defaults do not depend on the mode; "learning" only makes the spec whole."""
+        return cls.from_spec(SessionSpec.from_manifest({"mode": "learning"}).resilience)
 
     def breaker(self, name: str) -> pybreaker.CircuitBreaker:
         """A breaker for one remote; permanent failures do not count against it."""

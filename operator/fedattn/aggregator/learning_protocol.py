@@ -33,11 +33,11 @@ class Hooks:
 
     ``initial_params(session, spec)`` gives the initial model when ``ctl_configure`` carries none;
     ``evaluator(session, spec)`` gives a held-out ``evaluate(params) -> accuracy`` for close replies.
-    Both get the session's defaulted spec as a dict (``SessionSpec.to_manifest()``, mode included).
+    Both get the session's typed spec (parsed once at ``ctl_configure``).
     """
 
-    initial_params: Callable[[str, Mapping[str, Any]], np.ndarray | None] | None = None
-    evaluator: Callable[[str, Mapping[str, Any]], Evaluate | None] | None = None
+    initial_params: Callable[[str, SessionSpec], np.ndarray | None] | None = None
+    evaluator: Callable[[str, SessionSpec], Evaluate | None] | None = None
 
 
 class LearningProtocol(Conversation):
@@ -75,7 +75,7 @@ class LearningProtocol(Conversation):
     def _session_of(
         self, *, name: str, spec: SessionSpec, weights: dict[str, float], initial: np.ndarray
     ) -> LearningSession:
-        evaluate = self.hooks.evaluator(name, spec.to_manifest()) if self.hooks.evaluator else None
+        evaluate = self.hooks.evaluator(name, spec) if self.hooks.evaluator else None
         return LearningSession(name=name, spec=spec, weights=weights, initial=initial, evaluate=evaluate)
 
     def restore_checkpointed(self) -> dict[str, LearningSession]:
@@ -140,7 +140,7 @@ class LearningProtocol(Conversation):
         if msg.arrays:
             return msg.arrays[0]
         if self.hooks.initial_params is not None:
-            got = self.hooks.initial_params(msg.session, spec.to_manifest())
+            got = self.hooks.initial_params(msg.session, spec)
             if got is not None:
                 return got
         size = msg.meta.get("params")

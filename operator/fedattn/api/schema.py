@@ -8,6 +8,8 @@ immutability rules, so no admission webhook is needed.
 
 from __future__ import annotations
 
+import enum
+
 from fedattn.api.fields import (
     Schema,
     array,
@@ -34,7 +36,29 @@ RESERVED_NAMES = ("operator", "coordinator-client", "server")
 #: Strategy -> its parameter table; the CRD's strategy enum, key check and bounds are built from it.
 STRATEGY_PARAMS: dict[str, Table] = RULE_PARAMS
 
-SESSION_PHASES = ["Pending", "Running", "Succeeded", "Failed", "Suspended"]
+class SessionPhase(enum.StrEnum):
+    """FedSession ``status.phase``; str-valued, so status patches and JSON replies stay plain strings."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SUSPENDED = "Suspended"
+
+
+class ParticipantPhase(enum.StrEnum):
+    """FedParticipant ``status.phase`` (and the coordinator's per-participant phase)."""
+
+    PENDING = "Pending"
+    CREDENTIALED = "Credentialed"
+    JOINED = "Joined"
+    CONTRIBUTING = "Contributing"
+    DONE = "Done"
+    FAILED = "Failed"
+    EVICTED = "Evicted"
+
+
+SESSION_PHASES = [p.value for p in SessionPhase]
 SESSION_CONDITIONS = [
     "Ready",
     "CertificatesReady",
@@ -44,7 +68,7 @@ SESSION_CONDITIONS = [
     "Complete",
     "Failed",
 ]
-PARTICIPANT_PHASES = ["Pending", "Credentialed", "Joined", "Contributing", "Done", "Failed", "Evicted"]
+PARTICIPANT_PHASES = [p.value for p in ParticipantPhase]
 PARTICIPANT_CONDITIONS = ["CertificateIssued", "Connected"]
 SYNC_POLICIES = ["uniform", "shallow-half", "deep-half", "progressive", "regressive"]
 

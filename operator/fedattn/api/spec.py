@@ -326,6 +326,9 @@ def _build(hint: Any, value: Any, path: str, problems: list[str]) -> Any:
             problems.append(f"{path}: expected an object, got {type(value).__name__}")
             return None
         hints = _hints(hint)
+        known = [camel(f.name) for f in dataclasses.fields(hint)]
+        for key in sorted(set(value) - set(known)):
+            problems.append(f"{path}.{key}: unknown field; {path} takes {', '.join(known)}")
         args = {f.name: _build(hints[f.name], value.get(camel(f.name)), f"{path}.{camel(f.name)}", problems)
                 for f in dataclasses.fields(hint)}
         return hint(**args)

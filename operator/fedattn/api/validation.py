@@ -30,7 +30,11 @@ PRESERVE = "x-kubernetes-preserve-unknown-fields"
 
 
 class ManifestError(ValueError):
-    """A manifest the CRD schema rejects; ``problems`` are ``"path: what is wrong"`` lines."""
+    """A manifest that cannot be used; ``problems`` are ``"path: what is wrong"`` lines.
+
+    ``kind`` is the object's kind when the schema rejects it, or e.g. ``"manifest file"`` when the
+    local runner finds the file itself at fault (``name`` then is its path).
+    """
 
     def __init__(self, kind: str, name: str, problems: list[str]) -> None:
         self.problems = problems

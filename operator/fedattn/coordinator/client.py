@@ -32,7 +32,7 @@ class CoordinatorError(PermanentFailure):
 class CoordinatorClient:
     def __init__(self, *, base_url: str, identity: pki.Paths, policy: Policy | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self.policy = policy or Policy()
+        self.policy = policy or Policy.default()
         self._ssl: ssl.SSLContext = pki.client_ssl_context(ca=identity.ca, cert=identity.cert, key=identity.key)
         self._breaker = self.policy.breaker(f"coordinator:{self.base_url}")
 

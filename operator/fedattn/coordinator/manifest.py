@@ -7,12 +7,14 @@ names are unique, there are enough of them for the quorum, the publisher is one 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
 from fedattn.api import ManifestError, apply_defaults_and_validate
+from fedattn.api.spec import ParticipantSpec, SessionSpec
 from fedattn.coordinator.rounds import Settings
 
 
@@ -24,9 +26,16 @@ class InvalidSession(ValueError):
 class SessionDefinition:
     name: str
     mode: str
+    #: the defaulted spec as JSON: what is stored and sent on (read fields through :attr:`typed`)
     spec: dict[str, Any]
     #: participant name -> aggregation weight, in the order given (a participant's ``index``)
     weights: dict[str, float]
+
+    @functools.cached_property
+    def typed(self) -> SessionSpec:
+        """The spec parsed once (typed, schema defaults); NB: cached_property writes the instance
+        ``__dict__`` directly, so it works on a frozen dataclass."""
+        return SessionSpec.from_manifest(self.spec)
 
     @property
     def fingerprint(self) -> str:
@@ -48,7 +57,7 @@ def parse_create(body: dict[str, Any]) -> SessionDefinition:
     """The session a ``{manifest, participants}`` body describes; raises :class:`InvalidSession`."""
     manifest = _validated("FedSession", body.get("manifest"), where="manifest")
     name = manifest["metadata"]["name"]
-    spec = manifest["spec"]
+    spec = SessionSpec.from_manifest(manifest)
     raw = body.get("participants")
     if not isinstance(raw, list) or not raw:
         raise InvalidSession("participants must be a non-empty list of FedParticipant objects")
@@ -56,32 +65,31 @@ def parse_create(body: dict[str, Any]) -> SessionDefinition:
     for i, obj in enumerate(raw):
         p = _validated("FedParticipant", obj, where=f"participants[{i}]")
         pname = p["metadata"]["name"]
-        if p["spec"]["sessionRef"] != name:
-            raise InvalidSession(
-                f"participants[{i}] ({pname}): sessionRef is {p['spec']['sessionRef']!r}, not {name!r}"
-            )
+        pspec = ParticipantSpec.from_manifest(p)
+        if pspec.session_ref != name:
+            raise InvalidSession(f"participants[{i}] ({pname}): sessionRef is {pspec.session_ref!r}, not {name!r}")
         if pname in weights:
             raise InvalidSession(f"participants[{i}]: {pname} is listed twice")
-        weights[pname] = float(p["spec"]["weight"])
-    quorum = int(spec["minParticipants"])
+        weights[pname] = pspec.weight
+    quorum = spec.min_participants
     if quorum > len(weights):
         raise InvalidSession(f"spec.minParticipants is {quorum} but only {len(weights)} participants are listed")
-    if spec["mode"] == "attention" and spec.get("publisher") not in weights:
-        raise InvalidSession(f"spec.publisher {spec.get('publisher')!r} must be one of {sorted(weights)}")
-    return SessionDefinition(name=name, mode=spec["mode"], spec=spec, weights=weights)
+    if spec.mode == "attention" and spec.publisher not in weights:
+        raise InvalidSession(f"spec.publisher {spec.publisher!r} must be one of {sorted(weights)}")
+    return SessionDefinition(name=name, mode=spec.mode, spec=manifest["spec"], weights=weights)
 
 
 def settings_for(definition: SessionDefinition) -> Settings:
-    """The state machine's settings from a defaulted spec."""
-    spec = definition.spec
-    deadline = spec.get("activeDeadlineSeconds")
+    """The state machine's settings from the typed spec (attention sessions have no rounds)."""
+    spec = definition.typed
+    deadline = spec.active_deadline_seconds
     return Settings(
-        mode=definition.mode,
+        mode=spec.mode,
         participants=tuple(definition.weights),
-        min_participants=int(spec["minParticipants"]),
-        rounds=int(spec.get("rounds", 0)) if definition.mode == "learning" else 0,
-        round_timeout=float(spec["roundTimeoutSeconds"]),
-        wait_after_min=float(spec["waitAfterMinSeconds"]),
-        heartbeat_timeout=float(spec["resilience"]["timeoutSeconds"]),
+        min_participants=spec.min_participants,
+        rounds=spec.rounds if spec.mode == "learning" else 0,
+        round_timeout=float(spec.round_timeout_seconds),
+        wait_after_min=float(spec.wait_after_min_seconds),
+        heartbeat_timeout=float(spec.resilience.timeout_seconds),
         active_deadline=None if deadline is None else float(deadline),
     )

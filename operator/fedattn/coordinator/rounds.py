@@ -20,15 +20,22 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-PENDING, RUNNING, SUCCEEDED, FAILED = "Pending", "Running", "Succeeded", "Failed"
+from fedattn.api.schema import ParticipantPhase, SessionPhase
+
+PENDING, RUNNING, SUCCEEDED, FAILED = (
+    SessionPhase.PENDING,
+    SessionPhase.RUNNING,
+    SessionPhase.SUCCEEDED,
+    SessionPhase.FAILED,
+)
 #: participant phases (FedParticipant status)
 P_PENDING, P_JOINED, P_CONTRIBUTING, P_DONE, P_FAILED, P_EVICTED = (
-    "Pending",
-    "Joined",
-    "Contributing",
-    "Done",
-    "Failed",
-    "Evicted",
+    ParticipantPhase.PENDING,
+    ParticipantPhase.JOINED,
+    ParticipantPhase.CONTRIBUTING,
+    ParticipantPhase.DONE,
+    ParticipantPhase.FAILED,
+    ParticipantPhase.EVICTED,
 )
 LIVE = frozenset({P_JOINED, P_CONTRIBUTING})
 

@@ -122,7 +122,7 @@ class Coordinator:
         session = Session(
             definition=definition,
             machine=rounds.SessionMachine(settings_for(definition), now=now),
-            policy=Policy.from_spec(definition.spec.get("resilience")),
+            policy=Policy.from_spec(definition.typed.resilience),
             created_at=now,
             activity={name: Activity() for name in definition.weights},
         )
@@ -181,7 +181,7 @@ class Coordinator:
             session = Session(
                 definition=definition,
                 machine=machine,
-                policy=Policy.from_spec(row.spec.get("resilience")),
+                policy=Policy.from_spec(definition.typed.resilience),
                 created_at=row.created_at,
                 started_at=row.started_at,
                 completed_at=row.completed_at,

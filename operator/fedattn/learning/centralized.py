@@ -6,22 +6,22 @@ Federated accuracy is reported against this, so the comparison isolates the cost
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
+from fedattn.api.spec import SessionSpec
 from fedattn.learning import models, session
 from fedattn.learning.trainer import TrainConfig, train
 
 
-def centralized_accuracy(spec: dict[str, Any]) -> float:
+def centralized_accuracy(spec: SessionSpec) -> float:
     """Held-out accuracy of the session's model trained centrally for rounds x localEpochs epochs."""
     ds, arch = session.dataset(spec), session.architecture(spec)
-    config = TrainConfig.from_spec(spec.get("training") or {})
-    epochs = config.epochs * int(spec.get("rounds", 1))
+    config = TrainConfig.from_spec(spec.training)
     params, _ = train(
         arch,
         session.initial_params("centralized", spec),
         ds.train,
-        TrainConfig(epochs, config.batch_size, config.learning_rate),
+        replace(config, epochs=config.epochs * spec.rounds),
         seed=session.seed(spec),
     )
     return models.accuracy(arch, params, ds.test.x, ds.test.y)

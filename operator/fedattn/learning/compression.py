@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fedattn.api import spec as api_spec
 from fedattn.wire import WireError
 
 QMAX = 127
@@ -47,17 +48,12 @@ class CompressionSpec:
             raise ValueError(f"chunk must be in [1, {MAX_CHUNK}], got {self.chunk!r}")
 
     @classmethod
-    def from_manifest(cls, compression: Mapping[str, Any] | None) -> CompressionSpec:
-        c = dict(compression or {})
-        unknown = sorted(set(c) - {"quantizeBits", "topK"})
-        if unknown:
-            raise ValueError(f"compression does not take {unknown}; it takes ['quantizeBits', 'topK']")
-        bits, top_k = c.get("quantizeBits", 0), c.get("topK", 0.0)
-        if isinstance(bits, bool) or not isinstance(bits, int):
-            raise ValueError(f"quantizeBits must be 8 or 0 (off), got {bits!r}")
-        if isinstance(top_k, bool) or not isinstance(top_k, int | float):
-            raise ValueError(f"topK must be a share in [0, 1] (0 = off), got {top_k!r}")
-        return cls(quantize_bits=bits, top_k=float(top_k))
+    def from_manifest(cls, compression: api_spec.CompressionSpec | None) -> CompressionSpec:
+        """The codec of a session's typed ``spec.compression`` (its defaults are the schema's); a
+        session without it sends dense updates (this class's own defaults: the codec turned off)."""
+        if compression is None:
+            return cls()
+        return cls(quantize_bits=compression.quantize_bits, top_k=compression.top_k)
 
     @property
     def codec(self) -> str:

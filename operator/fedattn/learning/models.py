@@ -6,11 +6,11 @@ tensors as views into the flat vector, so training and aggregation never copy be
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
+
+from fedattn.api.spec import ModelSpec, SessionSpec
 
 
 @dataclass(frozen=True)
@@ -36,13 +36,16 @@ class Architecture:
         return out
 
 
-def architecture(model: Mapping[str, Any], *, features: int, classes: int) -> Architecture:
-    """The architecture a session's ``spec.model`` names."""
-    name = model.get("name", "mlp")
+def architecture(model: ModelSpec | None, *, features: int, classes: int) -> Architecture:
+    """The architecture a session's ``spec.model`` names; a learning session without one trains the
+    mlp (NB: the schema gives ``model`` no default, since an attention session names its own GGUF)."""
+    model = model or SessionSpec.from_manifest({"mode": "learning", "model": {"name": "mlp"}}).model
+    assert model is not None  # NB: set just above; tells the type checker
+    name = model.name
     if name == "softmax":
         return Architecture(name, ((features, classes), (classes,)))
     if name == "mlp":
-        hidden = int(model.get("hiddenUnits", 64))
+        hidden = model.hidden_units
         if hidden < 1:
             raise ValueError(f"model.hiddenUnits must be >= 1, got {hidden}")
         return Architecture(name, ((features, hidden), (hidden,), (hidden, classes), (classes,)))

@@ -7,41 +7,37 @@ they cannot disagree about the layout of the parameter vector.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 
+from fedattn.api.spec import SessionSpec
 from fedattn.learning import data, models
 
 
-def dataset(spec: Mapping[str, Any]) -> data.Dataset:
-    training = spec.get("training") or {}
-    return data.load(
-        training.get("dataset", "digits"),
-        test_fraction=float(training.get("testFraction", 0.25)),
-        seed=int(training.get("seed", 0)),
-    )
+def dataset(spec: SessionSpec) -> data.Dataset:
+    training = spec.training
+    return data.load(training.dataset, test_fraction=training.test_fraction, seed=training.seed)
 
 
-def architecture(spec: Mapping[str, Any]) -> models.Architecture:
+def architecture(spec: SessionSpec) -> models.Architecture:
     ds = dataset(spec)
-    return models.architecture(spec.get("model") or {}, features=ds.features, classes=ds.classes)
+    return models.architecture(spec.model, features=ds.features, classes=ds.classes)
 
 
-def seed(spec: Mapping[str, Any]) -> int:
-    return int((spec.get("training") or {}).get("seed", 0))
+def seed(spec: SessionSpec) -> int:
+    return spec.training.seed
 
 
-def initial_params(session: str, spec: Mapping[str, Any]) -> np.ndarray:
+def initial_params(session: str, spec: SessionSpec) -> np.ndarray:
     """The round-1 global model: seeded, so a restarted aggregator starts from the same point."""
     return models.init_params(architecture(spec), seed=seed(spec))
 
 
-def evaluator(session: str, spec: Mapping[str, Any]) -> Callable[[np.ndarray], float] | None:
+def evaluator(session: str, spec: SessionSpec) -> Callable[[np.ndarray], float] | None:
     """Held-out accuracy of a global model on the session's test split (never trained on), unless the
     session turned server-side evaluation off (``training.evaluate: false``)."""
-    if not (spec.get("training") or {}).get("evaluate", True):
+    if not spec.training.evaluate:
         return None
     ds, arch = dataset(spec), architecture(spec)
     return lambda params: models.accuracy(arch, params, ds.test.x, ds.test.y)

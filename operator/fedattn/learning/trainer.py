@@ -6,26 +6,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fedattn.api.spec import TrainingSpec
 from fedattn.learning.data import Split
 from fedattn.learning.models import Architecture, loss_and_grad
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 1
-    batch_size: int = 32
-    learning_rate: float = 0.1
-    proximal_mu: float = 0.0
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    proximal_mu: float = 0.0  # NB: not a spec field; 0 is plain SGD
 
     @classmethod
-    def from_spec(cls, training: dict) -> TrainConfig:
+    def from_spec(cls, training: TrainingSpec) -> TrainConfig:
         """Local training settings from ``spec.training``; FedProx's mu comes with each model instead
         (the server's strategy owns it, see ``Strategy.client_config``)."""
-        return cls(
-            epochs=int(training.get("localEpochs", 1)),
-            batch_size=int(training.get("batchSize", 32)),
-            learning_rate=float(training.get("learningRate", 0.1)),
-        )
+        return cls(epochs=training.local_epochs, batch_size=training.batch_size, learning_rate=training.learning_rate)
 
 
 def train(

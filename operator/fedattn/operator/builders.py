@@ -1,4 +1,4 @@
-"""Pure builders: a FedSession / FedParticipant (dicts, defaults applied) in, Kubernetes objects out.
+"""Pure builders: a FedSession / FedParticipant (spec typed, see objects.py) in, Kubernetes objects out.
 
 No I/O and no randomness here: key material is made by the caller (``fedattn.pki``) and passed in,
 so each builder is a plain function a test can call and compare. Owner references and namespaces
@@ -11,7 +11,9 @@ import base64
 from typing import Any
 
 from fedattn import pki
+from fedattn.api.spec import DataRef, PodTemplate
 from fedattn.operator import names
+from fedattn.operator.objects import Participant, Session
 
 DEFAULT_IMAGE = "fedattn:0.1.0"
 UID = 10001
@@ -42,20 +44,20 @@ def _secret(name: str, session: str, component: str, data: dict[str, bytes], **k
     }
 
 
-def build_ca_secret(session: dict, ca: pki.KeyPair) -> dict[str, Any]:
+def build_ca_secret(session: Session, ca: pki.KeyPair) -> dict[str, Any]:
     """The session CA; only the operator reads it (it is never mounted into a pod)."""
     s = session["metadata"]["name"]
     return _secret(names.ca_secret(s), s, "ca", {"ca.crt": ca.cert_pem, "ca.key": ca.key_pem})
 
 
-def build_server_tls_secret(session: dict, *, ca_cert: bytes, server: pki.KeyPair) -> dict[str, Any]:
+def build_server_tls_secret(session: Session, *, ca_cert: bytes, server: pki.KeyPair) -> dict[str, Any]:
     """The coordinator's HTTPS identity (``server``), with the CA that verifies client certificates."""
     s = session["metadata"]["name"]
     data = {"ca.crt": ca_cert, f"{names.SERVER}.crt": server.cert_pem, f"{names.SERVER}.key": server.key_pem}
     return _secret(names.server_tls_secret(s), s, "coordinator", data)
 
 
-def build_curve_secret(session: dict, *, server: pki.CurveKeyPair, control: pki.CurveKeyPair) -> dict[str, Any]:
+def build_curve_secret(session: Session, *, server: pki.CurveKeyPair, control: pki.CurveKeyPair) -> dict[str, Any]:
     """Curve pairs of the aggregator (``server``) and of the coordinator's control link."""
     s = session["metadata"]["name"]
     data = {
@@ -68,7 +70,7 @@ def build_curve_secret(session: dict, *, server: pki.CurveKeyPair, control: pki.
 
 
 def build_identity_secret(
-    session: dict,
+    session: Session,
     name: str,
     *,
     ca_cert: bytes,
@@ -85,7 +87,7 @@ def build_identity_secret(
     return _secret(secret_name, session["metadata"]["name"], component, data, participant=participant)
 
 
-def build_allowlist(session: dict, keys: dict[str, bytes]) -> dict[str, Any]:
+def build_allowlist(session: Session, keys: dict[str, bytes]) -> dict[str, Any]:
     """The aggregator's allowlist: identity name -> Curve PUBLIC key (never a secret half)."""
     s = session["metadata"]["name"]
     return {
@@ -126,8 +128,8 @@ def _secret_volume(name: str, secret: str, items: list[str] | None = None) -> di
     return {"name": name, "secret": src}
 
 
-def uses_cert_manager(session: dict) -> bool:
-    return "issuerRef" in (session["spec"].get("tls") or {})
+def uses_cert_manager(session: Session) -> bool:
+    return session["spec"].tls.issuer_ref is not None
 
 
 #: cert-manager's Secret keys -> our ``--pki-dir`` file names (NAME filled in).
@@ -144,7 +146,7 @@ def identity_files(secret: dict[str, Any], identity: str) -> dict[str, bytes]:
 
 
 def _identity_volume(
-    session: dict,
+    session: Session,
     name: str,
     *,
     identity: str,
@@ -163,7 +165,7 @@ def _identity_volume(
 
 
 def _deployment(
-    session: dict,
+    session: Session,
     *,
     component: str,
     name: str,
@@ -176,17 +178,17 @@ def _deployment(
 ) -> dict[str, Any]:
     s = session["metadata"]["name"]
     spec = session["spec"]
-    template = spec.get(component) or {}
+    template: PodTemplate = getattr(spec, component)
     pod_security, container_security = _security()
     meta = _meta(name, s, component)
     selector = {k: meta["labels"][k] for k in ("app.kubernetes.io/instance", "app.kubernetes.io/component")}
     container = {
         "name": component,
-        "image": template.get("image") or image,
+        "image": template.image or image,
         "args": [component, *args],
         "ports": ports,
         "volumeMounts": mounts,
-        "resources": template.get("resources") or {},
+        "resources": template.resources or {},
         "securityContext": container_security,
         **_probes(),
     }
@@ -197,7 +199,7 @@ def _deployment(
         "kind": "Deployment",
         "metadata": meta,
         "spec": {
-            "replicas": 0 if spec.get("suspend") else 1,
+            "replicas": 0 if spec.suspend else 1,
             "strategy": {"type": "Recreate"},  # NB: one coordinator/aggregator per session, never two
             "selector": {"matchLabels": selector},
             "template": {
@@ -205,8 +207,8 @@ def _deployment(
                 "spec": {
                     "automountServiceAccountToken": False,
                     "securityContext": pod_security,
-                    "nodeSelector": template.get("nodeSelector") or {},
-                    "tolerations": template.get("tolerations") or [],
+                    "nodeSelector": template.node_selector or {},
+                    "tolerations": list(template.tolerations or ()),
                     "containers": [container],
                     "volumes": volumes,
                 },
@@ -219,17 +221,17 @@ def _metrics_port() -> dict[str, Any]:
     return {"name": "metrics", "containerPort": names.METRICS_PORT, "protocol": "TCP"}
 
 
-def build_coordinator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+def build_coordinator_deployment(session: Session, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
     """The coordinator: HTTPS API with the session's server certificate, store, control link."""
     s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
     curve = names.CURVE_DIR
-    database = session["spec"].get("database")
+    database = session["spec"].database
     # NB: the DSN reaches the coordinator as env, never in its args: a $(VAR) in args would be
     # expanded by the kubelet into the command line, where every process on the node reads it.
     dsn: dict[str, Any] = {"value": f"sqlite:///{names.STATE_DIR}/store.sqlite3"}
     if database:
-        ref = database["secretRef"]
-        dsn = {"valueFrom": {"secretKeyRef": {"name": ref["name"], "key": ref.get("key", "dsn")}}}
+        ref = database.secret_ref
+        dsn = {"valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
     env = [{"name": "FEDATTN_DATABASE_DSN", **dsn}]
     args = [
         "--api-host", "0.0.0.0",
@@ -280,7 +282,7 @@ def build_coordinator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) -
 CHECKPOINT_DIR = f"{names.STATE_DIR}/checkpoints"
 
 
-def build_aggregator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+def build_aggregator_deployment(session: Session, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
     """The aggregator: ZMQ ROUTER with the Curve server key, allowlist mounted as a directory."""
     s = session["metadata"]["name"]
     curve = names.CURVE_DIR
@@ -315,7 +317,7 @@ def build_aggregator_deployment(session: dict, *, image: str = DEFAULT_IMAGE) ->
     )
 
 
-def _service(session: dict, *, component: str, name: str, port: dict[str, Any]) -> dict[str, Any]:
+def _service(session: Session, *, component: str, name: str, port: dict[str, Any]) -> dict[str, Any]:
     s = session["metadata"]["name"]
     meta = _meta(name, s, component)
     return {
@@ -333,13 +335,13 @@ def _service(session: dict, *, component: str, name: str, port: dict[str, Any]) 
     }
 
 
-def build_coordinator_service(session: dict) -> dict[str, Any]:
+def build_coordinator_service(session: Session) -> dict[str, Any]:
     s = session["metadata"]["name"]
     port = {"name": "https", "port": names.API_PORT}
     return _service(session, component="coordinator", name=names.coordinator(s), port=port)
 
 
-def build_aggregator_service(session: dict) -> dict[str, Any]:
+def build_aggregator_service(session: Session) -> dict[str, Any]:
     s = session["metadata"]["name"]
     return _service(
         session,
@@ -349,22 +351,24 @@ def build_aggregator_service(session: dict) -> dict[str, Any]:
     )
 
 
-def _private_volume(ref: dict[str, Any], key: str) -> dict[str, Any]:
-    if "configMapKeyRef" in ref:
-        src = ref["configMapKeyRef"]
+def _private_volume(ref: DataRef, key: str) -> dict[str, Any]:
+    if ref.config_map_key_ref is not None:
+        src = ref.config_map_key_ref
         return {
             "name": f"private-{key}",
-            "configMap": {"name": src["name"], "items": [{"key": src["key"], "path": key}]},
+            "configMap": {"name": src.name, "items": [{"key": src.key, "path": key}]},
         }
-    src = ref["secretKeyRef"]
-    items = [{"key": src["key"], "path": key}]
+    src = ref.secret_key_ref
+    if src is None:  # NB: the CEL rule wants exactly one of the two
+        raise ValueError(f"{key}Ref sets neither configMapKeyRef nor secretKeyRef")
+    items = [{"key": src.key, "path": key}]
     return {
         "name": f"private-{key}",
-        "secret": {"secretName": src["name"], "items": items, "defaultMode": 0o400},
+        "secret": {"secretName": src.name, "items": items, "defaultMode": 0o400},
     }
 
 
-def build_participant_job(participant: dict, session: dict, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
+def build_participant_job(participant: Participant, session: Session, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
     """An in-cluster participant: its credentials and only its own private data, pinned by ``spec.node``."""
     p, ns = participant["metadata"]["name"], participant["metadata"]["namespace"]
     s = session["metadata"]["name"]
@@ -377,10 +381,10 @@ def build_participant_job(participant: dict, session: dict, *, image: str = DEFA
         "--name", p,
         "--pki-dir", names.PKI_DIR,
     ]  # fmt: skip
-    simulation = spec.get("simulation") or {}
-    if simulation.get("byzantine"):  # testing only: a deliberately misbehaving participant
-        args += ["--simulate-byzantine", str(simulation["byzantine"]),
-                 "--simulate-scale", str(simulation.get("scale", 10.0))]  # fmt: skip
+    simulation = spec.simulation
+    if simulation is not None and simulation.byzantine:  # testing only: a deliberately misbehaving participant
+        args += ["--simulate-byzantine", simulation.byzantine,
+                 "--simulate-scale", str(simulation.scale)]  # fmt: skip
     curve = (f"{p}.curve.pub", f"{p}.curve.sec")
     volumes = [
         _identity_volume(
@@ -393,14 +397,14 @@ def build_participant_job(participant: dict, session: dict, *, image: str = DEFA
         )
     ]
     mounts = [{"name": "pki", "mountPath": names.PKI_DIR, "readOnly": True}]
-    for key, field in (("prompt", "promptRef"), ("data", "dataRef")):
-        if spec.get(field):
-            volumes.append(_private_volume(spec[field], key))
+    for key, ref in (("prompt", spec.prompt_ref), ("data", spec.data_ref)):
+        if ref is not None:
+            volumes.append(_private_volume(ref, key))
             path = f"{names.PRIVATE_DIR}/{key}"
             mounts.append({"name": f"private-{key}", "mountPath": path, "subPath": key, "readOnly": True})
             args += [f"--{key}-file", path]
     meta = _meta(names.participant_job(p), s, "participant", participant=p)
-    retries = session["spec"].get("resilience", {}).get("retries", 3)
+    retries = session["spec"].resilience.retries
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -413,13 +417,13 @@ def build_participant_job(participant: dict, session: dict, *, image: str = DEFA
                     "restartPolicy": "Never",
                     "automountServiceAccountToken": False,
                     "securityContext": pod_security,
-                    "nodeSelector": spec.get("node") or {},
+                    "nodeSelector": spec.node or {},
                     "containers": [
                         {
                             "name": "participant",
-                            "image": spec.get("image") or image,
+                            "image": spec.image or image,
                             "args": args,
-                            "resources": spec.get("resources") or {},
+                            "resources": spec.resources or {},
                             "volumeMounts": mounts,
                             "securityContext": container_security,
                         }
@@ -432,7 +436,7 @@ def build_participant_job(participant: dict, session: dict, *, image: str = DEFA
 
 
 def build_certificate(
-    session: dict,
+    session: Session,
     *,
     name: str,
     secret_name: str,
@@ -442,17 +446,18 @@ def build_certificate(
 ) -> dict[str, Any]:
     """A cert-manager ``Certificate`` (when ``spec.tls.issuerRef`` is set) instead of a self-issued one."""
     s = session["metadata"]["name"]
-    tls = session["spec"]["tls"]
-    issuer = tls["issuerRef"]
+    issuer = session["spec"].tls.issuer_ref
+    if issuer is None:
+        raise ValueError("spec.tls.issuerRef is not set: the operator issues this session's certificates")
     spec: dict[str, Any] = {
         "secretName": secret_name,
         "commonName": common_name,
         "usages": usages,
         "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
         "issuerRef": {
-            "name": issuer["name"],
-            "kind": issuer.get("kind", "Issuer"),
-            "group": issuer.get("group", CERT_MANAGER_GROUP),
+            "name": issuer.name,
+            "kind": issuer.kind,
+            "group": issuer.group,
         },
     }
     if dns_names:

@@ -18,6 +18,7 @@ from fedattn import pki
 from fedattn.operator import builders, names
 from fedattn.operator.kube import Kube
 from fedattn.operator.metrics import CERTIFICATES_RENEWED
+from fedattn.operator.objects import Participant, Session
 
 
 def _owned(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
@@ -25,21 +26,24 @@ def _owned(obj: dict[str, Any], owner: dict[str, Any]) -> dict[str, Any]:
     return obj
 
 
-def _validity(session: dict[str, Any]) -> tuple[int, int]:
-    tls = session["spec"].get("tls") or {}
-    self_signed = tls.get("selfSigned") or {}
-    return int(self_signed.get("validityDays", 365)), int(self_signed.get("renewBeforeDays", 30))
+def _validity(session: Session) -> tuple[int, int]:
+    """(validity, renew before) in days of self-signed certificates; only called without issuerRef,
+    where the CEL rule makes ``tls.selfSigned`` set (and the schema defaults its fields)."""
+    self_signed = session["spec"].tls.self_signed
+    if self_signed is None:  # NB: issuerRef and selfSigned are exclusive (CEL); callers checked
+        raise ValueError("spec.tls.selfSigned is not set: certificates are cert-manager's")
+    return self_signed.validity_days, self_signed.renew_before_days
 
 
-async def session_ca(kube: Kube, session: dict[str, Any]) -> pki.KeyPair | None:
+async def session_ca(kube: Kube, session: Session) -> pki.KeyPair | None:
     meta = session["metadata"]
-    secret = await kube.read("Secret", meta["namespace"], names.ca_secret(meta["name"]))
+    secret = await kube.read(kind="Secret", namespace=meta["namespace"], name=names.ca_secret(meta["name"]))
     if secret is None:
         return None
     return pki.KeyPair(builders.secret_bytes(secret, "ca.crt"), builders.secret_bytes(secret, "ca.key"))
 
 
-async def ensure_session_pki(kube: Kube, session: dict[str, Any], *, owner: dict[str, Any]) -> bool:
+async def ensure_session_pki(kube: Kube, session: Session, *, owner: dict[str, Any]) -> bool:
     """CA, server certificate, operator client certificate, Curve keys and allowlist; True when ready.
 
     Under cert-manager, ready means cert-manager has written the server and operator Secrets.
@@ -55,8 +59,8 @@ async def ensure_session_pki(kube: Kube, session: dict[str, Any], *, owner: dict
     await kube.ensure(_owned(builders.build_allowlist(session, {names.CONTROL_CLIENT: control_pub}), owner))
     if builders.uses_cert_manager(session):
         await _ensure_certificates(kube, session, owner=owner)
-        tls = await kube.read("Secret", ns, names.server_tls_secret(s))
-        op = await kube.read("Secret", ns, names.operator_secret(s))
+        tls = await kube.read(kind="Secret", namespace=ns, name=names.server_tls_secret(s))
+        op = await kube.read(kind="Secret", namespace=ns, name=names.operator_secret(s))
         return bool(tls and op and "tls.crt" in (tls.get("data") or {}) and "tls.crt" in (op.get("data") or {}))
     validity, _ = _validity(session)
     # NB: the CA outlives its leaves many times over, so a renewed leaf is not cut short by the CA's expiry
@@ -71,7 +75,7 @@ async def ensure_session_pki(kube: Kube, session: dict[str, Any], *, owner: dict
     return True
 
 
-def _operator_secret(session: dict[str, Any], ca: pki.KeyPair, validity: int) -> dict[str, Any]:
+def _operator_secret(session: Session, ca: pki.KeyPair, validity: int) -> dict[str, Any]:
     s = session["metadata"]["name"]
     pair = pki.issue(ca, names.OPERATOR, organization=s, validity_days=validity)
     return builders.build_identity_secret(
@@ -84,7 +88,7 @@ def _operator_secret(session: dict[str, Any], ca: pki.KeyPair, validity: int) ->
     )
 
 
-async def _ensure_certificates(kube: Kube, session: dict[str, Any], *, owner: dict[str, Any]) -> None:
+async def _ensure_certificates(kube: Kube, session: Session, *, owner: dict[str, Any]) -> None:
     s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
     if not await kube.has_group_version(f"{builders.CERT_MANAGER_GROUP}/v1"):
         raise kopf.TemporaryError("spec.tls.issuerRef is set but cert-manager.io/v1 is not served", delay=60)
@@ -107,17 +111,17 @@ async def _ensure_certificates(kube: Kube, session: dict[str, Any], *, owner: di
         await kube.apply(_owned(cert, owner))
 
 
-async def operator_identity(kube: Kube, session: dict[str, Any]) -> dict[str, bytes] | None:
+async def operator_identity(kube: Kube, session: Session) -> dict[str, bytes] | None:
     """The operator's client identity for this session's coordinator (files by ``--pki-dir`` name)."""
     meta = session["metadata"]
-    secret = await kube.read("Secret", meta["namespace"], names.operator_secret(meta["name"]))
+    secret = await kube.read(kind="Secret", namespace=meta["namespace"], name=names.operator_secret(meta["name"]))
     return None if secret is None else builders.identity_files(secret, names.OPERATOR)
 
 
 async def ensure_participant(
     kube: Kube,
-    participant: dict[str, Any],
-    session: dict[str, Any],
+    participant: Participant,
+    session: Session,
     *,
     owner: dict[str, Any],
     retry_seconds: float = 2.0,
@@ -180,12 +184,12 @@ async def revoke(kube: Kube, *, namespace: str, session: str, participant: str) 
         ("Secret", names.participant_certificate(participant)),
         ("Job", names.participant_job(participant)),
     ):
-        await kube.delete(kind, namespace, name)  # NB: already gone (or never made) is fine
+        await kube.delete(kind=kind, namespace=namespace, name=name)  # NB: already gone (or never made) is fine
 
 
 async def _patch_allowlist(kube: Kube, namespace: str, session: str, body: dict[str, Any]) -> bool:
     try:
-        await kube.patch("ConfigMap", namespace, names.allowlist(session), body)
+        await kube.patch(kind="ConfigMap", namespace=namespace, name=names.allowlist(session), body=body)
         return True
     except ApiException as exc:
         if exc.status == 404:
@@ -198,7 +202,7 @@ def due(cert_pem: bytes, *, now: dt.datetime, renew_before_days: int) -> bool:
     return pki.not_after(cert_pem) - now <= dt.timedelta(days=renew_before_days)
 
 
-async def renew_due(kube: Kube, session: dict[str, Any], participants: list[str], *, now: dt.datetime) -> list[str]:
+async def renew_due(kube: Kube, session: Session, participants: list[str], *, now: dt.datetime) -> list[str]:
     """Reissue self-signed certificates close to expiry (same CN, same Curve key); returns who was renewed.
 
     cert-manager renews its own certificates, so this is a no-op under ``issuerRef``.
@@ -214,7 +218,7 @@ async def renew_due(kube: Kube, session: dict[str, Any], participants: list[str]
     targets = [(names.SERVER, names.server_tls_secret(s)), (names.OPERATOR, names.operator_secret(s))]
     targets += [(p, names.participant_secret(p)) for p in participants]
     for identity, secret_name in targets:
-        secret = await kube.read("Secret", ns, secret_name)
+        secret = await kube.read(kind="Secret", namespace=ns, name=secret_name)
         if secret is None or not due(
             builders.secret_bytes(secret, f"{identity}.crt"), now=now, renew_before_days=before
         ):
@@ -224,7 +228,8 @@ async def renew_due(kube: Kube, session: dict[str, Any], participants: list[str]
         else:
             pair = pki.issue(ca, identity, organization=s, validity_days=validity)
         data = {f"{identity}.crt": pair.cert_pem, f"{identity}.key": pair.key_pem, "ca.crt": ca.cert_pem}
-        await kube.patch("Secret", ns, secret_name, {"data": {k: builders.b64(v) for k, v in data.items()}})
+        body = {"data": {k: builders.b64(v) for k, v in data.items()}}
+        await kube.patch(kind="Secret", namespace=ns, name=secret_name, body=body)
         CERTIFICATES_RENEWED.labels("server" if identity == names.SERVER else "client").inc()
         renewed.append(identity)
     return renewed

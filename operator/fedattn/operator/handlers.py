@@ -18,17 +18,20 @@ from typing import Any
 import kopf
 from kubernetes.client import ApiException
 
-from fedattn.api import ManifestError, apply_defaults_and_validate, name_problems
+from fedattn.api import ManifestError, apply_defaults_and_validate, crds, name_problems, schema
+from fedattn.api.schema import ParticipantPhase, SessionPhase
+from fedattn.api.spec import ParticipantSpec, SessionSpec
 from fedattn.operator import builders, credentials, names, status, trust
 from fedattn.operator.kube import Kube
 from fedattn.operator.metrics import PhaseCounter, measured
+from fedattn.operator.objects import Participant, Session
 from fedattn.operator.pod_defaults import PodDefaults
 from fedattn.operator.progress import StatusSource
 
 REGISTRY = kopf.OperatorRegistry()
-SESSIONS = ("fedattn.io", "v1alpha1", "fedsessions")
-PARTICIPANTS = ("fedattn.io", "v1alpha1", "fedparticipants")
-PREFIX = "fedattn.io"
+SESSIONS = (schema.GROUP, schema.VERSION, crds.kinds()["FedSession"].plural)
+PARTICIPANTS = (schema.GROUP, schema.VERSION, crds.kinds()["FedParticipant"].plural)
+PREFIX = schema.GROUP
 
 
 @dataclass
@@ -129,33 +132,35 @@ def _thaw(value: Any) -> Any:
     return value
 
 
+_TYPED = {"FedSession": SessionSpec, "FedParticipant": ParticipantSpec}
+
+
 @functools.lru_cache(maxsize=4096)
-def _defaulted_spec(kind: str, spec_json: str) -> str:
-    """Defaults + validation of one spec, memoised: the CEL pass costs ~10 ms and every progress pass
-    and participant handler would otherwise repeat it for an unchanged spec."""
+def _typed_spec(kind: str, spec_json: str) -> SessionSpec | ParticipantSpec | list[str]:
+    """Defaults + validation + the typed view of one spec (or its problems), memoised: the CEL pass
+    costs ~10 ms and every progress pass and participant handler would otherwise repeat it for an
+    unchanged spec. NB: the typed views are frozen, so one cached view can be shared."""
     manifest = {
-        "apiVersion": "fedattn.io/v1alpha1",
+        "apiVersion": f"{schema.GROUP}/{schema.VERSION}",
         "kind": kind,
         "metadata": {"name": "x"},
         "spec": json.loads(spec_json),
     }
     try:
-        return json.dumps(apply_defaults_and_validate(kind, manifest)["spec"])
+        return _TYPED[kind].from_manifest(apply_defaults_and_validate(kind, manifest)["spec"])
     except ManifestError as exc:
-        return json.dumps({"__problems__": exc.problems})
+        return exc.problems
 
 
-def _validated(kind: str, body: dict[str, Any]) -> dict[str, Any]:
-    """The object with schema defaults applied; ManifestError if a rule is broken (old API servers
-    that do not enforce CEL let such objects in)."""
+def _typed(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     name = body["metadata"].get("name", "")
     # NB: the memoised spec pass validates under a placeholder name, so the real one is checked here
     # (a legacy API server has no CEL to refuse a FedParticipant named after a session component).
     if problems := name_problems(kind, name):
         raise ManifestError(kind, name, problems)
-    spec = json.loads(_defaulted_spec(kind, json.dumps(body.get("spec") or {}, sort_keys=True)))
-    if "__problems__" in spec:
-        raise ManifestError(kind, name, spec["__problems__"])
+    spec = _typed_spec(kind, json.dumps(body.get("spec") or {}, sort_keys=True))
+    if isinstance(spec, list):
+        raise ManifestError(kind, name, spec)
     return {
         **{k: body[k] for k in ("apiVersion", "kind", "metadata")},
         "spec": spec,
@@ -163,12 +168,23 @@ def _validated(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _session(body: dict[str, Any]) -> Session:
+    """The FedSession with its spec parsed once (schema defaults, typed); ManifestError if a rule is
+    broken (old API servers that do not enforce CEL let such objects in)."""
+    return _typed("FedSession", body)  # type: ignore[return-value]
+
+
+def _participant(body: dict[str, Any]) -> Participant:
+    """The FedParticipant with its spec parsed once, as :func:`_session`."""
+    return _typed("FedParticipant", body)  # type: ignore[return-value]
+
+
 def _invalid_status(
     previous: dict, exc: ManifestError, generation: int, now: dt.datetime, *, reason: str = "InvalidSpec"
 ) -> dict:
     seen = status.Observation(failure=(reason, "; ".join(exc.problems)))
     return {
-        "phase": "Failed",
+        "phase": SessionPhase.FAILED,
         "message": seen.failure[1],
         "conditions": status.set_condition(
             previous.get("conditions", []),
@@ -182,9 +198,10 @@ def _invalid_status(
     }
 
 
-def _session_children(session: dict[str, Any], cfg: Config) -> list[dict[str, Any]]:
-    if "database" not in session["spec"] and cfg.default_database:
-        session = {**session, "spec": {**session["spec"], "database": {"secretRef": cfg.default_database}}}
+def _session_children(session: Session, cfg: Config) -> list[dict[str, Any]]:
+    if session["spec"].database is None and cfg.default_database:
+        spec = {**session["spec"].to_manifest(), "database": {"secretRef": cfg.default_database}}
+        session = {**session, "spec": SessionSpec.from_manifest(spec)}
     return [
         cfg.pods.apply(builders.build_coordinator_deployment(session, image=cfg.image("coordinator"))),
         builders.build_coordinator_service(session),
@@ -205,7 +222,7 @@ async def reconcile_session(
     raw = _plain(body)
     generation = int(meta.get("generation") or 0)
     try:
-        session = _validated("FedSession", raw)
+        session = _session(raw)
     except ManifestError as exc:
         patch.status.update(_invalid_status(raw["status"], exc, generation, cfg.clock()))
         raise kopf.PermanentError(str(exc)) from exc
@@ -230,35 +247,39 @@ async def reconcile_session(
         raise kopf.TemporaryError("waiting for cert-manager to issue the session certificates", delay=cfg.retry_seconds)
 
 
-async def _sync_participant_jobs(cfg: Config, session: dict[str, Any]) -> None:
+async def _sync_participant_jobs(cfg: Config, session: Session) -> None:
     """A suspended session has no participant Jobs (batch/v1 Jobs cannot be suspended before Kubernetes
     1.21, and they would burn their backoffLimit against a scaled-down coordinator); resuming recreates
     them for every credentialed, in-cluster, not evicted participant."""
     ns = session["metadata"]["namespace"]
-    for p in _members(session, await cfg.kube.list("FedParticipant", ns)):
-        current = p.get("status") or {}
-        if p["spec"].get("external") or current.get("phase") == "Evicted":
+    for p in _members(session, await cfg.kube.list(kind="FedParticipant", namespace=ns)):
+        try:
+            participant = _participant(p)
+        except ManifestError:
+            continue  # NB: its own handler marked it Failed; it has no credentials and no Job
+        current = participant["status"]
+        if participant["spec"].external or current.get("phase") == ParticipantPhase.EVICTED:
             continue
-        if session["spec"].get("suspend"):
-            await cfg.kube.delete("Job", ns, names.participant_job(p["metadata"]["name"]))
+        if session["spec"].suspend:
+            await cfg.kube.delete(kind="Job", namespace=ns, name=names.participant_job(p["metadata"]["name"]))
         elif current.get("credentialsSecret"):
-            participant = _validated("FedParticipant", p)
             job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
             kopf.adopt(job, owner=p)
             await cfg.kube.ensure(job)
 
 
-async def _scale_down(cfg: Config, session: dict[str, Any]) -> None:
+async def _scale_down(cfg: Config, session: Session) -> None:
     s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
     for name in (names.coordinator(s), names.aggregator(s)):
         try:
-            await cfg.kube.patch("Deployment", ns, name, {"spec": {"replicas": 0}})
+            await cfg.kube.patch(kind="Deployment", namespace=ns, name=name, body={"spec": {"replicas": 0}})
         except ApiException as exc:
             if exc.status != 404:  # NB: a missing Deployment has nothing to scale
                 raise
 
 
-def _members(session: dict[str, Any], participants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _members(session: Session, participants: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # NB: a raw read of listed objects, to pick the session's before parsing them one by one
     return [p for p in participants if (p.get("spec") or {}).get("sessionRef") == session["metadata"]["name"]]
 
 
@@ -267,23 +288,23 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
     raw = _plain(body)
     now = cfg.clock()
     try:
-        session = _validated("FedSession", raw)
+        session = _session(raw)
     except ManifestError:
         return  # reconcile_session has marked it Failed; nothing to observe
     meta, spec, previous = session["metadata"], session["spec"], session["status"]
     s, ns = meta["name"], meta["namespace"]
     if meta.get("deletionTimestamp"):
         return  # being deleted: nothing left to observe or to decide
-    ttl = spec.get("ttlSecondsAfterFinished")
+    ttl = spec.ttl_seconds_after_finished
     if previous.get("phase") in status.TERMINAL and ttl is not None:
         age = status.age_seconds(previous.get("completedAt"), now)
         if age is not None and age >= ttl:
             logger.info("deleting finished session after its TTL", extra={"session": s})
-            await cfg.kube.delete("FedSession", ns, s)
+            await cfg.kube.delete(kind="FedSession", namespace=ns, name=s)
             cfg.phases.set(ns, s, None)
             return
     failure = None if previous.get("phase") in status.TERMINAL else status.deadline_failure(session, now=now)
-    members = _members(session, await cfg.kube.list("FedParticipant", ns))
+    members = _members(session, await cfg.kube.list(kind="FedParticipant", namespace=ns))
     if state.get("renewed_at") is None or (now - state["renewed_at"]).total_seconds() >= cfg.renew_check_seconds:
         renewed = await credentials.renew_due(cfg.kube, session, [p["metadata"]["name"] for p in members], now=now)
         state["renewed_at"] = now
@@ -294,7 +315,7 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
     if (
         identity is not None
         and not failure
-        and not spec.get("suspend")
+        and not spec.suspend
         and previous.get("phase") not in status.TERMINAL
     ):
         try:
@@ -305,7 +326,7 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
         coordinator=coordinator,
         error=error,
         certificates_ready=identity is not None,
-        suspended=bool(spec.get("suspend")),
+        suspended=spec.suspend,
         participants_total=len(members),
         failure=failure,
     )
@@ -326,7 +347,7 @@ async def progress_once(cfg: Config, body: kopf.Body, *, state: dict[str, Any], 
 
 async def _update_participants(
     cfg: Config,
-    session: dict[str, Any],
+    session: Session,
     members: list[dict[str, Any]],
     entries: dict[str, Any],
     *,
@@ -344,7 +365,7 @@ async def _update_participants(
             generation=int(p["metadata"].get("generation") or 0),
             now=now,
         )
-        if new["phase"] == "Evicted" and previous.get("phase") != "Evicted":
+        if new["phase"] == ParticipantPhase.EVICTED and previous.get("phase") != ParticipantPhase.EVICTED:
             await credentials.revoke(cfg.kube, namespace=ns, session=session["metadata"]["name"], participant=name)
         new = {**previous, **new}
         if new != previous:
@@ -356,7 +377,7 @@ async def _write_status(cfg: Config, kind: str, meta: dict[str, Any], new: dict[
     a status computed from a stale read must not land on an object that moved on. False on conflict."""
     body = {"metadata": {"resourceVersion": meta.get("resourceVersion")}, "status": new}
     try:
-        await cfg.kube.patch(kind, meta["namespace"], meta["name"], body, status=True)
+        await cfg.kube.patch(kind=kind, namespace=meta["namespace"], name=meta["name"], body=body, status=True)
         return True
     except ApiException as exc:
         if exc.status in (404, 409):
@@ -378,13 +399,13 @@ async def progress(stopped: kopf.DaemonStopped, body: kopf.Body, memo: Any, logg
         await stopped.wait(cfg.poll_seconds)
 
 
-async def _session_for(cfg: Config, participant: dict[str, Any]) -> dict[str, Any]:
-    ns, ref = participant["metadata"]["namespace"], participant["spec"]["sessionRef"]
-    found = await cfg.kube.read("FedSession", ns, ref)
+async def _session_for(cfg: Config, participant: Participant) -> Session:
+    ns, ref = participant["metadata"]["namespace"], participant["spec"].session_ref
+    found = await cfg.kube.read(kind="FedSession", namespace=ns, name=ref)
     if found is None:
         raise kopf.TemporaryError(f"FedSession {ref} not found in {ns}", delay=cfg.retry_seconds)
     try:
-        return _validated("FedSession", found)
+        return _session(found)
     except ManifestError as exc:
         raise kopf.TemporaryError(f"FedSession {ref} is invalid: {exc.problems[0]}", delay=60) from exc
 
@@ -410,24 +431,23 @@ async def issue_participant(
             now=cfg.clock(),
             generation=generation,
         )
-        patch.status.update({"phase": "Failed", "conditions": conditions})
+        patch.status.update({"phase": ParticipantPhase.FAILED, "conditions": conditions})
         return kopf.PermanentError(str(exc))
 
     try:
-        participant = _validated("FedParticipant", raw)
+        participant = _participant(raw)
     except ManifestError as exc:
         raise failed(exc, "InvalidSpec") from exc
-    if participant["status"].get("phase") == "Evicted":
+    if participant["status"].get("phase") == ParticipantPhase.EVICTED:
         return  # NB: credentials of an evicted participant stay revoked across operator restarts
-    image = participant["spec"].get("image") or ""
     refused = await cfg.refused(
-        participant, images=[("spec.image", image)], refs=trust.participant_refs(participant)
+        participant, images=[("spec.image", participant["spec"].image)], refs=trust.participant_refs(participant)
     )
     if refused:
         raise failed(ManifestError("FedParticipant", meta["name"], refused), "NotAllowed")
     session = await _session_for(cfg, participant)
     await credentials.ensure_participant(cfg.kube, participant, session, owner=raw, retry_seconds=cfg.retry_seconds)
-    if not participant["spec"].get("external"):
+    if not participant["spec"].external:
         job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
         kopf.adopt(job, owner=raw)
         await cfg.kube.ensure(job)  # NB: a Job's pod template is immutable: create once, never patch
@@ -447,14 +467,20 @@ async def revoke_participant(body: kopf.Body, meta: kopf.Meta, memo: Any, logger
     """Deleting a participant revokes it at once: evicted at the coordinator (which revokes its key at
     the aggregator), allowlist entry and credentials Secret removed."""
     cfg = _config(memo)
-    ref = (body.get("spec") or {}).get("sessionRef", "")
+    ref = (body.get("spec") or {}).get("sessionRef", "")  # NB: raw: a deleted object may be invalid
     extra = {"session": ref, "participant": meta["name"]}
-    found = await cfg.kube.read("FedSession", meta["namespace"], ref) if ref else None
-    identity = await credentials.operator_identity(cfg.kube, found) if found else None
-    if found and identity:
+    found = await cfg.kube.read(kind="FedSession", namespace=meta["namespace"], name=ref) if ref else None
+    session = None
+    if found is not None:
+        try:
+            session = _session(found)
+        except ManifestError as exc:  # NB: revoke anyway; only the coordinator is not told
+            logger.warning("session %s is invalid, not telling its coordinator: %s", ref, exc, extra=extra)
+    identity = await credentials.operator_identity(cfg.kube, session) if session else None
+    if session and identity:
         try:
             await cfg.status_source.evict(
-                session=found, identity=identity, participant=meta["name"], reason="FedParticipant deleted"
+                session=session, identity=identity, participant=meta["name"], reason="FedParticipant deleted"
             )
         except Exception as exc:
             logger.warning("coordinator did not take the eviction: %s", exc, extra=extra)

@@ -17,6 +17,8 @@ from typing import Any
 
 from kubernetes import client
 
+from fedattn.api import crds, schema
+
 MERGE = "application/merge-patch+json"
 
 #: kind -> (API class attribute, method suffix). Namespaced kinds the operator manages.
@@ -29,8 +31,7 @@ _TYPED = {
 }
 #: kind -> (group, version, plural) of custom resources the operator touches.
 CUSTOM = {
-    "FedSession": ("fedattn.io", "v1alpha1", "fedsessions"),
-    "FedParticipant": ("fedattn.io", "v1alpha1", "fedparticipants"),
+    **{kind: (schema.GROUP, schema.VERSION, k.plural) for kind, k in crds.kinds().items()},
     "Certificate": ("cert-manager.io", "v1", "certificates"),
 }
 
@@ -140,18 +141,18 @@ class Kube:
         (key material must survive a retried handler)."""
         return await asyncio.to_thread(self._ensure, obj)
 
-    async def read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    async def read(self, *, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None if it is gone (it may be deleted while we work)."""
         return await asyncio.to_thread(self._read, kind, namespace, name)
 
-    async def patch(self, kind: str, namespace: str, name: str, body: dict, *, status: bool = False) -> dict:
+    async def patch(self, *, kind: str, namespace: str, name: str, body: dict, status: bool = False) -> dict:
         return await asyncio.to_thread(self._patch, kind, namespace, name, body, status=status)
 
-    async def delete(self, kind: str, namespace: str, name: str) -> bool:
+    async def delete(self, *, kind: str, namespace: str, name: str) -> bool:
         """Delete; False if it was already gone."""
         return await asyncio.to_thread(self._delete, kind, namespace, name)
 
-    async def list(self, kind: str, namespace: str) -> list[dict[str, Any]]:
+    async def list(self, *, kind: str, namespace: str) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._list, kind, namespace)
 
     async def has_group_version(self, group_version: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 
 from fedattn import pki
+from fedattn.api import schema
 
 MAX_LABEL = 63
 
@@ -103,8 +104,8 @@ def labels(session: str, component: str, *, participant: str | None = None) -> d
         "app.kubernetes.io/instance": session,
         "app.kubernetes.io/component": component,
         "app.kubernetes.io/managed-by": "fedattn-operator",
-        "fedattn.io/session": session,
+        f"{schema.GROUP}/session": session,
     }
     if participant:
-        out["fedattn.io/participant"] = participant
+        out[f"{schema.GROUP}/participant"] = participant
     return out

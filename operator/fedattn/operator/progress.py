@@ -16,18 +16,19 @@ from typing import Any, Protocol
 from fedattn import pki
 from fedattn.coordinator.client import CoordinatorClient, CoordinatorError
 from fedattn.operator import names
+from fedattn.operator.objects import Session, manifest
 from fedattn.resilience import Policy
 
 
 class StatusSource(Protocol):
     async def __call__(
-        self, *, session: dict[str, Any], participants: list[dict[str, Any]], identity: dict[str, bytes]
+        self, *, session: Session, participants: list[dict[str, Any]], identity: dict[str, bytes]
     ) -> dict[str, Any]:
         """The coordinator's status of ``session``; raises when it cannot be had (the caller reports it)."""
         ...
 
     async def evict(
-        self, *, session: dict[str, Any], identity: dict[str, bytes], participant: str, reason: str
+        self, *, session: Session, identity: dict[str, bytes], participant: str, reason: str
     ) -> None:
         """Ask the coordinator to evict ``participant`` now (it revokes the Curve key at the aggregator at
         once, while a ConfigMap change takes the kubelet up to a minute to reach the allowlist)."""
@@ -58,20 +59,19 @@ class CoordinatorStatus:
         # NB: its own threads, so coordinators that time out never starve the Kubernetes API calls
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="coordinator-status")
 
-    def _client(self, session: dict[str, Any], identity: dict[str, bytes]) -> CoordinatorClient:
+    def _client(self, session: Session, identity: dict[str, bytes]) -> CoordinatorClient:
         meta = session["metadata"]
         paths = _write_identity(self._root / meta["namespace"] / meta["name"], identity)
-        policy = Policy.from_spec(session["spec"].get("resilience"))
+        policy = Policy.from_spec(session["spec"].resilience)
         return CoordinatorClient(base_url=self._url_for(meta["name"], meta["namespace"]), identity=paths, policy=policy)
 
-    def _fetch(self, session: dict[str, Any], participants: list[dict[str, Any]], identity: dict[str, bytes]) -> dict:
+    def _fetch(self, session: Session, participants: list[dict[str, Any]], identity: dict[str, bytes]) -> dict:
         meta = session["metadata"]
         api = self._client(session, identity)
         key = (meta["namespace"], meta["name"], str(meta.get("uid", "")))
         if key not in self._registered:
-            manifest = {k: session[k] for k in ("apiVersion", "kind", "metadata", "spec") if k in session}
             try:
-                api.create_session(manifest, participants)
+                api.create_session(manifest(session), participants)
             except CoordinatorError as exc:
                 # NB: 409 = registered earlier with another spec (e.g. before a suspend toggle): the
                 # coordinator keeps the session it has, which is what we want to observe.
@@ -80,7 +80,7 @@ class CoordinatorStatus:
             self._registered.add(key)
         return api.status(meta["name"])
 
-    def _evict(self, session: dict[str, Any], identity: dict[str, bytes], participant: str, reason: str) -> None:
+    def _evict(self, session: Session, identity: dict[str, bytes], participant: str, reason: str) -> None:
         quote = urllib.parse.quote
         path = f"/v1/sessions/{quote(session['metadata']['name'])}/participants/{quote(participant)}/evict"
         try:
@@ -90,13 +90,13 @@ class CoordinatorStatus:
                 raise
 
     async def evict(
-        self, *, session: dict[str, Any], identity: dict[str, bytes], participant: str, reason: str
+        self, *, session: Session, identity: dict[str, bytes], participant: str, reason: str
     ) -> None:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self._evict, session, identity, participant, reason)
 
     async def __call__(
-        self, *, session: dict[str, Any], participants: list[dict[str, Any]], identity: dict[str, bytes]
+        self, *, session: Session, participants: list[dict[str, Any]], identity: dict[str, bytes]
     ) -> dict[str, Any]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._fetch, session, participants, identity)

@@ -12,10 +12,19 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from fedattn.api.schema import PARTICIPANT_CONDITIONS, PARTICIPANT_PHASES, SESSION_CONDITIONS, SESSION_PHASES
+from fedattn.api.schema import (
+    PARTICIPANT_CONDITIONS,
+    PARTICIPANT_PHASES,
+    SESSION_CONDITIONS,
+    SESSION_PHASES,
+    ParticipantPhase,
+    SessionPhase,
+)
+from fedattn.api.spec import SessionSpec
+from fedattn.operator.objects import Session
 
-TERMINAL = ("Succeeded", "Failed")
-CONNECTED = ("Joined", "Contributing", "Done")
+TERMINAL = (SessionPhase.SUCCEEDED, SessionPhase.FAILED)
+CONNECTED = (ParticipantPhase.JOINED, ParticipantPhase.CONTRIBUTING, ParticipantPhase.DONE)
 
 
 def timestamp(now: dt.datetime) -> str:
@@ -69,10 +78,10 @@ def age_seconds(timestamp: str | None, now: dt.datetime) -> float | None:
     return (now - dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))).total_seconds()
 
 
-def deadline_failure(session: dict[str, Any], *, now: dt.datetime) -> tuple[str, str] | None:
+def deadline_failure(session: Session, *, now: dt.datetime) -> tuple[str, str] | None:
     """``(reason, message)`` once a session has outlived ``activeDeadlineSeconds`` (counted from creation,
     like a Job's, so a suspended or never-started session still ends)."""
-    deadline = session["spec"].get("activeDeadlineSeconds")
+    deadline = session["spec"].active_deadline_seconds
     age = age_seconds(session["metadata"].get("creationTimestamp"), now)
     if deadline is None or age is None or age <= deadline:
         return None
@@ -95,17 +104,17 @@ def _phase(previous: str | None, seen: Observation) -> str:
     if previous in TERMINAL:
         return previous
     if seen.failure:
-        return "Failed"
+        return SessionPhase.FAILED
     if seen.suspended:
-        return "Suspended"
+        return SessionPhase.SUSPENDED
     if seen.coordinator is None:
-        return previous if previous in SESSION_PHASES and previous != "Suspended" else "Pending"
+        return previous if previous in SESSION_PHASES and previous != SessionPhase.SUSPENDED else SessionPhase.PENDING
     phase = seen.coordinator.get("phase")
-    return phase if phase in SESSION_PHASES else "Pending"
+    return phase if phase in SESSION_PHASES else SessionPhase.PENDING
 
 
 def session_status(
-    *, previous: dict[str, Any], spec: dict[str, Any], generation: int, seen: Observation, now: dt.datetime
+    *, previous: dict[str, Any], spec: SessionSpec, generation: int, seen: Observation, now: dt.datetime
 ) -> dict[str, Any]:
     """The FedSession ``.status`` after one observation (``previous`` is the current status)."""
     phase = _phase(previous.get("phase"), seen)
@@ -123,7 +132,7 @@ def session_status(
         "message": str(coord.get("message") or (seen.failure[1] if seen.failure else previous.get("message", ""))),
     }
     started = _iso(coord.get("started_at")) or previous.get("startedAt")
-    if not started and phase == "Running":
+    if not started and phase == SessionPhase.RUNNING:
         started = timestamp(now)
     if started:
         out["startedAt"] = started
@@ -152,11 +161,11 @@ def session_status(
     conds = put(
         conds,
         "Ready",
-        reachable and phase not in ("Failed", "Suspended"),
+        reachable and phase not in (SessionPhase.FAILED, SessionPhase.SUSPENDED),
         "CoordinatorReachable" if reachable else ("Suspended" if seen.suspended else "CoordinatorUnreachable"),
         "coordinator answers" if reachable else (seen.error or "coordinator not reached yet"),
     )
-    minimum = int(spec.get("minParticipants", 2))
+    minimum = spec.min_participants
     conds = put(
         conds,
         "QuorumReached",
@@ -167,16 +176,16 @@ def session_status(
     conds = put(
         conds,
         "Progressing",
-        phase == "Running",
-        "RoundInProgress" if phase == "Running" else phase,
+        phase == SessionPhase.RUNNING,
+        "RoundInProgress" if phase == SessionPhase.RUNNING else phase,
         f"round {out['round']}",
     )
     lost = sorted(
         p
         for p, st in (coord.get("participant_status") or {}).items()
-        if (st or {}).get("phase") in ("Failed", "Evicted")
+        if (st or {}).get("phase") in (ParticipantPhase.FAILED, ParticipantPhase.EVICTED)
     )
-    unreachable = not reachable and phase == "Running"
+    unreachable = not reachable and phase == SessionPhase.RUNNING
     degraded = bool(lost) or unreachable
     reason = "ParticipantsFailed" if lost else ("CoordinatorUnreachable" if unreachable else "AsExpected")
     conds = put(
@@ -189,12 +198,12 @@ def session_status(
     conds = put(
         conds,
         "Complete",
-        phase == "Succeeded",
-        "Succeeded" if phase == "Succeeded" else "NotFinished",
-        out["message"] if phase == "Succeeded" else "",
+        phase == SessionPhase.SUCCEEDED,
+        "Succeeded" if phase == SessionPhase.SUCCEEDED else "NotFinished",
+        out["message"] if phase == SessionPhase.SUCCEEDED else "",
     )
     failed_reason = "NotFailed"
-    if phase == "Failed":
+    if phase == SessionPhase.FAILED:
         old_failed = condition(previous, "Failed")
         if seen.failure:
             failed_reason = seen.failure[0]
@@ -202,7 +211,8 @@ def session_status(
             failed_reason = old_failed["reason"]
         else:
             failed_reason = "SessionFailed"
-    conds = put(conds, "Failed", phase == "Failed", failed_reason, out["message"] if phase == "Failed" else "")
+    failed = phase == SessionPhase.FAILED
+    conds = put(conds, "Failed", failed, failed_reason, out["message"] if failed else "")
     out["conditions"] = conds
     return out
 
@@ -216,14 +226,14 @@ def participant_status(
     now: dt.datetime,
 ) -> dict[str, Any]:
     """A FedParticipant's ``.status`` from the coordinator's ``participant_status[name]`` entry."""
-    if previous.get("phase") == "Evicted":
-        phase = "Evicted"
+    if previous.get("phase") == ParticipantPhase.EVICTED:
+        phase = ParticipantPhase.EVICTED
     elif entry is not None:
         seen = entry.get("phase")
-        phase = seen if seen in PARTICIPANT_PHASES else "Joined"
+        phase = seen if seen in PARTICIPANT_PHASES else ParticipantPhase.JOINED
     else:
         phase = previous.get("phase") if previous.get("phase") in PARTICIPANT_PHASES else None
-        phase = phase or ("Credentialed" if credentialed else "Pending")
+        phase = phase or (ParticipantPhase.CREDENTIALED if credentialed else ParticipantPhase.PENDING)
     entry = entry or {}
     out: dict[str, Any] = {
         "phase": phase,
@@ -240,8 +250,9 @@ def participant_status(
     conds = set_condition(
         conds,
         type="CertificateIssued",
-        status=credentialed and phase != "Evicted",
-        reason="Issued" if credentialed and phase != "Evicted" else ("Revoked" if phase == "Evicted" else "Pending"),
+        status=credentialed and phase != ParticipantPhase.EVICTED,
+        reason="Issued" if credentialed and phase != ParticipantPhase.EVICTED
+        else ("Revoked" if phase == ParticipantPhase.EVICTED else "Pending"),
         message="client certificate and Curve key in the credentials Secret" if credentialed else "",
         now=now,
         generation=generation,
@@ -263,7 +274,7 @@ def transitions(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str
     """Kubernetes events (type, reason, message) for what changed between two statuses."""
     events = []
     if old.get("phase") != new.get("phase"):
-        kind = "Warning" if new.get("phase") in ("Failed", "Evicted") else "Normal"
+        kind = "Warning" if new.get("phase") in (SessionPhase.FAILED, ParticipantPhase.EVICTED) else "Normal"
         events.append((kind, new.get("phase", ""), f"phase {old.get('phase') or '-'} -> {new.get('phase')}"))
     for cond in new.get("conditions", []):
         before = condition(old, cond["type"])

@@ -61,30 +61,30 @@ def _pinned(image: str) -> bool:
 
 
 def session_images(session: dict[str, Any]) -> list[tuple[str, str]]:
-    """(where, image) of every image a FedSession names."""
+    """(where, image) of every image a FedSession (typed spec) names."""
     spec = session["spec"]
-    return [
-        (f"spec.{c}.image", (spec.get(c) or {}).get("image") or "")
-        for c in ("coordinator", "aggregator")
-        if (spec.get(c) or {}).get("image")
-    ]
+    templates = {"coordinator": spec.coordinator, "aggregator": spec.aggregator}
+    return [(f"spec.{c}.image", t.image) for c, t in templates.items() if t is not None and t.image]
 
 
 def participant_refs(participant: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(where, kind, name) of every Secret/ConfigMap a FedParticipant asks to mount."""
+    """(where, kind, name) of every Secret/ConfigMap a FedParticipant (typed spec) asks to mount."""
+    spec = participant["spec"]
     out = []
-    for field in ("promptRef", "dataRef"):
-        ref = participant["spec"].get(field) or {}
-        for key, kind in (("configMapKeyRef", "ConfigMap"), ("secretKeyRef", "Secret")):
-            if key in ref:
-                out.append((f"spec.{field}.{key}", kind, ref[key]["name"]))
+    for field, ref in (("promptRef", spec.prompt_ref), ("dataRef", spec.data_ref)):
+        if ref is None:
+            continue
+        if ref.config_map_key_ref is not None:
+            out.append((f"spec.{field}.configMapKeyRef", "ConfigMap", ref.config_map_key_ref.name))
+        if ref.secret_key_ref is not None:
+            out.append((f"spec.{field}.secretKeyRef", "Secret", ref.secret_key_ref.name))
     return out
 
 
 def session_refs(session: dict[str, Any]) -> list[tuple[str, str, str]]:
     """(where, kind, name) of the Secret a FedSession asks the coordinator to read (its database DSN)."""
-    database = session["spec"].get("database")
-    return [("spec.database.secretRef", "Secret", database["secretRef"]["name"])] if database else []
+    database = session["spec"].database
+    return [("spec.database.secretRef", "Secret", database.secret_ref.name)] if database else []
 
 
 def ref_problem(obj: dict[str, Any], *, where: str, kind: str) -> str | None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedattn.aggregator.client import AggregatorClient
+from fedattn.api.spec import SessionSpec
 from fedattn.attention import spec as attention_spec
 from fedattn.attention.gguf_model import load_model, resolve_model_path
 from fedattn.attention.participant import participant_decode, participant_prefill
@@ -53,7 +54,7 @@ def zmq_exchange(channel: AggregatorClient, *, timeout_seconds: float):
 def run_attention(
     channel: AggregatorClient,
     *,
-    spec: dict[str, Any],
+    spec: SessionSpec,
     name: str,
     participants: list[str],
     prompt: str,
@@ -62,12 +63,12 @@ def run_attention(
     """Prefill with FedAttn, decode greedily; returns this participant's own report."""
     path = resolve_model_path(attention_spec.model_path(spec))
     model, tokenizer = load_model(path), load_tokenizer(path)
-    order = attention_spec.participant_order(participants, spec["publisher"])
+    order = attention_spec.participant_order(participants, spec.publisher)
     index = order.index(name)
     tokens = attention_spec.own_tokens(
-        tokenizer, prompt, shared_prefix=spec.get("sharedPrefix", "template"), index=index, count=len(order)
+        tokenizer, prompt, shared_prefix=spec.shared_prefix, index=index, count=len(order)
     )
-    timeout = float(spec.get("roundTimeoutSeconds", 300))
+    timeout = float(spec.round_timeout_seconds)
     cfg = model.config
     shape = {"n_layers": cfg.n_layers, "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim}
     channel.send("hello", meta={"tokens": len(tokens.own), "prefix": len(tokens.prefix), "model": shape})
@@ -88,7 +89,7 @@ def run_attention(
     prefill_seconds = time.perf_counter() - began
     stop = frozenset({tokenizer.eos_token_id} - {None})
     began = time.perf_counter()
-    generation = participant_decode(model, prefill, max_new_tokens=int(spec.get("maxNewTokens", 32)), stop_tokens=stop)
+    generation = participant_decode(model, prefill, max_new_tokens=spec.max_new_tokens, stop_tokens=stop)
     decode_seconds = time.perf_counter() - began
     sync_ms = np.asarray(prefill.sync_seconds) * 1000.0
     if logits_file is not None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from fedattn import logs
 from fedattn.aggregator.client import AggregatorClient
+from fedattn.api.spec import SessionSpec
 from fedattn.coordinator.client import CoordinatorClient, identity_from_dir
 from fedattn.participant.heartbeat import Heartbeat
 from fedattn.participant.learner import BYZANTINE, run_learning
@@ -34,15 +35,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0)
     parser.add_argument("--simulate-byzantine", choices=BYZANTINE,
                         help="TESTING ONLY: send sign-flipped, scaled updates (spec.simulation)")
-    parser.add_argument("--simulate-scale", type=float, default=10.0, help="scale of --simulate-byzantine")
+    parser.add_argument("--simulate-scale", type=float,
+                        help="scale of --simulate-byzantine (required with it: spec.simulation.scale)")
     parser.add_argument("--log-level", default="INFO")
 
 
-def _contribute(args: argparse.Namespace, joined: dict[str, Any], client: CoordinatorClient) -> dict[str, Any]:
-    spec = joined["spec"]
+def _contribute(
+    args: argparse.Namespace, joined: dict[str, Any], spec: SessionSpec, client: CoordinatorClient
+) -> dict[str, Any]:
     identity = identity_from_dir(args.pki_dir, args.name)
     aggregator = joined["aggregator"]
-    policy = Policy.from_spec(spec.get("resilience"))
+    policy = client.policy
     with (
         Heartbeat(client, session=args.session, participant=args.name, interval=args.heartbeat_seconds) as beat,
         AggregatorClient(
@@ -55,8 +58,8 @@ def _contribute(args: argparse.Namespace, joined: dict[str, Any], client: Coordi
             timeout_seconds=policy.timeout_seconds,
         ) as channel,
     ):
-        idle = float(spec.get("roundTimeoutSeconds", 300)) * 2 + policy.timeout_seconds
-        if spec["mode"] == "learning":
+        idle = spec.round_timeout_seconds * 2 + policy.timeout_seconds
+        if spec.mode == "learning":
             return run_learning(
                 channel,
                 spec=spec,
@@ -85,13 +88,16 @@ def _contribute(args: argparse.Namespace, joined: dict[str, Any], client: Coordi
 
 def run(args: argparse.Namespace) -> int:
     logs.configure("participant", level=args.log_level)
+    if args.simulate_byzantine and args.simulate_scale is None:
+        raise SystemExit("fedattn participant: --simulate-byzantine needs --simulate-scale (spec.simulation.scale)")
     identity = identity_from_dir(args.pki_dir, args.name)
     client = CoordinatorClient(base_url=args.coordinator, identity=identity)
     joined = client.join(args.session, args.name)
-    client.policy = Policy.from_spec(joined["spec"].get("resilience"))
+    spec = SessionSpec.from_manifest(joined["spec"])  # NB: the one parse of the spec in this process
+    client.policy = Policy.from_spec(spec.resilience)
     ctx = {"session": args.session, "participant": args.name}
     log.info("joined as participant %d of %d", joined["index"] + 1, len(joined["participants"]), extra=ctx)
-    result = _contribute(args, joined, client)
+    result = _contribute(args, joined, spec, client)
     if args.result_file:
         args.result_file.parent.mkdir(parents=True, exist_ok=True)
         args.result_file.write_text(json.dumps(result, indent=2, default=str))

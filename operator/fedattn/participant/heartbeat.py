@@ -6,6 +6,7 @@ import logging
 import threading
 from typing import Any
 
+from fedattn.api.schema import SessionPhase
 from fedattn.coordinator.client import CoordinatorClient
 
 log = logging.getLogger(__name__)
@@ -43,4 +44,4 @@ class Heartbeat:
 
     @property
     def session_over(self) -> bool:
-        return self.last.get("session_phase") in ("Succeeded", "Failed")
+        return self.last.get("session_phase") in (SessionPhase.SUCCEEDED, SessionPhase.FAILED)

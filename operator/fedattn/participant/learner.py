@@ -16,6 +16,7 @@ import numpy as np
 
 from fedattn import wire
 from fedattn.aggregator.client import AggregatorClient, Timeout
+from fedattn.api.spec import SessionSpec
 from fedattn.learning import data, models, secagg, session
 from fedattn.learning.compression import CompressionSpec, ErrorFeedback
 from fedattn.learning.trainer import TrainConfig, train
@@ -47,34 +48,34 @@ def _payload(
     arrays, description = feedback.compress(params - global_params)
     return tuple(arrays), {"compression": description}
 
-def private_shard(spec: dict[str, Any], *, index: int, parts: int) -> data.Split:
-    training = spec.get("training") or {}
+def private_shard(spec: SessionSpec, *, index: int, parts: int) -> data.Split:
     return data.participant_split(
         session.dataset(spec),
         index=index,
         parts=parts,
-        alpha=float(training.get("dirichletAlpha", 0.5)),
-        seed=int(training.get("seed", 0)),
+        alpha=spec.training.dirichlet_alpha,
+        seed=spec.training.seed,
     )
 
 
 def run_learning(
     channel: AggregatorClient,
     *,
-    spec: dict[str, Any],
+    spec: SessionSpec,
     name: str,
     index: int,
     parts: int,
     session_over: Callable[[], bool],
     idle_timeout_seconds: float,
-    rehello_seconds: float = 30.0,
+    rehello_seconds: float,
     byzantine: tuple[str, float] | None = None,
 ) -> dict[str, Any]:
     """Serve rounds until the aggregator says ``done`` (or the coordinator says the session ended).
 
     Returns this participant's own record: rounds trained, examples, last loss, the final model's
-    checksum. A round the aggregator rejects (e.g. ``stale_round`` because we were too slow) is logged
-    and skipped, never retried blindly: the next ``model`` message starts the next round. After
+    held-out accuracy and why it stopped. A round the aggregator rejects (e.g. ``stale_round``
+    because we were too slow) is logged and skipped, never retried blindly: the next ``model``
+    message starts the next round. After
     ``rehello_seconds`` without a message it says ``hello`` again: a restarted aggregator does not
     know where we are, and answers a hello during an open round with that round's model.
     ``byzantine=(mode, scale)`` turns this participant into a simulated attacker
@@ -82,11 +83,11 @@ def run_learning(
     """
     arch: models.Architecture = session.architecture(spec)
     shard = private_shard(spec, index=index, parts=parts)
-    config = TrainConfig.from_spec(spec.get("training") or {})
+    config = TrainConfig.from_spec(spec.training)
     seed = session.seed(spec)
-    codec = CompressionSpec.from_manifest(spec["compression"]) if spec.get("compression") else None
+    codec = CompressionSpec.from_manifest(spec.compression)
     feedback = None
-    if codec is not None and codec.codec != "dense":
+    if codec.codec != "dense":
         feedback = ErrorFeedback(size=arch.size, spec=codec)
     ctx = {"session": channel.session, "participant": name}
     channel.send("hello")

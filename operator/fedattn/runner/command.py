@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from fedattn.api import ManifestError
+from fedattn.api.schema import SessionPhase
 from fedattn.runner import local, manifests, summary
 from fedattn.runner.processes import supervised
 
@@ -25,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         bundle = manifests.load(args.file)
-    except manifests.ManifestError as exc:
+    except ManifestError as exc:
         print(f"fedattn run: {exc}", file=sys.stderr)
         return 2
     workdir = args.workdir or Path(".fedattn") / "runs" / f"{bundle.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -44,11 +46,12 @@ def run(args: argparse.Namespace) -> int:
         status = local.follow(session, on_status=show, timeout_seconds=args.timeout_seconds)
         local.wait_participants(session)
         status = session.status()
-        if bundle.spec["mode"] == "learning":
+        spec = bundle.spec
+        if spec.mode == "learning":
             from fedattn.learning.centralized import centralized_accuracy
 
             result = summary.learning_summary(
-                status, centralized=centralized_accuracy(bundle.spec), store=session.store_dsn
+                status, centralized=centralized_accuracy(spec), store=session.store_dsn
             )
         else:
             result = summary.attention_summary(
@@ -59,4 +62,4 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2, default=str))
     else:
         print(f"{bundle.name}: {result['phase']}; details in {workdir}")
-    return 0 if result["phase"] == "Succeeded" else 1
+    return 0 if result["phase"] == SessionPhase.SUCCEEDED else 1

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from fedattn import pki
+from fedattn.api.schema import SessionPhase
 from fedattn.coordinator.client import CoordinatorClient
 from fedattn.coordinator.command import DSN_ENV
 from fedattn.resilience import Policy
 from fedattn.runner.manifests import Bundle
 from fedattn.runner.processes import Supervisor, free_port, wait_ready
 
-TERMINAL_PHASES = ("Succeeded", "Failed")
+TERMINAL_PHASES = (SessionPhase.SUCCEEDED, SessionPhase.FAILED)
 
 
 @dataclass(frozen=True)
@@ -139,7 +140,7 @@ def start(
     admin = CoordinatorClient(
         base_url=endpoints.coordinator,
         identity=identities["operator"],
-        policy=Policy.from_spec(bundle.spec.get("resilience")),
+        policy=Policy.from_spec(bundle.spec.resilience),
     )
     admin.create_session(bundle.session, bundle.participants)
     session = LocalSession(bundle, workdir, supervisor, endpoints, admin, store_dsn)
@@ -165,10 +166,9 @@ def start_participant(session: LocalSession, name: str) -> None:
         "--pki-dir", str(participant_pki_dir(session.workdir, name)),
         "--result-file", str(session.workdir / "results" / f"{name}.json"),
     ]
-    simulation = _participant_spec(session, name).get("simulation") or {}
-    if simulation.get("byzantine"):
-        args += ["--simulate-byzantine", str(simulation["byzantine"]),
-                 "--simulate-scale", str(simulation.get("scale", 10.0))]
+    simulation = session.bundle.participant_spec(name).simulation
+    if simulation is not None and simulation.byzantine:
+        args += ["--simulate-byzantine", simulation.byzantine, "--simulate-scale", str(simulation.scale)]
     for key, value in session.bundle.private.get(name, {}).items():
         path = private_dir / key
         path.write_text(value)
@@ -179,13 +179,6 @@ def start_participant(session: LocalSession, name: str) -> None:
     threads = str(max(1, (os.cpu_count() or 1) // len(session.bundle.participant_names)))
     blas = {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
     session.supervisor.start(f"participant-{name}", args, env=blas)
-
-
-def _participant_spec(session: LocalSession, name: str) -> dict[str, Any]:
-    for manifest in session.bundle.participants:
-        if manifest["metadata"]["name"] == name:
-            return manifest.get("spec") or {}
-    return {}
 
 
 def follow(

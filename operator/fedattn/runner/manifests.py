@@ -14,16 +14,19 @@ from typing import Any
 
 import yaml
 
-from fedattn.api import apply_defaults_and_validate
+from fedattn.api import ManifestError, apply_defaults_and_validate
+from fedattn.api.spec import DataRef, ParticipantSpec, SessionSpec
 
-
-class ManifestError(ValueError):
-    """A manifest file that cannot be run; the message names the document and the field."""
+__all__ = ["Bundle", "ManifestError", "load"]
 
 
 @dataclass
 class Bundle:
-    """A session with its participants and the private data each of them holds (never shared)."""
+    """A session with its participants and the private data each of them holds (never shared).
+
+    The manifests stay dicts (they are what the coordinator is sent, and tests edit them before a
+    run); :attr:`spec` and :meth:`participant_spec` are their typed views.
+    """
 
     session: dict[str, Any]
     participants: list[dict[str, Any]]
@@ -34,8 +37,15 @@ class Bundle:
         return self.session["metadata"]["name"]
 
     @property
-    def spec(self) -> dict[str, Any]:
-        return self.session["spec"]
+    def spec(self) -> SessionSpec:
+        return SessionSpec.from_manifest(self.session)
+
+    def participant_spec(self, name: str) -> ParticipantSpec:
+        """The typed spec of the FedParticipant ``name``; KeyError if the bundle has none."""
+        for manifest in self.participants:
+            if manifest["metadata"]["name"] == name:
+                return ParticipantSpec.from_manifest(manifest)
+        raise KeyError(f"no FedParticipant {name!r} in session {self.name}")
 
     @property
     def participant_names(self) -> list[str]:
@@ -52,18 +62,21 @@ def _config_value(doc: dict[str, Any], key: str) -> str | None:
     return (doc.get("data") or {}).get(key)
 
 
-def _resolve(ref: dict[str, Any], objects: dict[tuple[str, str], dict[str, Any]], *, where: str) -> str:
-    for kind, field_name in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
-        if field_name in ref:
-            name, key = ref[field_name].get("name"), ref[field_name].get("key")
-            doc = objects.get((kind, name))
+def _file_error(path: Path, problem: str) -> ManifestError:
+    return ManifestError("manifest file", str(path), [problem])
+
+
+def _resolve(ref: DataRef, objects: dict[tuple[str, str], dict[str, Any]], *, path: Path, where: str) -> str:
+    for kind, key_ref in (("ConfigMap", ref.config_map_key_ref), ("Secret", ref.secret_key_ref)):
+        if key_ref is not None:
+            doc = objects.get((kind, key_ref.name))
             if doc is None:
-                raise ManifestError(f"{where}: {kind} {name!r} is not in the file")
-            value = _config_value(doc, key)
+                raise _file_error(path, f"{where}: {kind} {key_ref.name!r} is not in the file")
+            value = _config_value(doc, key_ref.key)
             if value is None:
-                raise ManifestError(f"{where}: {kind} {name!r} has no key {key!r}")
+                raise _file_error(path, f"{where}: {kind} {key_ref.name!r} has no key {key_ref.key!r}")
             return value
-    raise ManifestError(f"{where}: needs configMapKeyRef or secretKeyRef")
+    raise _file_error(path, f"{where}: needs configMapKeyRef or secretKeyRef")
 
 
 def load(path: Path) -> Bundle:
@@ -71,53 +84,57 @@ def load(path: Path) -> Bundle:
     try:
         docs = [d for d in yaml.safe_load_all(Path(path).read_text()) if d is not None]
     except (OSError, yaml.YAMLError) as exc:
-        raise ManifestError(f"{path}: cannot read manifests: {exc}") from None
+        raise _file_error(path, f"cannot read manifests: {exc}") from None
     sessions, participants, objects = [], [], {}
     for index, doc in enumerate(docs):
         if not isinstance(doc, dict) or "kind" not in doc:
-            raise ManifestError(f"{path}: document {index} is not a Kubernetes object (no kind)")
+            raise _file_error(path, f"document {index} is not a Kubernetes object (no kind)")
         kind = doc["kind"]
         name = (doc.get("metadata") or {}).get("name", f"#{index}")
         if kind in ("FedSession", "FedParticipant"):
             try:
                 doc = apply_defaults_and_validate(kind, doc)
-            except ValueError as exc:
-                raise ManifestError(f"{path}: {kind} {name}: {exc}") from None
+            except ManifestError as exc:
+                raise _file_error(path, str(exc)) from None
             (sessions if kind == "FedSession" else participants).append(doc)
         elif kind in ("ConfigMap", "Secret"):
             objects[(kind, name)] = doc
         else:
-            raise ManifestError(f"{path}: document {index} has kind {kind!r}; expected FedSession, "
-                                "FedParticipant, ConfigMap or Secret")
+            raise _file_error(path, f"document {index} has kind {kind!r}; expected FedSession, "
+                                    "FedParticipant, ConfigMap or Secret")
     if len(sessions) != 1:
-        raise ManifestError(f"{path}: needs exactly one FedSession, found {len(sessions)}")
+        raise _file_error(path, f"needs exactly one FedSession, found {len(sessions)}")
     session = sessions[0]
+    spec = SessionSpec.from_manifest(session)
     session_name = session["metadata"]["name"]
-    mine = [p for p in participants if p["spec"]["sessionRef"] == session_name]
-    others = sorted({p["spec"]["sessionRef"] for p in participants} - {session_name})
+    typed = [(p, ParticipantSpec.from_manifest(p)) for p in participants]
+    mine = [p for p, t in typed if t.session_ref == session_name]
+    others = sorted({t.session_ref for _, t in typed} - {session_name})
     if others:
-        raise ManifestError(f"{path}: FedParticipants refer to unknown sessions {others}")
+        raise _file_error(path, f"FedParticipants refer to unknown sessions {others}")
     names = [p["metadata"]["name"] for p in mine]
     if len(set(names)) != len(names):
-        raise ManifestError(f"{path}: duplicate FedParticipant names in {names}")
-    if len(mine) < session["spec"]["minParticipants"]:
-        raise ManifestError(
-            f"{path}: spec.minParticipants is {session['spec']['minParticipants']} but only {len(mine)} "
-            "FedParticipants are given"
+        raise _file_error(path, f"duplicate FedParticipant names in {names}")
+    if len(mine) < spec.min_participants:
+        raise _file_error(
+            path, f"spec.minParticipants is {spec.min_participants} but only {len(mine)} FedParticipants are given"
         )
     private: dict[str, dict[str, str]] = {}
-    for p in mine:
-        where = f"FedParticipant {p['metadata']['name']}"
-        private[p["metadata"]["name"]] = {
-            key: _resolve(p["spec"][ref], objects, where=f"{where} spec.{ref}")
-            for key, ref in (("prompt", "promptRef"), ("data", "dataRef"))
-            if p["spec"].get(ref)
+    for p, t in typed:
+        if t.session_ref != session_name:
+            continue
+        name = p["metadata"]["name"]
+        where = f"FedParticipant {name}"
+        refs = (("prompt", "promptRef", t.prompt_ref), ("data", "dataRef", t.data_ref))
+        private[name] = {
+            key: _resolve(ref, objects, path=path, where=f"{where} spec.{field_name}")
+            for key, field_name, ref in refs
+            if ref is not None
         }
-    if session["spec"]["mode"] == "attention":
-        publisher = session["spec"].get("publisher")
-        if publisher not in names:
-            raise ManifestError(f"{path}: spec.publisher {publisher!r} is not one of the FedParticipants {names}")
+    if spec.mode == "attention":
+        if spec.publisher not in names:
+            raise _file_error(path, f"spec.publisher {spec.publisher!r} is not one of the FedParticipants {names}")
         missing = [n for n in names if "prompt" not in private[n]]
         if missing:
-            raise ManifestError(f"{path}: attention participants {missing} have no promptRef")
+            raise _file_error(path, f"attention participants {missing} have no promptRef")
     return Bundle(session=session, participants=mine, private=private)

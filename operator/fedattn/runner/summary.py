@@ -61,14 +61,13 @@ def attention_summary(
     spec = bundle.spec
     path = resolve_model_path(attention_spec.model_path(spec))
     model, tokenizer = load_model(path), load_tokenizer(path)
-    order = attention_spec.participant_order(bundle.participant_names, spec["publisher"])
-    layout = chat_layout(tokenizer, [bundle.private[n]["prompt"] for n in order],
-                         shared_prefix=spec.get("sharedPrefix", "template"))
+    order = attention_spec.participant_order(bundle.participant_names, spec.publisher)
+    layout = chat_layout(tokenizer, [bundle.private[n]["prompt"] for n in order], shared_prefix=spec.shared_prefix)
     stop = frozenset({tokenizer.eos_token_id} - {None})
     rows, centralized_text = [], None
     for index, name in enumerate(order):
         result = results.get(name)
-        row: dict[str, Any] = {"name": name, "publisher": name == spec["publisher"]}
+        row: dict[str, Any] = {"name": name, "publisher": name == spec.publisher}
         last = int(layout.positions_of(index)[-1])
         if result is None:
             rows.append({**row, "text": None, "error": "no result (participant failed or was left out)"})
@@ -78,9 +77,9 @@ def attention_summary(
                                f"{int(layout.positions_of(index)[0])}")
         saved = np.load(workdir / "results" / f"{name}.npz")
         cmp = compare(model, layout.token_ids, last_position=last, tokens=saved["tokens"].tolist(),
-                      step_logits=saved["step_logits"], max_new_tokens=int(spec.get("maxNewTokens", 32)),
+                      step_logits=saved["step_logits"], max_new_tokens=spec.max_new_tokens,
                       stop_tokens=stop)
-        if name == spec["publisher"]:
+        if name == spec.publisher:
             centralized_text = tokenizer.decode(cmp.centralized_tokens)
         rows.append({
             **row,
