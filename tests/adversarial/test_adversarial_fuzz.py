@@ -117,23 +117,23 @@ async def test_rejections_are_counted_but_only_a_members_sample_is_stored(stack)
         await asyncio.sleep(0.02)
     garbage = 500
 
-    def send(name: str) -> None:
-        with dealer(pki_dir, aggregator, "s", name) as client:
-            for _ in range(garbage):  # each one refused (not a member / no round open), each one an event
-                client.send("update", round=7, meta={"num_examples": 1})
-
-    await asyncio.gather(asyncio.to_thread(send, stack.outsider), asyncio.to_thread(send, "carol"))
-
     def refused(reason: str) -> float:
         return aggregator.metrics.value("fedattn_aggregator_rejected_total", reason=reason)
 
     def recorded(reason: str) -> float:
         return running.metrics.value("fedattn_coordinator_contributions_rejected_total", reason=reason)
 
-    # NB: the aggregator counts every rejection; what it reports, the coordinator counts when it arrives
-    while refused("not_in_session") < garbage or refused("stale_round") < garbage or len(aggregator.events):
-        await asyncio.sleep(0.05)
-    while recorded("stale_round") < 1:
+    def send(name: str, reason: str) -> None:
+        with dealer(pki_dir, aggregator, "s", name) as client:
+            for _ in range(garbage):  # each one refused (not a member / no round open)
+                client.send("update", round=7, meta={"num_examples": 1})
+            while refused(reason) < garbage:  # NB: closing with linger 0 would drop what is still queued
+                time.sleep(0.05)
+
+    await asyncio.gather(
+        asyncio.to_thread(send, stack.outsider, "not_in_session"), asyncio.to_thread(send, "carol", "stale_round")
+    )
+    while len(aggregator.events) or recorded("stale_round") < 1:  # NB: what is reported arrives asynchronously
         await asyncio.sleep(0.05)
     store = running.coordinator.store
     await store.writes.flush()

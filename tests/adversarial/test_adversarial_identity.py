@@ -151,7 +151,9 @@ async def test_private_data_refs_need_the_opt_in_label_and_never_the_operators_o
             await config.kube.apply(obj)
         await eventually(lambda: "lrn-ca" in names_of(emulator, SECRETS))
         # even labelled, the session CA's Secret is the operator's own
-        await config.kube.patch("Secret", NAMESPACE, "lrn-ca", {"metadata": {"labels": OPTED_IN}})
+        await config.kube.patch(
+            kind="Secret", namespace=NAMESPACE, name="lrn-ca", body={"metadata": {"labels": OPTED_IN}}
+        )
         refs = {
             "steal-ca": {"secretKeyRef": {"name": "lrn-ca", "key": "ca.key"}},
             "unasked": {"configMapKeyRef": {"name": "unlabelled", "key": "k"}},

@@ -109,7 +109,7 @@ async def refs_problems(kube: Kube, namespace: str, refs: list[tuple[str, str, s
     """Problems of every reference; raises :class:`RefNotReady` when one does not exist yet."""
     problems = []
     for where, kind, name in refs:
-        obj = await kube.read(kind, namespace, name)
+        obj = await kube.read(kind=kind, namespace=namespace, name=name)
         if obj is None:
             raise RefNotReady(f"{where}: {kind} {name!r} does not exist in {namespace}")
         if problem := ref_problem(obj, where=where, kind=kind):
