@@ -278,7 +278,7 @@ class Aggregator:
                 route, kind="ctl_event", session=event["session"], participant=CONTROL_IDENTITY, meta=event
             )
 
-        self.events.flush(send)
+        self.events.flush(send, now=time.monotonic())
         self.metrics.events_queued.set(len(self.events))
 
     # --- receiving --------------------------------------------------------------------------------
@@ -322,6 +322,7 @@ class Aggregator:
                     raise wire.WireError("unexpected_kind", f"{kind} is not a control request")
                 self._control_route = route
                 msg = wire.decode(body, max_bytes=self.max_message_bytes)
+                self.events.ack(msg.meta.get("ack_events"))  # NB: any request may carry it (pings do)
                 self._on_control(route, msg)
                 return
             if kind not in wire.PARTICIPANT_KINDS:
