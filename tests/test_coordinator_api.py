@@ -596,6 +596,35 @@ async def test_changes_are_acknowledged_only_once_committed(pki_dir, aggregator,
         await running.stop()
 
 
+async def test_a_create_is_acted_on_only_once_committed_and_a_retry_waits_for_it_too(
+    pki_dir, aggregator, postgres_server, fresh_database
+):
+    """Commit, then act (issue 14 item 8): a session whose rows are not durable is neither acknowledged
+    (also not to a retry) nor configured at the aggregator nor joinable."""
+    running = await serve(replace(config(pki_dir, aggregator, fresh_database), ack_timeout_seconds=1.0))
+    operator, alice = as_(running, pki_dir, "operator"), as_(running, pki_dir, "alice")
+    try:
+        await asyncio.to_thread(postgres_server.stop)
+        try:
+            for _ in range(2):  # the create, then its retry: neither is acknowledged
+                status, body = await operator.call("POST", "/v1/sessions", manifests("late"))
+                assert (status, body["error"]) == (503, "store_unavailable"), (status, body)
+            assert "late" not in aggregator.sessions
+            assert (await alice.call("POST", "/v1/sessions/late/participants/alice/join", {}))[0] == 404
+        finally:
+            await asyncio.to_thread(postgres_server.start)
+        while (reply := await operator.call("POST", "/v1/sessions", manifests("late")))[0] == 503:
+            pass
+        assert reply[0] in (200, 201), reply
+        assert (await running.coordinator.store.get_session("late")) is not None
+        while "late" not in aggregator.sessions:
+            await asyncio.sleep(0.02)
+    finally:
+        if not postgres_server.running():
+            postgres_server.start()
+        await running.stop()
+
+
 async def test_a_resent_event_counts_once_but_a_restarted_aggregators_event_ids_do_not_collide(coordinator, pki_dir):
     await as_(coordinator, pki_dir, "operator").call("POST", "/v1/sessions", manifests("ev2"))
     event = {"session": "ev2", "event": "rejected", "participant": "bob", "round": 1, "reason": "late", "event_id": 1}
