@@ -400,7 +400,7 @@ def test_model_is_sent_to_a_participant_who_says_hello_after_the_round_opened(h)
     alice = h.client("alice")
     assert alice.request("hello").kind == "welcome"
     model = alice.recv()
-    assert model.kind == "model" and model.round == 1 and model.meta["rounds"] == 3
+    assert model.kind == "model" and model.round == 1 and model.meta["config"]["rounds"] == 3
     np.testing.assert_array_equal(model.arrays[0], np.full(8, 0.5, np.float32))
 
 

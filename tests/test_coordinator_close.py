@@ -48,7 +48,11 @@ def test_a_well_formed_close_reply_is_carried_over_field_by_field():
         "reliability": {"carol": 0.5},
         "evict": ["bob"],
         "stop": "PrivacyBudgetExhausted: round 3 would spend epsilon 9.01 > targetEpsilon 8",
+        "evaluation": {"round": 2, "loss": 0.5, "num_examples": 90, "metrics": {"accuracy": 0.9, "auc": math.nan},
+                       "participants": ["alice", "mallory"], "missing": ["bob"]},
     }
+    evaluation = {"round": 2, "loss": 0.5, "num_examples": 90, "metrics": {"accuracy": 0.9},
+                  "participants": ["alice"], "missing": ["bob"]}
     summary = RoundSummary.from_reply(reply, round=2, members=MEMBERS)
     judgement = {"scores": {"alice": 0.25, "bob": 1.0}, "reliability": {"carol": 0.5}, "evict": ["bob"]}
     assert summary.judgement() == judgement
@@ -61,10 +65,12 @@ def test_a_well_formed_close_reply_is_carried_over_field_by_field():
         "aggregation_seconds": 0.012,
         "epsilon": 1.5,
         "update_bytes": 4096,
+        "evaluation": evaluation,
         **judgement,
     }
     assert summary.evict == ("bob",) and summary.model_checksum == 2**63 - 1
     assert summary.stop == reply["stop"]
+    assert summary.evaluation == evaluation
     json.dumps(summary.status(), allow_nan=False)  # NB: status is served as JSON
 
 

@@ -9,11 +9,14 @@ import importlib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fedattn import pki
 from fedattn.api import apply_defaults_and_validate
 from fedattn.api.spec import ParticipantSpec, SessionSpec
 from fedattn.operator import builders, names
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _session(**spec) -> dict:
@@ -209,3 +212,33 @@ def test_long_names_are_cut_to_a_stable_dns_label() -> None:
     long = "x" * 70
     assert len(names.coordinator(long)) == 63 and names.coordinator(long) == names.coordinator(long)
     assert names.coordinator(long) != names.aggregator(long)
+
+
+def _byom_example() -> tuple[dict, dict]:
+    """The FedSession and first FedParticipant of examples/byom/torch-breast-cancer.yaml."""
+    session, participant, *_ = yaml.safe_load_all((ROOT / "examples/byom/torch-breast-cancer.yaml").read_text())
+    return _session(**session["spec"]), _participant(**{**participant["spec"], "sessionRef": "s1"})
+
+
+def test_participant_job_passes_the_users_client_volumes_and_mount_paths():
+    session, participant = _byom_example()
+    pod = builders.build_participant_job(participant, session)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "registry.example.com/fedattn-byom:0.1"
+    args = container["args"]
+    assert args[args.index("--client") + 1] == "torch_client:make_client"
+    assert args[args.index("--volume") + 1] == "site-data=/data"
+    assert {"name": "site-data", "persistentVolumeClaim": {"claimName": "site-a"}} in pod["volumes"]
+    assert {"name": "site-data", "mountPath": "/data", "readOnly": True} in container["volumeMounts"]
+    parsed = _parse("participant", args[1:])  # NB: args[0] is the subcommand
+    assert (parsed.client, parsed.volume) == ("torch_client:make_client", ["site-data=/data"])
+
+
+def test_aggregator_mounts_the_output_claim_and_writes_there():
+    session, _ = _byom_example()
+    pod = builders.build_aggregator_deployment(session)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    parsed = _parse("aggregator", container["args"][1:])
+    assert parsed.output_dir == parsed.model_dir == Path(builders.OUTPUT_DIR)
+    assert {"name": "output", "persistentVolumeClaim": {"claimName": "fedattn-results"}} in pod["volumes"]
+    assert {"name": "output", "mountPath": builders.OUTPUT_DIR} in container["volumeMounts"]

@@ -105,7 +105,7 @@ async def test_operator_process_serves_health_and_metrics_and_reconciles(tmp_pat
                     and ('fedattn_operator_sessions{phase="Pending"} 1.0' in text)
                 )
 
-            await eventually(metrics_show_the_session, attempts=200, step=0.05)
+            await eventually(metrics_show_the_session, attempts=600, step=0.05)  # NB: 30 s: a loaded CI machine
         finally:
             proc.send_signal(signal.SIGTERM)
             out, _ = await asyncio.to_thread(proc.communicate, timeout=60)

@@ -25,7 +25,7 @@ ALPHA = 5.0
 @pytest.fixture(scope="module")
 def setup():
     ds = data.load("digits", test_fraction=0.25, seed=0)
-    softmax = ModelSpec(name="softmax", source=None, hidden_units=1)  # NB: softmax has no hidden layer
+    softmax = ModelSpec(name="softmax", source=None, hidden_units=1, initial=None)  # NB: softmax has no hidden layer
     arch = models.architecture(softmax, features=ds.features, classes=ds.classes)
     shards = [data.participant_split(ds, index=i, parts=PARTS, alpha=ALPHA, seed=0) for i in range(PARTS)]
     return ds, arch, shards

@@ -26,12 +26,13 @@ VERSION = 1
 
 #: Kinds a participant may send to the aggregator.
 PARTICIPANT_KINDS = frozenset(
-    {"hello", "update", "kv", "bye", "secagg_keys", "secagg_shares", "secagg_reveal"}
+    {"hello", "parameters", "update", "evaluation", "kv", "bye", "secagg_keys", "secagg_shares", "secagg_reveal"}
 )
 #: Kinds the aggregator sends to participants (``secagg_keys``/``secagg_shares`` also go this way,
 #: carrying every member's key and the bundles forwarded from peers).
 AGGREGATOR_KINDS = frozenset(
-    {"welcome", "model", "ack", "error", "kv_global", "done", "secagg_keys", "secagg_shares", "secagg_unmask"}
+    {"welcome", "model", "evaluate", "ack", "error", "kv_global", "done", "secagg_keys", "secagg_shares",
+     "secagg_unmask"}
 )
 #: Requests on the coordinator's control link; answered by ``ctl_reply``, alongside pushed ``ctl_event``s.
 CONTROL_KINDS = frozenset(

@@ -4,7 +4,7 @@
 - ``admin_client``: a ``kubernetes.client.ApiClient`` with cluster-admin rights (client certificate).
 - ``chart_release``: the chart installed with Helm's own engine into namespace ``fedattn`` (release
   ``fedattn``), and a kubeconfig that authenticates as the chart's ServiceAccount (its token Secret),
-  so whatever runs with it has exactly the chart's RBAC.
+  so whatever runs with it has exactly the chart's RBAC (see release.py, which the benchmark shares).
 - ``cluster_wide_release``: a second release with ``watch.allNamespaces`` (ClusterRole), same idea.
 
 Every test here is marked ``apiserver``. Nothing is skipped: a missing binary fails with the command to
@@ -13,16 +13,13 @@ run (the build script is idempotent and called here, so a fresh machine builds o
 
 from __future__ import annotations
 
-import base64
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import helm_engine as helm
 import kubernetes
 import pytest
 from apiserver import ControlPlane, build_binaries, start_control_plane
+from release import Release, install_release
 
 NAMESPACE = "fedattn"
 RELEASE = "fedattn"
@@ -47,63 +44,6 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
 @pytest.fixture(scope="session")
 def admin_client(control_plane: ControlPlane) -> kubernetes.client.ApiClient:
     return kubernetes.config.new_client_from_config(config_file=str(control_plane.admin_kubeconfig))
-
-
-def wait_for(predicate, *, what: str, timeout_s: float = 60.0, interval_s: float = 0.25):
-    """Poll ``predicate`` until it returns something truthy; fail naming ``what`` otherwise.
-
-    The bound is a guard against hanging, not a performance assertion.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(interval_s)
-
-
-def service_account_token(api: kubernetes.client.ApiClient, *, namespace: str, name: str) -> str:
-    """The token of a ServiceAccount, from the Secret that v1.20's tokens controller creates for it."""
-    core = kubernetes.client.CoreV1Api(api)
-
-    def token() -> str | None:
-        sa = core.read_namespaced_service_account(name, namespace)
-        for ref in sa.secrets or []:
-            secret = core.read_namespaced_secret(ref.name, namespace)
-            if secret.type == "kubernetes.io/service-account-token" and (secret.data or {}).get("token"):
-                return base64.b64decode(secret.data["token"]).decode()
-        return None
-
-    return wait_for(token, what=f"token Secret of ServiceAccount {namespace}/{name}")
-
-
-@dataclass(frozen=True)
-class Release:
-    name: str
-    namespace: str
-    service_account: str
-    operator_kubeconfig: Path
-    #: what Helm returned: manifest, hooks, notes (info), ...
-    installed: dict
-
-
-def install_release(
-    plane: ControlPlane, api: kubernetes.client.ApiClient, *, name: str, namespace: str, values: dict | None = None
-) -> Release:
-    """``helm install`` the chart, then wait for its ServiceAccount's token (release names here contain
-    "fedattn", so the chart's full name, and the ServiceAccount's, is the release name)."""
-    assert plane.admin_kubeconfig is not None
-    installed = helm.install(kubeconfig=plane.admin_kubeconfig, namespace=namespace, release=name, values=values)
-    token = service_account_token(api, namespace=namespace, name=name)
-    return Release(
-        name=name,
-        namespace=namespace,
-        service_account=name,
-        operator_kubeconfig=plane.token_kubeconfig(f"{name}-operator", token, namespace=namespace),
-        installed=installed,
-    )
 
 
 @pytest.fixture(scope="session")

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from apiserver import ControlPlane
 from kube import dynamic
+from release import Release, wait_for
 
-from conftest import Release, wait_for
 from fedattn.operator import names
 
 REPO = Path(__file__).resolve().parents[2]

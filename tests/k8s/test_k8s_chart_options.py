@@ -19,10 +19,10 @@ import pytest
 import yaml
 from apiserver import ControlPlane
 from kube import children, create_all, dynamic, load_manifests
+from release import Release, install_release, service_account_token, wait_for
 from test_k8s_chart import _can, _permissive_crd, _served, lint_errors
 from test_k8s_operator import running_operator
 
-from conftest import Release, install_release, service_account_token, wait_for
 from fedattn.aggregator.metrics import Metrics as AggregatorMetrics
 from fedattn.coordinator.metrics import Metrics as CoordinatorMetrics
 from fedattn.operator import names

@@ -10,8 +10,7 @@ from pathlib import Path
 import kubernetes
 import pytest
 from kube import create_all, dynamic, load_manifests
-
-from conftest import Release, wait_for
+from release import Release, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 #: Every example is a Kubernetes manifest (data such as benchmark prompt sets lives elsewhere), so

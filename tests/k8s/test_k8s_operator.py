@@ -9,20 +9,15 @@ session lets the controller manager's garbage collector remove every child.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import kubernetes
 import pytest
-from apiserver import ControlPlane, free_port, loopback_dns
+from apiserver import ControlPlane
 from kube import children, create_all, dynamic, load_manifests
-
-from conftest import Release, wait_for
+from release import Release, run_operator, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 #: How a denied call shows in the log: kopf's APIForbiddenError, the client's "(403) Reason: Forbidden",
@@ -36,40 +31,15 @@ def running_operator(
 ) -> Iterator[Path]:
     """``fedattn operator SCOPE...`` authenticated as ``release``'s ServiceAccount, healthy; yields its log.
     ``env``: more environment, e.g. what the chart's Deployment sets."""
-    log_path = plane.workdir / f"{release.name}-operator.log"
-    port = free_port()
-    env = {**os.environ, **(env or {})}
-    env |= {"KUBECONFIG": str(release.operator_kubeconfig), "POD_NAMESPACE": release.namespace}
-    with open(log_path, "wb") as log:
-        # NB: its coordinator client dials in-cluster names; loopback_dns keeps those lookups local.
-        argv = [
-            sys.executable, "-m", "fedattn.cli", "operator", *scope,
-            f"--health-address=127.0.0.1:{port}", "--log-level=DEBUG", "--poll-seconds=1",
-        ]  # fmt: skip
-        proc = subprocess.Popen(
-            loopback_dns(argv, workdir=plane.workdir),
-            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=plane.workdir,
-        )  # fmt: skip
-    try:
-
-        def healthy() -> bool:
-            if proc.poll() is not None:
-                pytest.fail(f"fedattn operator exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as reply:
-                    return reply.status == 200
-            except OSError:
-                return False
-
-        wait_for(healthy, what="the operator's /healthz", timeout_s=90)
-        yield log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with run_operator(
+        kubeconfig=release.operator_kubeconfig,
+        namespace=release.namespace,
+        workdir=plane.workdir,
+        log_name=f"{release.name}-operator",
+        args=[*scope, "--log-level=DEBUG", "--poll-seconds=1"],
+        env=env,
+    ) as running:
+        yield running.log_path
 
 
 def forbidden_lines(log_path: Path) -> list[str]:

@@ -37,7 +37,7 @@ def _path(directory: Path, session: str, suffix: str) -> Path:
     return directory / f"{session}{suffix}"
 
 
-def _write_atomically(path: Path, write: Any) -> None:
+def write_atomically(path: Path, write: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -62,7 +62,7 @@ def save(directory: Path, session: str, *, arrays: Mapping[str, np.ndarray], met
         raise CheckpointError(f"array name {_META!r} is reserved")
     path = _path(directory, session, ".ckpt.npz")
     encoded = np.frombuffer(json.dumps(dict(meta), sort_keys=True).encode(), dtype=np.uint8)
-    _write_atomically(path, lambda handle: np.savez(handle, **{_META: encoded}, **arrays))
+    write_atomically(path, lambda handle: np.savez(handle, **{_META: encoded}, **arrays))
     return path
 
 
@@ -83,7 +83,7 @@ def load(directory: Path, session: str) -> tuple[dict[str, np.ndarray], dict[str
 def save_open_round(directory: Path, session: str, *, round: int, participants: list[str]) -> None:
     """Record that ``round`` is open for ``participants`` (cleared by :func:`clear_open_round`)."""
     body = json.dumps({"round": round, "participants": sorted(participants)}).encode()
-    _write_atomically(_path(directory, session, ".round.json"), lambda handle: handle.write(body))
+    write_atomically(_path(directory, session, ".round.json"), lambda handle: handle.write(body))
 
 
 def load_open_round(directory: Path, session: str) -> tuple[int, list[str]] | None:

@@ -38,6 +38,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="checkpoints of learning sessions with checkpoint.everyRounds > 0 (resumed on restart)",
     )
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        help="learning sessions with spec.output write their models and metrics under DIR/SUBPATH",
+    )
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        help="where spec.model.initial.path is looked up (default: the working directory)",
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
@@ -52,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         checkpoint_dir=args.checkpoint_dir,
+        output_dir=args.output_dir,
+        model_dir=args.model_dir,
         hooks=Hooks(initial_params=learning_session.initial_params, evaluator=learning_session.evaluator),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -21,8 +21,12 @@ import numpy as np
 from fedattn import wire
 from fedattn.aggregator import checkpoint
 from fedattn.aggregator.conversation import DEFERRED, Conversation, Handler, Link
+from fedattn.aggregator.evaluation import RoundEvaluation
 from fedattn.aggregator.learning_session import Evaluate, LearningSession
+from fedattn.aggregator.output import SessionOutput
 from fedattn.api.spec import SessionSpec
+from fedattn.learning import model_file
+from fedattn.learning.named import Layout, LayoutError, names_of
 
 log = logging.getLogger("fedattn.aggregator")
 
@@ -45,13 +49,26 @@ class LearningProtocol(Conversation):
 
     mode = "learning"
 
-    def __init__(self, link: Link, *, hooks: Hooks, checkpoint_dir: Path | None) -> None:
+    def __init__(
+        self,
+        link: Link,
+        *,
+        hooks: Hooks,
+        checkpoint_dir: Path | None,
+        output_dir: Path | None = None,
+        model_dir: Path | None = None,
+    ) -> None:
         super().__init__(link)
         self.hooks = hooks
         self.checkpoint_dir = checkpoint_dir
+        self.output_dir = output_dir  # sessions with spec.output write there (fedattn.aggregator.output)
+        self.model_dir = model_dir  # where spec.model.initial.path is looked up
+        self.outputs: dict[str, SessionOutput] = {}
         self._handlers: dict[str, Handler] = {
             "hello": self._hello,
+            "parameters": self._parameters,
             "update": self._update,
+            "evaluation": self._evaluation,
             "secagg_keys": self._secagg,
             "secagg_shares": self._secagg,
             "secagg_reveal": self._secagg,
@@ -64,19 +81,29 @@ class LearningProtocol(Conversation):
     # --- session life cycle -----------------------------------------------------------------------
 
     def configure(self, *, msg: wire.Message, spec: SessionSpec, weights: dict[str, float]) -> LearningSession:
-        initial = self._initial_params(msg, spec)
-        state = self._session_of(name=msg.session, spec=spec, weights=weights, initial=initial)
+        names, initial = self._initial_params(msg, spec)
+        state = self._session_of(name=msg.session, spec=spec, weights=weights, initial=initial, names=names)
         self._resume(state)
         fresh = (state.round, state.open) == (0, False)
-        if self.checkpoint_dir is not None and state.checkpoint_every and fresh:
+        if self.checkpoint_dir is not None and state.checkpoint_every and fresh and state.has_model:
             self._checkpoint(state)  # NB: from now on a restarted aggregator knows the session by itself
         return state
 
     def _session_of(
-        self, *, name: str, spec: SessionSpec, weights: dict[str, float], initial: np.ndarray
+        self,
+        *,
+        name: str,
+        spec: SessionSpec,
+        weights: dict[str, float],
+        initial: list[np.ndarray] | np.ndarray | None,
+        names: list[str] | None = None,
     ) -> LearningSession:
         evaluate = self.hooks.evaluator(name, spec) if self.hooks.evaluator else None
-        return LearningSession(name=name, spec=spec, weights=weights, initial=initial, evaluate=evaluate)
+        state = LearningSession(name=name, spec=spec, weights=weights, initial=initial, names=names,
+                                evaluate=evaluate)
+        if spec.output is not None and self.output_dir is not None:
+            self.outputs[name] = SessionOutput(self.output_dir, session=name, spec=spec.output)
+        return state
 
     def restore_checkpointed(self) -> dict[str, LearningSession]:
         """Every unfinished learning session that has a checkpoint, before the server serves anyone.
@@ -97,7 +124,9 @@ class LearningProtocol(Conversation):
                 weights = {str(n): float(w) for n, w in meta["weights"].items()}
                 # NB: checkpoints written before the typed spec stored the spec without its mode
                 spec = SessionSpec.from_manifest({"mode": "learning", **meta["spec"]})
-                state = self._session_of(name=name, spec=spec, weights=weights, initial=arrays["global"])
+                layout = Layout.from_meta(meta["layout"]) if meta.get("layout") else Layout.flat(arrays["global"].size)
+                state = self._session_of(name=name, spec=spec, weights=weights, names=list(layout.names),
+                                         initial=layout.unflatten(arrays["global"]))
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 log.error("checkpoint %s not restored: %s", path.name, exc, extra={"session": name})
                 continue
@@ -136,24 +165,43 @@ class LearningProtocol(Conversation):
         except ValueError as exc:  # CheckpointError, StrategyError, PrivacyError
             log.error("checkpoint not used: %s", exc, extra=ids)
 
-    def _initial_params(self, msg: wire.Message, spec: SessionSpec) -> np.ndarray:
+    def _initial_params(
+        self, msg: wire.Message, spec: SessionSpec
+    ) -> tuple[list[str] | None, list[np.ndarray] | np.ndarray | None]:
+        """(names, arrays) of the initial model: the configure's arrays, ``spec.model.initial``, the
+        hook's (built-in models), zeros of ``meta.params``, or None: a ``client`` model whose first
+        participant's ``get_parameters`` will be it."""
         if msg.arrays:
-            return msg.arrays[0]
+            return names_of(msg.meta), list(msg.arrays)
+        initial = spec.model.initial if spec.model is not None else None
+        if initial is not None:
+            root = self.model_dir or Path.cwd()
+            return model_file.read(root / initial.path)
+        if spec.model is not None and spec.model.name == "client":
+            return None, None
         if self.hooks.initial_params is not None:
             got = self.hooks.initial_params(msg.session, spec)
             if got is not None:
-                return got
+                return None, got
         size = msg.meta.get("params")
         if not isinstance(size, int) or size <= 0:
             raise ValueError("learning sessions need an initial model array or meta.params (P > 0)")
-        return np.zeros(size, dtype=np.float32)
+        return None, np.zeros(size, dtype=np.float32)
 
     def final_arrays(self, state: LearningSession) -> list[Any]:
-        """The final model; checkpointed as finished first, so a restart does not bring the session back."""
+        """The final model; checkpointed as finished first, so a restart does not bring the session back,
+        and written to the session's output."""
+        if not state.has_model:
+            return []
         if self.checkpoint_dir is not None and state.checkpoint_every and not state.open:
             self._checkpoint(state, finished=True)
             checkpoint.clear_open_round(self.checkpoint_dir, state.name)
-        return [state.global_params]
+        arrays = state.global_arrays()
+        output = self.outputs.get(state.name)
+        if output is not None and state.layout is not None:
+            path = output.finished(round=state.round, names=state.layout.names, arrays=arrays)
+            log.info("final model written to %s", path, extra={"session": state.name})
+        return arrays
 
     def after_burst(self, state: LearningSession) -> None:
         try:
@@ -163,31 +211,66 @@ class LearningProtocol(Conversation):
 
     # --- participants -----------------------------------------------------------------------------
 
-    def _send_model(self, state: LearningSession, name: str) -> bool:
-        meta = {"rounds": state.spec.rounds, **state.strategy.client_config()}
-        if state.secure is not None:
-            meta.update(state.secure.client_config(), members=sorted(state.members))
+    def _send_model(self, state: LearningSession, name: str, *, kind: str = "model") -> bool:
+        """The global model as named arrays; ``config`` is what the strategy asks of clients
+        (Flower's configure_fit), ``model`` messages only."""
+        if not state.has_model or state.layout is None or state.strategy is None:
+            return False  # NB: the session waits for a participant's parameters; sent on adoption
+        meta: dict[str, Any] = {"names": list(state.layout.names)}
+        if kind == "model":
+            config = {"rounds": state.spec.rounds, "local_epochs": state.spec.training.local_epochs,
+                      **state.strategy.client_config()}
+            meta.update(config=config)
+            if state.secure is not None:
+                meta.update(state.secure.client_config(), members=sorted(state.members))
         frames = wire.encode(
-            kind="model",
+            kind=kind,
             session=state.name,
             participant=name,
             round=state.round,
             seq=self.link.next_seq(),
             meta=meta,
-            arrays=[state.global_params],
+            arrays=state.global_arrays(),
         )
         return self.link.send(state.routes[name], frames)
 
     def _hello(self, route: bytes, state: LearningSession, msg: wire.Message, checksums: list[int]) -> None:
         name = msg.participant
         state.routes[name] = route
-        self.link.reply(
-            route, kind="welcome", session=state.name, participant=name, round=state.round, meta={"mode": state.mode}
-        )
+        welcome = {"mode": state.mode, **({} if state.has_model else {"need_parameters": True})}
+        self.link.reply(route, kind="welcome", session=state.name, participant=name, round=state.round, meta=welcome)
         self.link.event(state.name, "hello", participant=name, round=state.round)
         log.info("hello", extra={"session": state.name, "participant": name})
         if state.open and name in state.members and name not in state.contributed:
             self._send_model(state, name)  # NB: joined after the round opened: it still gets the model
+
+    def _parameters(self, route: bytes, state: LearningSession, msg: wire.Message, checksums: list[int]) -> None:
+        """A participant's ``get_parameters``: the first becomes the initial model (Flower's default);
+        later ones are acknowledged and dropped."""
+        state.routes[msg.participant] = route
+        ids = {"session": state.name, "participant": msg.participant}
+        adopted = not state.has_model
+        if adopted:
+            try:
+                state.adopt(list(msg.arrays), names_of(msg.meta))
+            except (LayoutError, ValueError) as exc:
+                raise wire.WireError("shape_mismatch", f"parameters refused as the initial model: {exc}") from None
+            log.info("initial model from %s: %d parameters", msg.participant, state.size, extra=ids)
+        self.link.reply(route, kind="ack", session=state.name, participant=msg.participant, round=msg.round,
+                        meta={"seq": msg.seq})
+        if adopted and state.open:
+            for name in sorted(state.members - state.contributed.keys()):
+                if name in state.routes:
+                    self._send_model(state, name)
+
+    def _evaluation(self, route: bytes, state: LearningSession, msg: wire.Message, checksums: list[int]) -> None:
+        if state.evaluation is None:
+            raise wire.WireError("stale_round", f"no evaluation of round {msg.round} is being collected")
+        state.evaluation.add(msg.participant, msg.round, msg.meta)
+        self.link.reply(route, kind="ack", session=state.name, participant=msg.participant, round=msg.round,
+                        meta={"seq": msg.seq})
+        if state.evaluation.complete:
+            self._finish_evaluation(state)
 
     def _update(self, route: bytes, state: LearningSession, msg: wire.Message, checksums: list[int]) -> None:
         weight = state.accept(participant=msg.participant, round=msg.round, arrays=msg.arrays, meta=msg.meta)
@@ -220,6 +303,43 @@ class LearningProtocol(Conversation):
             msg.nbytes,
             extra={"session": state.name, "participant": msg.participant, "round": msg.round},
         )
+
+    # --- federated evaluation (fedattn.aggregator.evaluation) -------------------------------------
+
+    @staticmethod
+    def _evaluates(state: LearningSession, round: int) -> bool:
+        """Whether round ``round``'s model is evaluated: every k-th round and the last, when on."""
+        settings = state.spec.evaluation
+        if settings is None or not state.has_model:
+            return False
+        return round % settings.every_rounds == 0 or round >= state.spec.rounds
+
+    def _start_evaluation(self, state: LearningSession) -> None:
+        """Send the round's new global model to its contributors for evaluation."""
+        assert state.spec.evaluation is not None
+        asked = frozenset(n for n in sorted(state.contributed) if n in state.routes
+                          and self._send_model(state, n, kind="evaluate"))
+        deadline = time.monotonic() + state.spec.evaluation.timeout_seconds
+        state.evaluation = RoundEvaluation(round=state.round, asked=asked, deadline=deadline)
+        log.info("evaluating with %d participants", len(asked), extra={"session": state.name, "round": state.round})
+        if not asked:
+            self._finish_evaluation(state)
+
+    def _finish_evaluation(self, state: LearningSession) -> None:
+        """Put the evaluation into the round's result and answer the deferred close."""
+        evaluation, result = state.evaluation, state.last_result
+        assert evaluation is not None and result is not None
+        evaluation.finished = True
+        result.evaluation = evaluation.summary()
+        self.link.answer_deferred(state.name)
+
+    def tick(self, state: LearningSession, now: float) -> None:
+        evaluation = state.evaluation
+        if evaluation is not None and not evaluation.finished and now >= evaluation.deadline:
+            log.warning("evaluation timed out; missing %s", sorted(evaluation.asked - evaluation.reports.keys()),
+                        extra={"session": state.name, "round": evaluation.round})
+            self._finish_evaluation(state)
+        self._tick_secure(state, now)
 
     # --- secure aggregation (fedattn.aggregator.secure) ------------------------------------------
 
@@ -263,7 +383,7 @@ class LearningProtocol(Conversation):
             extra={"session": state.name, "round": state.round},
         )
 
-    def tick(self, state: LearningSession, now: float) -> None:
+    def _tick_secure(self, state: LearningSession, now: float) -> None:
         """Secure aggregation waits at most ``roundTimeoutSeconds`` per phase: a member whose key never
         comes is excluded (the others go on), a round whose reveals never reach the threshold closes
         keeping the old model (``model_kept`` names those that did not reveal); both are recorded
@@ -300,13 +420,24 @@ class LearningProtocol(Conversation):
         return {"sent": sent, "waiting_for_hello": [n for n in names if n not in sent]}
 
     def ctl_close_round(self, state: LearningSession, msg: wire.Message) -> dict[str, Any]:
-        """The round's result; :data:`DEFERRED` while a secure sum still waits for its unmasking."""
+        """The round's result; :data:`DEFERRED` while a secure sum still waits for its unmasking, or
+        while the round's federated evaluation is collected (fedattn.aggregator.evaluation)."""
         secure = state.secure
         waiting = secure is not None and secure.mean is None and secure.failed is None
         if state.open and msg.round == state.round and waiting and state.contributed:
             self._start_unmask(state)  # NB: the ones whose input did not arrive count as dropped
             return DEFERRED  # answered when enough survivors revealed their shares
         result = state.close_round(msg.round)
+        if self._evaluates(state, result.round):
+            evaluation = state.evaluation
+            if evaluation is None or evaluation.round != result.round:
+                self._start_evaluation(state)
+            if state.evaluation is not None and not state.evaluation.finished:
+                return DEFERRED  # answered when every contributor evaluated, or at the timeout
+        output = self.outputs.get(state.name)
+        if output is not None and state.layout is not None:
+            output.round_closed(round=result.round, names=state.layout.names, arrays=state.global_arrays(),
+                                result=result.meta())
         metrics = self.link.metrics
         metrics.aggregation_seconds.observe(result.aggregation_seconds)
         metrics.rounds_closed.inc()

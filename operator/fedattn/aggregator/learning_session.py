@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fedattn import wire
+from fedattn.aggregator.evaluation import RoundEvaluation
 from fedattn.aggregator.secure import SecureRound
 from fedattn.aggregator.sessions import Session
 from fedattn.aggregator.strategies import Strategy, build_session_strategy
@@ -22,6 +23,7 @@ from fedattn.aggregator.strategies.fedavg import FOLD_GROUP
 from fedattn.aggregator.strategies.scores import Reliability, cosine, should_evict, update_reliability
 from fedattn.api.spec import SessionSpec
 from fedattn.learning import compression, secagg
+from fedattn.learning.named import FLAT, Layout, LayoutError, names_of
 from fedattn.learning.privacy import DPSettings, PrivacyBudget
 
 Evaluate = Callable[[np.ndarray], float]
@@ -41,6 +43,7 @@ class RoundResult:
     scores: dict[str, float] | None = None  # contribution: cosine of each delta to the last global step
     reliability: dict[str, float] | None = None  # EMA of each member's round scores (scores.Reliability)
     evict: list[str] | None = None  # members to evict under spec.eviction (the coordinator's evict API)
+    evaluation: dict[str, Any] | None = None  # federated evaluation of the new global model (evaluation.py)
     model_kept: str | None = None  # why the round's aggregate was not taken (the old model stays)
 
     def meta(self) -> dict[str, Any]:
@@ -52,7 +55,7 @@ class RoundResult:
             "model_checksum": self.model_checksum,
             "update_bytes": self.update_bytes,
         }
-        for key in ("accuracy", "epsilon", "stop", "scores", "reliability", "evict", "model_kept"):
+        for key in ("accuracy", "epsilon", "stop", "scores", "reliability", "evict", "evaluation", "model_kept"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -71,7 +74,12 @@ def clip_delta(update: np.ndarray, global_params: np.ndarray, *, clip_norm: floa
 
 
 class LearningSession(Session):
-    """Rounds of federated learning over one global parameter vector."""
+    """Rounds of federated learning over one global model: named arrays (``layout``), folded flat.
+
+    Without an initial model (``initial=None``: the session takes one participant's
+    ``get_parameters``, as Flower does by default) the session waits for :meth:`adopt`; a round
+    opened before that starts when the model arrives.
+    """
 
     def __init__(
         self,
@@ -79,17 +87,15 @@ class LearningSession(Session):
         name: str,
         spec: SessionSpec,
         weights: dict[str, float],
-        initial: np.ndarray,
+        initial: list[np.ndarray] | np.ndarray | None,
+        names: list[str] | None = None,
         evaluate: Evaluate | None = None,
+        max_payload_bytes: int = 1 << 30,  # NB: until a model sets it; the socket's frame limit still holds
     ) -> None:
-        initial = np.ascontiguousarray(initial, dtype=np.float32).reshape(-1)
-        if initial.size == 0 or not np.isfinite(initial).all():
-            raise ValueError("the initial model must be a non-empty finite vector")
-        # NB: a top-k "compressed" update with k near P (int32 indices + float32 values) is twice a model.
-        limit = 2 * initial.nbytes + 64 * 1024
-        super().__init__(name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=limit)
-        # NB: DP noise must not be predictable, so its generator is seeded from the OS, not the spec.
-        self.strategy: Strategy = build_session_strategy(spec, size=initial.size, rng=np.random.default_rng())
+        super().__init__(name=name, mode="learning", spec=spec, weights=weights, max_payload_bytes=max_payload_bytes)
+        self.layout: Layout | None = None
+        self.strategy: Strategy | None = None
+        self.global_params: np.ndarray | None = None
         self.budget: PrivacyBudget | None = DPSettings.from_spec(spec.dp).budget() if spec.dp else None
         self.last_result: RoundResult | None = None
         secure = spec.secure_aggregation
@@ -104,8 +110,8 @@ class LearningSession(Session):
         self.evicted: set[str] = set()
         self.last_step: np.ndarray | None = None  # the previous round's global change, the score reference
         self.similarity: dict[str, float] = {}
-        self.global_params = initial
         self.evaluate = evaluate
+        self.evaluation: RoundEvaluation | None = None  # the round's federated evaluation, while collected
         self.round = 0
         self.open = False
         self.members: frozenset[str] = frozenset()
@@ -115,10 +121,40 @@ class LearningSession(Session):
         self.update_bytes = 0  # payload bytes of this round's accepted updates (after compression)
         self.reopened = False  # the open round was reopened from a checkpoint by a restarted aggregator
         self._pending: list[tuple[np.ndarray, float]] = []
+        if initial is not None:
+            self.adopt(list(initial) if isinstance(initial, list) else [initial], names)
+
+    def adopt(self, arrays: list[np.ndarray], names: list[str] | None) -> None:
+        """Take ``arrays`` as the initial model, defining the session's layout; starts a round opened
+        while the session waited for it. ValueError when they cannot be a model (or one was taken)."""
+        if self.layout is not None:
+            raise ValueError("the session already has its initial model")
+        if len(arrays) == 1 and names is None:
+            # NB: an unnamed single array (ctl_configure, the built-in hook) is the flat float32 model
+            arrays, names = [np.asarray(arrays[0], dtype=np.float32).reshape(-1)], [FLAT]
+        layout = Layout.of(arrays, names)
+        layout.check(arrays)
+        self.layout = layout
+        self.global_params = np.ascontiguousarray(layout.flatten(arrays), dtype=np.float32)
+        # NB: a top-k "compressed" update with k near P (int32 indices + float32 values) is twice a model.
+        self.max_payload_bytes = 2 * max(self.global_params.nbytes, sum(a.nbytes for a in arrays)) + 64 * 1024
+        # NB: DP noise must not be predictable, so its generator is seeded from the OS, not the spec.
+        self.strategy = build_session_strategy(self.spec, size=layout.size, rng=np.random.default_rng())
+        if self.open:
+            self._begin_round()
+
+    @property
+    def has_model(self) -> bool:
+        return self.global_params is not None
 
     @property
     def size(self) -> int:
-        return int(self.global_params.size)
+        return 0 if self.global_params is None else int(self.global_params.size)
+
+    def global_arrays(self) -> list[np.ndarray]:
+        """The global model as the named arrays participants get (views where the dtype is float32)."""
+        assert self.layout is not None and self.global_params is not None
+        return self.layout.unflatten(self.global_params)
 
     @property
     def checkpoint_every(self) -> int:
@@ -145,27 +181,31 @@ class LearningSession(Session):
             raise ValueError(f"participants must be non-empty session members; unknown: {unknown}")
         if self.budget is not None and not (check := self.budget.check_next_round()).allowed:
             raise ValueError(check.reason)
-        self.strategy.begin_round(round=round, global_params=self.global_params, n_expected=len(participants))
         self.round, self.open, self.members = round, True, frozenset(participants)
         self.contributed = {}
         self.similarity = {}
         self.unmask_due = False
-        self.secure = (
-            SecureRound(
-                session=self.name,
-                round=round,
-                members=frozenset(participants),
-                threshold=min(self.secure_threshold, len(participants)),
-                size=self.size,
-            )
-            if self.secure_threshold is not None
-            else None
-        )
+        self.secure = None
+        self.evaluation = None
+        if self.has_model:
+            self._begin_round()
         self._pending = []
         self.opened_at = time.monotonic()
         self.fold_seconds = 0.0
         self.update_bytes = 0
         self.reopened = False
+
+    def _begin_round(self) -> None:
+        assert self.strategy is not None
+        self.strategy.begin_round(round=self.round, global_params=self.global_params, n_expected=len(self.members))
+        if self.secure_threshold is not None:
+            self.secure = SecureRound(
+                session=self.name,
+                round=self.round,
+                members=self.members,
+                threshold=min(self.secure_threshold, len(self.members)),
+                size=self.size,
+            )
 
     def accept(
         self, *, participant: str, round: int, arrays: list[np.ndarray], meta: Mapping[str, Any]
@@ -174,7 +214,7 @@ class LearningSession(Session):
 
         Raises WireError with the rejection code; everything is checked before the update is held.
         """
-        if not self.open or round != self.round:
+        if not self.open or round != self.round or not self.has_model:
             state = f"round {self.round} is open" if self.open else f"no round is open (last {self.round})"
             raise wire.WireError("stale_round", f"update for round {round}, but {state}")
         if participant not in self.members:
@@ -219,13 +259,13 @@ class LearningSession(Session):
             delta = compression.decode(arrays, meta["compression"], size=self.size)
             # NB: the wire checked the frames, not what they decode to (127 * a scale of 3e38 is inf)
             update = np.add(self.global_params, delta, dtype=np.float32)
-        elif len(arrays) != 1 or arrays[0].dtype != np.float32 or arrays[0].shape != (self.size,):
-            got = [f"{a.dtype}{list(a.shape)}" for a in arrays]
-            raise wire.WireError(
-                "shape_mismatch", f"update must be one float32[{self.size}] array, got {got}"
-            )
         else:
-            update = arrays[0]
+            assert self.layout is not None
+            try:
+                self.layout.check(arrays, names_of(meta))
+            except LayoutError as exc:
+                raise wire.WireError("shape_mismatch", f"update refused: {exc}") from None
+            update = self.layout.flatten(arrays)
         if not (np.isfinite(update.min()) and np.isfinite(update.max())):
             raise wire.WireError("non_finite", "the update decodes to (or adds up to) NaN or Inf values")
         clip = self.spec.update_limits.clip_norm
@@ -355,6 +395,7 @@ class LearningSession(Session):
             "finished": False,
             "round": self.round,
             "size": self.size,
+            "layout": self.layout.to_meta() if self.layout is not None else None,
             "strategy": self.spec.strategy.name,
             "dp_rounds": self.budget.rounds_done if self.budget is not None else None,
             "last_result": None if self.last_result is None else vars(self.last_result),

@@ -77,6 +77,8 @@ class Aggregator:
         tick_seconds: float = 0.1,
         rescan_seconds: float = 1.0,
         checkpoint_dir: Path | None = None,
+        output_dir: Path | None = None,
+        model_dir: Path | None = None,
     ) -> None:
         self.bind = bind
         self.max_message_bytes = max_message_bytes
@@ -110,7 +112,9 @@ class Aggregator:
         sock.bind(bind)
         self.socket = sock
         self.endpoint: str = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.learning = LearningProtocol(self, hooks=self.hooks, checkpoint_dir=checkpoint_dir)
+        self.learning = LearningProtocol(
+            self, hooks=self.hooks, checkpoint_dir=checkpoint_dir, output_dir=output_dir, model_dir=model_dir
+        )
         self.attention = AttentionProtocol(self, max_message_bytes=max_message_bytes)
         #: session mode -> its conversation
         self.conversations: dict[str, Conversation] = {c.mode: c for c in (self.learning, self.attention)}

@@ -263,6 +263,51 @@ def _learning() -> dict[str, Schema]:
             },
             default={},
         ),
+        "evaluation": obj(
+            "Learning: federated evaluation (off unless set): after a round closes, its contributors "
+            "evaluate the new global model on their own held-out data (the client's evaluate); the "
+            "example-weighted loss and metrics go into the round's record.",
+            {
+                "everyRounds": integer(
+                    "Evaluate every k-th round (the last round always).", default=1, minimum=1, maximum=100000
+                ),
+                "timeoutSeconds": integer(
+                    "Close the round's evaluation with the answers in after this, seconds.",
+                    default=60,
+                    minimum=1,
+                    maximum=86400,
+                ),
+            },
+        ),
+        "output": obj(
+            "Learning: where the aggregator writes the final model, the best one, every round's model "
+            "(keepEveryRound) as safetensors, and per-round metrics as JSON/CSV (docs/byom.md).",
+            {
+                "claimName": _name(
+                    "PersistentVolumeClaim mounted in the aggregator pod (a cluster); fedattn run writes "
+                    "under its run directory (or --output) instead."
+                ),
+                "subPath": string(
+                    "Directory inside the claim; default: the session's name.",
+                    pattern=r"^[A-Za-z0-9._-][A-Za-z0-9._/-]*$",
+                    max_length=253,
+                ),
+                "keepEveryRound": boolean("Keep every closed round's model (versions).", default=False),
+                "best": obj(
+                    "Keep the round's model that scores best on this metric as best.safetensors.",
+                    {
+                        "metric": string(
+                            "A federated-evaluation metric (e.g. accuracy), loss, or the server's accuracy.",
+                            min_length=1,
+                            max_length=64,
+                        ),
+                        "mode": string("max or min.", default="max", enum=["max", "min"]),
+                    },
+                    required=["metric"],
+                ),
+            },
+            rules=[("!has(self.subPath) || !self.subPath.contains('..')", "output.subPath may not contain ..")],
+        ),
         "privacy": obj(
             "Learning: differential privacy and secure aggregation (both off unless set).",
             {
@@ -421,8 +466,22 @@ def session_spec() -> Schema:
                     "Attention: where the GGUF comes from (pypi:PACKAGE or a path).", max_length=1024
                 ),
                 "hiddenUnits": integer("Learning mlp: hidden units.", default=64, minimum=1, maximum=1048576),
+                "initial": obj(
+                    "Learning with name client: the initial global model, a .safetensors or .npz file of "
+                    "named arrays (docs/byom.md); unset: one participant's get_parameters, as in Flower.",
+                    {
+                        "path": string(
+                            "File path inside spec.output's claim (a cluster) or relative to the manifest's "
+                            "directory (fedattn run); e.g. an earlier session's best.safetensors.",
+                            min_length=1,
+                            max_length=1024,
+                        ),
+                    },
+                    required=["path"],
+                ),
             },
             required=["name"],
+            rules=[("!has(self.initial) || self.name == 'client'", "model.initial needs model.name client")],
         ),
         **_learning(),
         **_attention(),
@@ -521,6 +580,38 @@ def participant_spec() -> Schema:
                 "Image of the participant Job; the operator's default image when empty.", default=""
             ),
             "resources": _resources(),
+            "client": obj(
+                "Learning: the user's client (docs/byom.md); the built-in digits client when unset.",
+                {
+                    "module": string(
+                        "Factory MODULE:FUNCTION importable in the participant image, called with the "
+                        "participant's fedattn.client.Context.",
+                        pattern=r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$",
+                        max_length=256,
+                    ),
+                },
+                required=["module"],
+            ),
+            "volumes": array(
+                "Pod volumes of the participant (PVC, ConfigMap, Secret, CSI, emptyDir), as in a Pod spec.",
+                free_form("One volume."),
+                max_items=16,
+            ),
+            "volumeMounts": array(
+                "Where the volumes are mounted; each mount's name and path are handed to the client "
+                "factory (Context.volumes).",
+                obj(
+                    "One volume mount.",
+                    {
+                        "name": _name("Volume name."),
+                        "mountPath": string("Absolute path in the container.", pattern=r"^/", max_length=1024),
+                        "subPath": string("Path inside the volume.", max_length=1024),
+                        "readOnly": boolean("Mount read-only.", default=True),
+                    },
+                    required=["name", "mountPath"],
+                ),
+                max_items=16,
+            ),
             "simulation": obj(
                 "Testing only: make this participant misbehave on purpose (a bench for robust rules).",
                 {

@@ -95,10 +95,53 @@ class PodTemplate:
 
 
 @dataclasses.dataclass(frozen=True)
+class InitialModelSpec:
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     name: str
     source: str | None
     hidden_units: int
+    initial: InitialModelSpec | None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationSpec:
+    """``spec.evaluation``: federated evaluation, off when unset."""
+
+    every_rounds: int
+    timeout_seconds: int
+
+
+@dataclasses.dataclass(frozen=True)
+class BestSpec:
+    metric: str
+    mode: str
+
+
+@dataclasses.dataclass(frozen=True)
+class OutputSpec:
+    """``spec.output``: where the aggregator writes models and metrics (fedattn.aggregator.output)."""
+
+    claim_name: str | None
+    sub_path: str | None
+    keep_every_round: bool
+    best: BestSpec | None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSpec:
+    module: str
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeMount:
+    name: str
+    mount_path: str
+    sub_path: str | None
+    read_only: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,6 +256,8 @@ class SessionSpec:
     rounds: int
     strategy: StrategySpec
     training: TrainingSpec
+    evaluation: EvaluationSpec | None
+    output: OutputSpec | None
     privacy: PrivacySpec | None
     compression: CompressionSpec | None
     update_limits: UpdateLimitsSpec
@@ -261,6 +306,9 @@ class ParticipantSpec:
     prompt_ref: DataRef | None
     image: str
     resources: dict[str, Any] | None
+    client: ClientSpec | None
+    volumes: tuple[dict[str, Any], ...] | None
+    volume_mounts: tuple[VolumeMount, ...] | None
     simulation: SimulationSpec | None
 
     @classmethod

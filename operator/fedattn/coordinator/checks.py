@@ -43,3 +43,29 @@ def members_only(value: Any, members: Iterable[str]) -> tuple[str, ...]:
         return ()
     known = set(members)
     return tuple(dict.fromkeys(p for p in value if isinstance(p, str) and p in known))
+
+
+#: bounds on a close reply's federated evaluation (what the aggregator accepted from participants)
+MAX_METRICS = 32
+MAX_METRIC_NAME = 64
+
+
+def evaluation(value: Any, members: Iterable[str]) -> dict[str, Any] | None:
+    """A close reply's ``evaluation``: finite loss, a count, at most MAX_METRICS finite metrics under
+    short names, members only; None when malformed or absent."""
+    if not isinstance(value, dict):
+        return None
+    loss, examples = finite(value.get("loss")), int64(value.get("num_examples"))
+    metrics = value.get("metrics")
+    if loss is None or examples is None or examples <= 0 or not isinstance(metrics, dict):
+        return None
+    kept = {k: v for k, x in metrics.items()
+            if isinstance(k, str) and 0 < len(k) <= MAX_METRIC_NAME and (v := finite(x)) is not None}
+    return {
+        "round": int64(value.get("round")),
+        "loss": loss,
+        "num_examples": examples,
+        "metrics": dict(sorted(kept.items())[:MAX_METRICS]),
+        "participants": list(members_only(value.get("participants"), members)),
+        "missing": list(members_only(value.get("missing"), members)),
+    }

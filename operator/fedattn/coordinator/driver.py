@@ -173,6 +173,7 @@ class RoundDriver:
             model_checksum=summary.model_checksum,
             epsilon=summary.epsilon,
             update_bytes=summary.update_bytes,
+            evaluation=None if summary.evaluation is None else dict(summary.evaluation),
         )
         judged = summary.judgement()
         if any(judged.values()):

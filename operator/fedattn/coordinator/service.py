@@ -25,7 +25,7 @@ from fedattn.coordinator.events import AggregatorEvents
 from fedattn.coordinator.manifest import SessionDefinition, settings_for
 from fedattn.coordinator.metrics import Metrics
 from fedattn.coordinator.session import SYNC_PARTICIPANT, Activity, Session, Sessions
-from fedattn.coordinator.summary import JUDGEMENT, latest_epsilon
+from fedattn.coordinator.summary import JUDGEMENT, latest_epsilon, latest_evaluation
 from fedattn.resilience import Policy
 from fedattn.store import Event, Store, StoreUnavailable
 
@@ -217,6 +217,7 @@ class Coordinator:
                         "aggregation_seconds": r.aggregation_seconds,
                         "epsilon": r.epsilon,
                         "update_bytes": r.update_bytes,
+                        "evaluation": r.evaluation,
                     }
                     for r in round_rows
                 },
@@ -382,6 +383,7 @@ class Coordinator:
             "participant_status": participant_status,
             "rounds": [session.round_log[r] for r in sorted(session.round_log)],
             "epsilon": latest_epsilon(session.round_log),
+            "evaluation": latest_evaluation(session.round_log),
             "syncs": session.syncs,
             "avg_sync_latency_ms": session.sync_latency_ms_total / session.syncs if session.syncs else None,
             "contributions_recorded": recorded,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from fedattn.coordinator.checks import finite, int64, members_only, per_member
+from fedattn.coordinator.checks import evaluation, finite, int64, members_only, per_member
 
 #: close-reply fields about participants, stored as one ``scores`` event per round (JSON in ``message``)
 JUDGEMENT = {"scores": dict, "reliability": dict, "evict": list}
@@ -29,6 +29,13 @@ def latest_epsilon(round_log: dict[int, dict[str, Any]]) -> float | None:
     """DP epsilon spent so far: the last round's that reported one (None without DP)."""
     spent = [round_log[r]["epsilon"] for r in sorted(round_log) if round_log[r].get("epsilon") is not None]
     return spent[-1] if spent else None
+
+
+def latest_evaluation(round_log: dict[int, dict[str, Any]]) -> dict[str, Any] | None:
+    """The federated evaluation of the newest evaluated round (None without ``spec.evaluation``):
+    what the operator's status shows as the model's current quality."""
+    done = [round_log[r]["evaluation"] for r in sorted(round_log) if round_log[r].get("evaluation")]
+    return done[-1] if done else None
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,8 @@ class RoundSummary:
     evict: tuple[str, ...]
     #: why no further round may run (e.g. ``PrivacyBudgetExhausted: ...``), None to go on
     stop: str | None
+    #: federated evaluation of the round's new model (``spec.evaluation``): loss, metrics, who reported
+    evaluation: Mapping[str, Any] | None = None
 
     @classmethod
     def from_reply(cls, reply: Mapping[str, Any], *, round: int, members: Iterable[str]) -> RoundSummary:
@@ -69,6 +78,7 @@ class RoundSummary:
             reliability=MappingProxyType(per_member(reply.get("reliability"), members)),
             evict=members_only(reply.get("evict"), members),
             stop=stop if isinstance(stop, str) and stop else None,
+            evaluation=evaluation(reply.get("evaluation"), members),
         )
 
     def judgement(self) -> dict[str, Any]:
@@ -86,5 +96,6 @@ class RoundSummary:
             "aggregation_seconds": self.aggregation_seconds,
             "epsilon": self.epsilon,
             "update_bytes": self.update_bytes,
+            "evaluation": None if self.evaluation is None else dict(self.evaluation),
             **self.judgement(),
         }

@@ -29,15 +29,22 @@ def seed(spec: SessionSpec) -> int:
     return spec.training.seed
 
 
-def initial_params(session: str, spec: SessionSpec) -> np.ndarray:
-    """The round-1 global model: seeded, so a restarted aggregator starts from the same point."""
-    return models.init_params(architecture(spec), seed=seed(spec))
+def builtin(spec: SessionSpec) -> bool:
+    """Whether the session trains a built-in model (else ``model.name: client``: the participants' own)."""
+    return spec.model is None or spec.model.name != "client"
+
+
+def initial_params(session: str, spec: SessionSpec) -> np.ndarray | None:
+    """The round-1 global model: seeded, so a restarted aggregator starts from the same point (None
+    for the participants' own model)."""
+    return models.init_params(architecture(spec), seed=seed(spec)) if builtin(spec) else None
 
 
 def evaluator(session: str, spec: SessionSpec) -> Callable[[np.ndarray], float] | None:
     """Held-out accuracy of a global model on the session's test split (never trained on), unless the
-    session turned server-side evaluation off (``training.evaluate: false``)."""
-    if not spec.training.evaluate:
+    session turned server-side evaluation off (``training.evaluate: false``) or trains the
+    participants' own model (evaluated by them: ``spec.evaluation``)."""
+    if not builtin(spec) or not spec.training.evaluate:
         return None
     ds, arch = dataset(spec), architecture(spec)
     return lambda params: models.accuracy(arch, params, ds.test.x, ds.test.y)

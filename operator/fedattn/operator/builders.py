@@ -282,9 +282,27 @@ def build_coordinator_deployment(session: Session, *, image: str = DEFAULT_IMAGE
 CHECKPOINT_DIR = f"{names.STATE_DIR}/checkpoints"
 
 
+#: where the aggregator mounts ``spec.output.claimName`` (models and metrics out, ``model.initial`` in)
+OUTPUT_DIR = "/var/lib/fedattn/output"
+
+
+def _output_claim(session: Session) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Aggregator args, volumes and mounts for ``spec.output.claimName`` (none without one)."""
+    output = session["spec"].output
+    if output is None or output.claim_name is None:
+        return [], [], []
+    return (
+        ["--output-dir", OUTPUT_DIR, "--model-dir", OUTPUT_DIR],
+        [{"name": "output", "persistentVolumeClaim": {"claimName": output.claim_name}}],
+        [{"name": "output", "mountPath": OUTPUT_DIR}],
+    )
+
+
 def build_aggregator_deployment(session: Session, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
-    """The aggregator: ZMQ ROUTER with the Curve server key, allowlist mounted as a directory."""
+    """The aggregator: ZMQ ROUTER with the Curve server key, allowlist mounted as a directory, and
+    the ``spec.output`` claim where it writes the trained models."""
     s = session["metadata"]["name"]
+    output_args, output_volumes, output_mounts = _output_claim(session)
     curve = names.CURVE_DIR
     args = [
         "--bind", f"tcp://0.0.0.0:{names.ZMQ_PORT}",
@@ -294,6 +312,7 @@ def build_aggregator_deployment(session: Session, *, image: str = DEFAULT_IMAGE)
         "--metrics-host", "0.0.0.0",
         "--metrics-port", str(names.METRICS_PORT),
         "--checkpoint-dir", CHECKPOINT_DIR,
+        *output_args,
     ]  # fmt: skip
     return _deployment(
         session,
@@ -307,11 +326,13 @@ def build_aggregator_deployment(session: Session, *, image: str = DEFAULT_IMAGE)
             # NB: an emptyDir survives container restarts, not pod rescheduling; checkpoints that must
             # outlive the pod need a PersistentVolumeClaim here instead.
             {"name": "checkpoints", "emptyDir": {}},
+            *output_volumes,
         ],
         mounts=[
             {"name": "curve", "mountPath": curve, "readOnly": True},
             {"name": "allow", "mountPath": names.ALLOW_DIR, "readOnly": True},
             {"name": "checkpoints", "mountPath": CHECKPOINT_DIR},
+            *output_mounts,
         ],
         image=image,
     )
@@ -368,6 +389,20 @@ def _private_volume(ref: DataRef, key: str) -> dict[str, Any]:
     }
 
 
+def _user_code_and_data(participant: Participant) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """``spec.client`` as ``--client``, ``spec.volumes``/``volumeMounts`` passed through to the pod,
+    each mount's path handed to the client factory (``--volume NAME=PATH``); docs/byom.md."""
+    typed = participant["spec"]
+    args = ["--client", typed.client.module] if typed.client is not None else []
+    mounts = []
+    for mount in typed.volume_mounts or ():
+        args += ["--volume", f"{mount.name}={mount.mount_path}"]
+        mounts.append({"name": mount.name, "mountPath": mount.mount_path, "readOnly": mount.read_only,
+                       **({"subPath": mount.sub_path} if mount.sub_path else {})})
+    # NB: a user volume named like ours ("pki", "private-data") makes the API server refuse the Job
+    return args, [dict(v) for v in typed.volumes or ()], mounts
+
+
 def build_participant_job(participant: Participant, session: Session, *, image: str = DEFAULT_IMAGE) -> dict[str, Any]:
     """An in-cluster participant: its credentials and only its own private data, pinned by ``spec.node``."""
     p, ns = participant["metadata"]["name"], participant["metadata"]["namespace"]
@@ -403,6 +438,10 @@ def build_participant_job(participant: Participant, session: Session, *, image: 
             path = f"{names.PRIVATE_DIR}/{key}"
             mounts.append({"name": f"private-{key}", "mountPath": path, "subPath": key, "readOnly": True})
             args += [f"--{key}-file", path]
+    user_args, user_volumes, user_mounts = _user_code_and_data(participant)
+    args += user_args
+    volumes += user_volumes
+    mounts += user_mounts
     meta = _meta(names.participant_job(p), s, "participant", participant=p)
     retries = session["spec"].resilience.retries
     return {

@@ -21,7 +21,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from fedattn import logs
 from fedattn.operator.handlers import REGISTRY, Config
-from fedattn.operator.kube import Kube
+from fedattn.operator.kube import CONCURRENCY, Kube
 from fedattn.operator.pod_defaults import PodDefaults
 from fedattn.operator.progress import CoordinatorStatus
 from fedattn.operator.trust import ImagePolicy
@@ -56,7 +56,9 @@ def _kube_configuration() -> client.Configuration:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    return client.Configuration.get_default_copy()
+    configuration = client.Configuration.get_default_copy()
+    configuration.connection_pool_maxsize = CONCURRENCY
+    return configuration
 
 
 def build_config(args: argparse.Namespace, env: dict[str, str] | os._Environ = os.environ) -> Config:

@@ -1,83 +1,113 @@
 """The operator's Kubernetes calls: create-then-patch-on-409, create-if-absent, read, delete.
 
-Why the official ``kubernetes`` client in a thread (``asyncio.to_thread``) rather than kopf's
-internal aiohttp session or ``kubernetes_asyncio``: it is a declared dependency, it is the same
-client every cluster tool is tested with (auth plugins, in-cluster config, proxies), and the
-operator's own calls are few per reconcile, so a thread hop costs nothing measurable next to the
-API round trip (see benchmarks/operator_reconcile.py). kopf keeps its own client for watching.
+Why the official ``kubernetes`` client in threads rather than kopf's internal aiohttp session or
+``kubernetes_asyncio``: it is a declared dependency, it is the same client every cluster tool is
+tested with (auth plugins, in-cluster config, proxies), and a thread hop costs little next to the
+API round trip. The threads are our own, as many as the client keeps connections
+(``connection_pool_maxsize``, :data:`CONCURRENCY` in ``fedattn operator``): a wave of reconciles is
+bound by API latency, and the event loop's default executor (cores + 4 threads) would let only ~6
+requests be in flight (see benchmarks/operator_reconcile.py). kopf keeps its own client for watching.
 
-Every function returns plain dicts (as the API would send them), never client models.
+Requests go through the client's REST layer (authentication, TLS, connection pool) with JSON in and
+out, not through its generated typed methods: those validate every argument with pydantic and build
+models that we turned back into dicts (~15% of the operator's GIL time in the 100 x 4 benchmark profile,
+more than the HTTP work of the same threads).
+Every function returns plain dicts (as the API sends them).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from kubernetes import client
 
 from fedattn.api import crds, schema
 
 MERGE = "application/merge-patch+json"
+#: Requests in flight at once for ``fedattn operator`` (threads = kept-alive connections). etcd commits
+#: concurrent writes together, so with a slow disk (200-900 ms a commit measured) throughput grows with it.
+CONCURRENCY = 64
+T = TypeVar("T")
 
-#: kind -> (API class attribute, method suffix). Namespaced kinds the operator manages.
-_TYPED = {
-    "Secret": ("core", "namespaced_secret"),
-    "ConfigMap": ("core", "namespaced_config_map"),
-    "Service": ("core", "namespaced_service"),
-    "Deployment": ("apps", "namespaced_deployment"),
-    "Job": ("batch", "namespaced_job"),
-}
-#: kind -> (group, version, plural) of custom resources the operator touches.
-CUSTOM = {
-    **{kind: (schema.GROUP, schema.VERSION, k.plural) for kind, k in crds.kinds().items()},
-    "Certificate": ("cert-manager.io", "v1", "certificates"),
+#: kind -> (API group/version path, plural) of the namespaced kinds the operator touches.
+PATHS = {
+    "Secret": ("/api/v1", "secrets"),
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "Deployment": ("/apis/apps/v1", "deployments"),
+    "Job": ("/apis/batch/v1", "jobs"),
+    **{kind: (f"/apis/{schema.GROUP}/{schema.VERSION}", k.plural) for kind, k in crds.kinds().items()},
+    "Certificate": ("/apis/cert-manager.io/v1", "certificates"),
 }
 
 
 @dataclass
 class Kube:
-    """Typed access to the namespaced kinds above through one :class:`kubernetes.client.ApiClient`."""
+    """Access to the namespaced kinds above through one :class:`kubernetes.client.ApiClient`."""
 
     api: client.ApiClient
 
     def __post_init__(self) -> None:
-        self.core = client.CoreV1Api(self.api)
-        self.apps = client.AppsV1Api(self.api)
-        self.batch = client.BatchV1Api(self.api)
-        self.custom = client.CustomObjectsApi(self.api)
+        # NB: no more threads than pooled connections: urllib3 would open (and drop) a TLS connection per extra call
+        workers = self.api.configuration.connection_pool_maxsize
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
 
-    def _plain(self, obj: Any) -> dict[str, Any]:
-        return obj if isinstance(obj, dict) else self.api.sanitize_for_serialization(obj)
+    async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """``fn(*args, **kw)`` on our threads, in a copy of the caller's context (as ``asyncio.to_thread``)."""
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kw)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, call)
 
-    def _call(self, verb: str, kind: str, namespace: str, *args: Any, **kw: Any) -> dict[str, Any]:
-        if kind in CUSTOM:
-            group, version, plural = CUSTOM[kind]
-            suffix = "_status" if kw.pop("status", False) else ""
-            fn = getattr(self.custom, f"{verb}_namespaced_custom_object{suffix}")
-            return self._plain(fn(group, version, namespace, plural, *args, **kw))
-        api, suffix = _TYPED[kind]
-        return self._plain(getattr(getattr(self, api), f"{verb}_{suffix}")(*args[:1], namespace, *args[1:], **kw))
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        content_type: str = "application/json",
+        query: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """One call; the reply's JSON. ApiException (``.status`` 404, 409, ...) for any non-2xx reply."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self.api.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()),
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        reply = self.api.call_api(*request)
+        reply.read()
+        if not 200 <= reply.status <= 299:
+            text = reply.data.decode(errors="replace")
+            raise client.ApiException.from_response(http_resp=reply, body=text, data=None)
+        return json.loads(reply.data) if reply.data else {}
+
+    @staticmethod
+    def _path(kind: str, namespace: str, name: str | None = None, *, status: bool = False) -> str:
+        prefix, plural = PATHS[kind]
+        path = f"{prefix}/namespaces/{namespace}/{plural}"
+        return path + (f"/{name}" if name else "") + ("/status" if status else "")
 
     def _create(self, obj: dict[str, Any]) -> dict[str, Any]:
-        ns = obj["metadata"]["namespace"]
-        if obj["kind"] in CUSTOM:
-            group, version, plural = CUSTOM[obj["kind"]]
-            return self._plain(self.custom.create_namespaced_custom_object(group, version, ns, plural, obj))
-        api, suffix = _TYPED[obj["kind"]]
-        return self._plain(getattr(getattr(self, api), f"create_{suffix}")(ns, obj))
+        return self._request("POST", self._path(obj["kind"], obj["metadata"]["namespace"]), body=obj)
 
     def _patch(self, kind: str, namespace: str, name: str, body: dict[str, Any], *, status: bool = False) -> dict:
-        if kind in CUSTOM:
-            return self._call("patch", kind, namespace, name, body, status=status, _content_type=MERGE)
-        return self._call("patch", kind, namespace, name, body, _content_type=MERGE)
+        path = self._path(kind, namespace, name, status=status)
+        return self._request("PATCH", path, body=body, content_type=MERGE)
 
     def _read(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            if kind in CUSTOM:
-                return self._call("get", kind, namespace, name)
-            return self._call("read", kind, namespace, name)
+            return self._request("GET", self._path(kind, namespace, name))
         except client.ApiException as exc:
             if exc.status == 404:
                 return None
@@ -105,11 +135,10 @@ class Kube:
         return existing, False
 
     def _delete(self, kind: str, namespace: str, name: str) -> bool:
+        # NB: explicit, because a batch/v1 Job's default is to orphan its pods; custom resources' default anyway
+        query = {"propagationPolicy": "Background"}
         try:
-            if kind in CUSTOM:
-                self._call("delete", kind, namespace, name)
-            else:
-                self._call("delete", kind, namespace, name, propagation_policy="Background")
+            self._request("DELETE", self._path(kind, namespace, name), query=query)
             return True
         except client.ApiException as exc:
             if exc.status == 404:
@@ -117,13 +146,11 @@ class Kube:
             raise
 
     def _list(self, kind: str, namespace: str) -> list[dict[str, Any]]:
-        group, version, plural = CUSTOM[kind]
-        return list(self.custom.list_namespaced_custom_object(group, version, namespace, plural).get("items", []))
+        return list(self._request("GET", self._path(kind, namespace)).get("items", []))
 
     def _has_group_version(self, group_version: str) -> bool:
-        group, version = group_version.split("/")
         try:
-            self.custom.get_api_resources(group, version)  # GET /apis/GROUP/VERSION
+            self._request("GET", f"/apis/{group_version}")
             return True
         except client.ApiException as exc:
             if exc.status == 404:
@@ -134,27 +161,27 @@ class Kube:
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Create ``obj`` or, if it exists ("already exists" is success), merge-patch it to match."""
-        return await asyncio.to_thread(self._apply, obj)
+        return await self._run(self._apply, obj)
 
     async def ensure(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create ``obj`` unless it exists; returns (the stored object, created?). Never overwrites
         (key material must survive a retried handler)."""
-        return await asyncio.to_thread(self._ensure, obj)
+        return await self._run(self._ensure, obj)
 
     async def read(self, *, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """The object, or None if it is gone (it may be deleted while we work)."""
-        return await asyncio.to_thread(self._read, kind, namespace, name)
+        return await self._run(self._read, kind, namespace, name)
 
     async def patch(self, *, kind: str, namespace: str, name: str, body: dict, status: bool = False) -> dict:
-        return await asyncio.to_thread(self._patch, kind, namespace, name, body, status=status)
+        return await self._run(self._patch, kind, namespace, name, body, status=status)
 
     async def delete(self, *, kind: str, namespace: str, name: str) -> bool:
         """Delete; False if it was already gone."""
-        return await asyncio.to_thread(self._delete, kind, namespace, name)
+        return await self._run(self._delete, kind, namespace, name)
 
     async def list(self, *, kind: str, namespace: str) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self._list, kind, namespace)
+        return await self._run(self._list, kind, namespace)
 
     async def has_group_version(self, group_version: str) -> bool:
         """API discovery (allowed to every authenticated user), e.g. is cert-manager installed?"""
-        return await asyncio.to_thread(self._has_group_version, group_version)
+        return await self._run(self._has_group_version, group_version)

@@ -1,7 +1,9 @@
 """``fedattn participant``: join a session, contribute, report (the participant image's entrypoint).
 
-Private data stays in this process: the learning shard is derived locally from the session spec, the
-attention prompt is read from ``--prompt-file`` (a mounted ConfigMap/Secret key in a cluster).
+Private data stays in this process: in learning mode the client (``--client MODULE:FACTORY``, the
+user's code, else the built-in digits client) reads it from ``--data-file`` / ``--volume`` paths (a
+mounted ConfigMap/Secret key and volume mounts in a cluster); the attention prompt is read from
+``--prompt-file``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from typing import Any
 from fedattn import logs
 from fedattn.aggregator.client import AggregatorClient
 from fedattn.api.spec import SessionSpec
+from fedattn.client import Client, Context, load_factory
+from fedattn.client.digits import DigitsClient
 from fedattn.coordinator.client import CoordinatorClient, identity_from_dir
 from fedattn.participant.heartbeat import Heartbeat
 from fedattn.participant.learner import BYZANTINE, run_learning
@@ -30,7 +34,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pki-dir", type=Path, required=True,
                         help="directory with ca.crt, NAME.crt, NAME.key, NAME.curve.pub/.sec")
     parser.add_argument("--prompt-file", type=Path, help="private prompt slice (attention mode)")
-    parser.add_argument("--data-file", type=Path, help="private data (reserved for custom trainers)")
+    parser.add_argument("--data-file", type=Path, help="private data (dataRef) handed to the client factory")
+    parser.add_argument("--client", help="learning: the client factory MODULE:FUNCTION (docs/byom.md); "
+                        "default: the built-in digits client")
+    parser.add_argument("--volume", action="append", default=[], metavar="NAME=PATH",
+                        help="a volume mount handed to the client factory (repeatable)")
     parser.add_argument("--result-file", type=Path, help="write this participant's own report here as JSON")
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0)
     parser.add_argument("--simulate-byzantine", choices=BYZANTINE,
@@ -62,10 +70,9 @@ def _contribute(
         if spec.mode == "learning":
             return run_learning(
                 channel,
+                client=_client(args, joined, spec),
                 spec=spec,
                 name=args.name,
-                index=joined["index"],
-                parts=len(joined["participants"]),
                 session_over=lambda: beat.session_over,
                 idle_timeout_seconds=idle,
                 rehello_seconds=policy.timeout_seconds,
@@ -84,6 +91,36 @@ def _contribute(
             prompt=args.prompt_file.read_text(),
             logits_file=args.result_file.with_suffix(".npz") if args.result_file else None,
         )
+
+
+def volumes(pairs: list[str]) -> dict[str, Path]:
+    """``NAME=PATH`` arguments as a mapping; SystemExit naming a malformed one."""
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"fedattn participant: --volume {pair!r} must be NAME=PATH")
+        out[name] = Path(path)
+    return out
+
+
+def _client(args: argparse.Namespace, joined: dict[str, Any], spec: SessionSpec) -> Client:
+    """The learning client: the user's factory called with this participant's context (the spec as
+    the defaulted manifest dict a user reads), else the built-in digits client."""
+    context = Context(
+        participant=args.name,
+        session=args.session,
+        index=joined["index"],
+        parts=len(joined["participants"]),
+        data_file=args.data_file,
+        volumes=volumes(args.volume),
+        node_config={**(joined.get("node") or {}), "participant": args.name, "index": joined["index"],
+                     "parts": len(joined["participants"])},
+        spec=spec.to_manifest(),
+    )
+    if args.client is None:
+        return DigitsClient(context, spec=spec)
+    return load_factory(args.client)(context)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,5 +145,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 #: Result keys a participant reports to the coordinator (its text and logits stay local).
-SHAREABLE = ("rounds", "examples", "loss", "final_accuracy", "reason", "kv_bytes", "syncs",
+SHAREABLE = ("rounds", "examples", "loss", "final_accuracy", "final_evaluation", "reason", "kv_bytes", "syncs",
              "sync_p50_ms", "sync_p99_ms", "prefill_seconds", "decode_seconds")

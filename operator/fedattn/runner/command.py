@@ -22,6 +22,28 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="where PKI, logs, the SQLite store and results go (default .fedattn/runs/NAME-TIME)")
     parser.add_argument("--store", default=None, help="store DSN (default: SQLite in the workdir)")
     parser.add_argument("--timeout-seconds", type=float, default=None, help="give up after this long")
+    parser.add_argument("--output", type=Path, default=None,
+                        help="where sessions with spec.output write models and metrics (default WORKDIR/output)")
+
+
+def _centralized(bundle: manifests.Bundle, workdir: Path) -> dict[str, float] | None:
+    """The same model trained on the union of the data: the built-in trainer, or the user's
+    ``centralized_baseline`` (fedattn.runner.baseline)."""
+    from fedattn.learning import session as learning_session
+
+    if learning_session.builtin(bundle.spec):
+        from fedattn.learning.centralized import centralized_accuracy
+
+        return {"accuracy": centralized_accuracy(bundle.spec)}
+    from fedattn.runner.baseline import centralized_baseline
+
+    return centralized_baseline(bundle, workdir=workdir)
+
+
+def _output_dir(bundle: manifests.Bundle, root: Path) -> Path | None:
+    """Where the aggregator wrote this session's ``spec.output`` (None without one)."""
+    output = bundle.spec.output
+    return None if output is None else root / (output.sub_path or bundle.name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,16 +64,17 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=out, flush=True)
 
     with supervised(workdir / "logs") as supervisor:
-        session = local.start(bundle, workdir=workdir, supervisor=supervisor, store_dsn=args.store)
+        output = (args.output or workdir / "output").resolve()
+        session = local.start(bundle, workdir=workdir, supervisor=supervisor, store_dsn=args.store, output_dir=output)
         status = local.follow(session, on_status=show, timeout_seconds=args.timeout_seconds)
         local.wait_participants(session)
         status = session.status()
-        spec = bundle.spec
-        if spec.mode == "learning":
-            from fedattn.learning.centralized import centralized_accuracy
-
+        if bundle.spec.mode == "learning":
             result = summary.learning_summary(
-                status, centralized=centralized_accuracy(spec), store=session.store_dsn
+                status,
+                centralized=_centralized(bundle, workdir),
+                store=session.store_dsn,
+                output=_output_dir(bundle, output),
             )
         else:
             result = summary.attention_summary(

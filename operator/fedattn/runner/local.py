@@ -20,6 +20,7 @@ from fedattn.api.schema import SessionPhase
 from fedattn.coordinator.client import CoordinatorClient
 from fedattn.coordinator.command import DSN_ENV
 from fedattn.resilience import Policy
+from fedattn.runner import volumes
 from fedattn.runner.manifests import Bundle
 from fedattn.runner.processes import Supervisor, free_port, wait_ready
 
@@ -92,10 +93,12 @@ def start(
     store_dsn: str | None = None,
     participants: list[str] | None = None,
     prepared: Prepared | None = None,
+    output_dir: Path | None = None,
 ) -> LocalSession:
     """Start aggregator and coordinator, create the session, start the participants (all of them, or
     only ``participants``: tests drive the others by hand). With ``prepared`` given, its aggregator is
-    the caller's to run (tests run one in-process to inspect what crosses the wire)."""
+    the caller's to run (tests run one in-process to inspect what crosses the wire). Sessions with
+    ``spec.output`` write under ``output_dir`` (default ``WORKDIR/output``)."""
     run_aggregator = prepared is None
     prepared = prepared or prepare(bundle, workdir=workdir)
     identities, endpoints = prepared.identities, prepared.endpoints
@@ -113,6 +116,8 @@ def start(
                 "--metrics-host", "127.0.0.1",
                 "--metrics-port", str(endpoints.aggregator_metrics),
                 "--checkpoint-dir", str(workdir / "checkpoints"),
+                "--output-dir", str(output_dir or workdir / "output"),
+                "--model-dir", str(bundle.directory),
             ],
         )
         wait_ready(f"http://127.0.0.1:{endpoints.aggregator_metrics}/readyz", proc=aggregator)
@@ -155,9 +160,9 @@ def participant_pki_dir(workdir: Path, name: str) -> Path:
 
 
 def start_participant(session: LocalSession, name: str) -> None:
-    """One participant process; its private prompt/data goes to a file only it reads."""
-    private_dir = session.workdir / "private" / name
-    private_dir.mkdir(parents=True, exist_ok=True)
+    """One participant process; its private prompt/data goes to a file only it reads, its volume
+    mounts map to local directories (fedattn.runner.volumes), and the manifest's directory is on its
+    ``PYTHONPATH`` (where a user's client module sits next to the manifest, as in examples/byom)."""
     args = [
         "participant",
         "--coordinator", session.endpoints.coordinator,
@@ -166,11 +171,16 @@ def start_participant(session: LocalSession, name: str) -> None:
         "--pki-dir", str(participant_pki_dir(session.workdir, name)),
         "--result-file", str(session.workdir / "results" / f"{name}.json"),
     ]
-    simulation = session.bundle.participant_spec(name).simulation
-    if simulation is not None and simulation.byzantine:
-        args += ["--simulate-byzantine", simulation.byzantine, "--simulate-scale", str(simulation.scale)]
+    spec = session.bundle.participant_spec(name)
+    if spec.simulation is not None and spec.simulation.byzantine:
+        args += ["--simulate-byzantine", spec.simulation.byzantine, "--simulate-scale", str(spec.simulation.scale)]
+    if spec.client is not None:
+        args += ["--client", spec.client.module]
+    for mount, path in volumes.mounts(session.bundle, name, spec, workdir=session.workdir).items():
+        args += ["--volume", f"{mount}={path}"]
     for key, value in session.bundle.private.get(name, {}).items():
-        path = private_dir / key
+        path = volumes.private_file(session.workdir, name, key)
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(value)
         path.chmod(0o600)
         args += [f"--{key}-file", str(path)]
@@ -178,7 +188,8 @@ def start_participant(session: LocalSession, name: str) -> None:
     # them many times over (and spin-wait), so each participant gets its share.
     threads = str(max(1, (os.cpu_count() or 1) // len(session.bundle.participant_names)))
     blas = {"OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-    session.supervisor.start(f"participant-{name}", args, env=blas)
+    path = os.pathsep.join(p for p in (str(session.bundle.directory), os.environ.get("PYTHONPATH")) if p)
+    session.supervisor.start(f"participant-{name}", args, env={**blas, "PYTHONPATH": path})
 
 
 def follow(

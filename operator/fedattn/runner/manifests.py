@@ -31,6 +31,10 @@ class Bundle:
     session: dict[str, Any]
     participants: list[dict[str, Any]]
     private: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: the manifest file's directory: user modules, PVC stand-ins and model files are found from it
+    directory: Path = field(default_factory=Path.cwd)
+    #: the ConfigMaps and Secrets in the file, by (kind, name): volumes of those kinds are made of them
+    objects: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -137,4 +141,5 @@ def load(path: Path) -> Bundle:
         missing = [n for n in names if "prompt" not in private[n]]
         if missing:
             raise _file_error(path, f"attention participants {missing} have no promptRef")
-    return Bundle(session=session, participants=mine, private=private)
+    return Bundle(session=session, participants=mine, private=private, directory=Path(path).resolve().parent,
+                  objects=objects)

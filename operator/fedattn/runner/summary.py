@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
-def learning_summary(status: dict[str, Any], *, centralized: float | None, store: str) -> dict[str, Any]:
+def learning_summary(
+    status: dict[str, Any], *, centralized: dict[str, float] | None, store: str, output: Path | None = None
+) -> dict[str, Any]:
+    """``accuracy``/``final_accuracy``: the server's held-out accuracy (built-in models);
+    ``evaluation``: each round's federated evaluation (the user's model: ``spec.evaluation``), whose
+    last one is ``final_evaluation``; ``federated_accuracy`` is the final model's accuracy either way,
+    ``accuracy_gap`` the centralized baseline's minus it; ``outputs`` the files written."""
     rounds = [r for r in status.get("rounds", []) if r.get("state") == "Closed"]
     accuracy = [r.get("accuracy") for r in rounds]
+    evaluation = [r.get("evaluation") for r in rounds]
+    final_evaluation = next((e for e in reversed(evaluation) if e), None)
+    federated = (final_evaluation or {}).get("metrics", {}).get("accuracy")
+    if federated is None and accuracy:
+        federated = accuracy[-1]
+    baseline = (centralized or {}).get("accuracy")
     return {
         "session": status.get("name"),
         "mode": "learning",
@@ -16,7 +29,13 @@ def learning_summary(status: dict[str, Any], *, centralized: float | None, store
         "rounds": len(rounds),
         "accuracy": accuracy,
         "final_accuracy": accuracy[-1] if accuracy else None,
-        "centralized_accuracy": centralized,
+        "evaluation": evaluation if any(evaluation) else None,
+        "final_evaluation": final_evaluation,
+        "federated_accuracy": federated,
+        "centralized": centralized,
+        "centralized_accuracy": baseline,
+        "accuracy_gap": None if federated is None or baseline is None else baseline - federated,
+        "outputs": _outputs(output),
         "participants": {
             name: {"phase": p.get("phase"), "contributions": p.get("contributions", 0)}
             for name, p in sorted(status.get("participant_status", {}).items())
@@ -24,6 +43,16 @@ def learning_summary(status: dict[str, Any], *, centralized: float | None, store
         "contributions_recorded": status.get("contributions_recorded"),
         "store": store,
     }
+
+
+def _outputs(directory: Path | None) -> dict[str, str] | None:
+    """The files a session's ``spec.output`` got (fedattn.aggregator.output), by role."""
+    if directory is None or not directory.is_dir():
+        return None
+    names = {"final": "final.safetensors", "best": "best.safetensors", "metrics_json": "metrics.json",
+             "metrics_csv": "metrics.csv", "rounds": "rounds"}
+    return {"directory": str(directory),
+            **{role: str(directory / name) for role, name in names.items() if (directory / name).exists()}}
 
 
 def progress_line(status: dict[str, Any]) -> str:

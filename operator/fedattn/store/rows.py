@@ -82,3 +82,4 @@ class RoundRow:
     model_checksum: int | None
     epsilon: float | None = None
     update_bytes: int | None = None
+    evaluation: dict[str, Any] | None = None  # federated evaluation (JSON in the store)

@@ -175,13 +175,14 @@ class Store:
         model_checksum: int | None = None,
         epsilon: float | None = None,
         update_bytes: int | None = None,
+        evaluation: dict[str, Any] | None = None,
     ) -> Pending:
         return self.writes.submit(
             f"round {session}/{round} {state}",
             (
                 "UPDATE rounds SET state = %s, closed_at = %s, contributions = %s, weight_total = %s, "
-                "aggregation_seconds = %s, accuracy = %s, model_checksum = %s, epsilon = %s, update_bytes = %s "
-                "WHERE session = %s AND round = %s",
+                "aggregation_seconds = %s, accuracy = %s, model_checksum = %s, epsilon = %s, update_bytes = %s, "
+                "evaluation = %s WHERE session = %s AND round = %s",
                 (
                     state,
                     closed_at,
@@ -192,6 +193,7 @@ class Store:
                     model_checksum,
                     epsilon,
                     update_bytes,
+                    None if evaluation is None else json.dumps(evaluation),
                     session,
                     round,
                 ),
@@ -259,11 +261,11 @@ class Store:
     async def list_rounds(self, session: str) -> list[RoundRow]:
         rows = await self._fetch(
             "SELECT session, round, state, participants, opened_at, closed_at, contributions, weight_total, "
-            "aggregation_seconds, accuracy, model_checksum, epsilon, update_bytes FROM rounds "
+            "aggregation_seconds, accuracy, model_checksum, epsilon, update_bytes, evaluation FROM rounds "
             "WHERE session = %s ORDER BY round",
             (session,),
         )
-        return [RoundRow(*r) for r in rows]
+        return [RoundRow(*r[:-1], _unjson(r[-1])) for r in rows]
 
     async def list_contributions(self, session: str) -> list[Contribution]:
         rows = await self._fetch(
