@@ -227,3 +227,26 @@ def test_local_mode_keeps_the_ca_key_nowhere_and_each_participant_gets_only_its_
         assert prepared.identities[name].root == own
     shared = {p.name for p in (tmp_path / "pki").iterdir() if p.is_file()}
     assert not any(n.startswith(tuple(bundle.participant_names)) for n in shared)
+
+
+async def test_volumes_follow_the_same_rules_and_host_paths_are_refused(api):
+    emulator, url = api
+    async with running_operator(url, RecordedStatus()) as config:
+        for obj in (_learning(), _data("Secret", "labelled", labels=OPTED_IN)):
+            await config.kube.apply(obj)
+        await eventually(lambda: "lrn-ca" in names_of(emulator, SECRETS))
+        volumes = {
+            "node": [{"name": "root", "hostPath": {"path": "/"}}],
+            "ca": [{"name": "ca", "projected": {"sources": [{"secret": {"name": "lrn-ca"}}]}}],
+            "fine": [{"name": "data", "secret": {"secretName": "labelled"}}, {"name": "tmp", "emptyDir": {}}],
+        }
+        for name, vols in volumes.items():
+            mounts = [{"name": v["name"], "mountPath": f"/mnt/{v['name']}"} for v in vols]
+            spec = {"sessionRef": "lrn", "volumes": vols, "volumeMounts": mounts}
+            await config.kube.apply(seeded("FedParticipant", name, spec))
+        await eventually(lambda: _status(emulator, PARTICIPANTS, "fine").get("phase") == "Credentialed")
+        node = await _failed_reason(emulator, PARTICIPANTS, "node")
+        ca = await _failed_reason(emulator, PARTICIPANTS, "ca")
+    assert node.startswith("NotAllowed") and "hostPath" in node
+    assert ca.startswith("NotAllowed") and "belongs to the operator" in ca
+    assert names_of(emulator, JOBS) == {"fine-participant"}

@@ -542,7 +542,7 @@ async def issue_participant(
         raise failed(exc, "InvalidSpec") from exc
     if participant["status"].get("phase") == ParticipantPhase.EVICTED:
         return  # NB: credentials of an evicted participant stay revoked across operator restarts
-    refused = await cfg.refused(
+    refused = trust.volume_problems(participant) + await cfg.refused(
         participant, images=[("spec.image", participant["spec"].image)], refs=trust.participant_refs(participant)
     )
     if refused:

@@ -1,11 +1,11 @@
 """What a FedSession or FedParticipant may point the operator at: labelled data, allowed images.
 
 Whoever may create a FedParticipant must not gain, through the operator's own rights, more than
-that: the operator mounts a Secret or ConfigMap into a participant's Job (``promptRef`` /
-``dataRef``) or the coordinator's env (``database.secretRef``) only when it carries the opt-in label
-``fedattn.io/private-data: "true"`` and is not one of the operator's own objects (a session CA key,
-Curve keys, credentials); and it runs only images the chart's ``imagePolicy`` allows. See
-docs/deploy.md, "Trust model".
+that: the operator mounts a Secret or ConfigMap into a participant's Job (``promptRef``, ``dataRef``,
+``volumes``; hostPath and other node-level volume types are refused) or the coordinator's env
+(``database.secretRef``) only when it carries the opt-in label ``fedattn.io/private-data: "true"``
+and is not one of the operator's own objects (a session CA key, Curve keys, credentials); and it
+runs only images the chart's ``imagePolicy`` allows. See docs/deploy.md, "Trust model".
 """
 
 from __future__ import annotations
@@ -78,6 +78,38 @@ def participant_refs(participant: dict[str, Any]) -> list[tuple[str, str, str]]:
             out.append((f"spec.{field}.configMapKeyRef", "ConfigMap", ref.config_map_key_ref.name))
         if ref.secret_key_ref is not None:
             out.append((f"spec.{field}.secretKeyRef", "Secret", ref.secret_key_ref.name))
+    return out + _volume_refs(participant)
+
+
+#: volume types a FedParticipant may bring (a hostPath, say, would hand it the node's files)
+VOLUME_TYPES = frozenset({"persistentVolumeClaim", "emptyDir", "csi", "secret", "configMap", "projected"})
+PROJECTED_SOURCES = frozenset({"secret", "configMap", "downwardAPI"})
+
+
+def volume_problems(participant: dict[str, Any]) -> list[str]:
+    """Volume types the operator will not mount for a FedParticipant (``spec.volumes``)."""
+    problems = []
+    for i, volume in enumerate(participant["spec"].volumes or ()):
+        kinds = set(volume) - {"name"}
+        sources = {k for src in (volume.get("projected") or {}).get("sources") or [] for k in src}
+        if not kinds <= VOLUME_TYPES or not sources <= PROJECTED_SOURCES:
+            bad = sorted((kinds - VOLUME_TYPES) | (sources - PROJECTED_SOURCES))
+            problems.append(f"spec.volumes[{i}]: {bad} may not be mounted; allowed: {sorted(VOLUME_TYPES)}")
+    return problems
+
+
+def _volume_refs(participant: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(where, kind, name) of the Secrets/ConfigMaps ``spec.volumes`` mount (directly or projected)."""
+    out = []
+    for i, volume in enumerate(participant["spec"].volumes or ()):
+        where = f"spec.volumes[{i}]"
+        sources = [volume, *((volume.get("projected") or {}).get("sources") or [])]
+        for source in sources:
+            if isinstance(source.get("secret"), dict):
+                secret = source["secret"]
+                out.append((f"{where}.secret", "Secret", secret.get("secretName") or secret.get("name") or ""))
+            if isinstance(source.get("configMap"), dict):
+                out.append((f"{where}.configMap", "ConfigMap", source["configMap"].get("name") or ""))
     return out
 
 
