@@ -9,6 +9,7 @@ names. Sequence numbers keep increasing (a random huge ``seq`` would turn the re
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -18,6 +19,8 @@ import numpy as np
 
 from fedattn import wire
 
+#: largest array a re-signed message may hold (values, not bytes)
+MAX_RESIGNED_VALUES = 1 << 16
 #: meta keys the aggregator reads from participants (so random values there reach real code paths)
 META_KEYS = ("num_examples", "tokens", "compression", "masked", "public_key", "sealed", "shares", "seq")
 
@@ -126,6 +129,9 @@ def _resign(rng: random.Random, frames: list[bytes]) -> list[bytes]:
     header = _header(frames)
     arrays = []
     for spec in header.get("arrays") or []:
+        if math.prod(spec["shape"]) > MAX_RESIGNED_VALUES:
+            # NB: a lied-about shape can name terabytes; materialising it here would kill the test itself
+            raise ValueError("too large to re-sign")
         dtype = np.dtype(spec["dtype"])
         values = rng.choice([3.4e38, -3.4e38, 1e30, 0.0, 1.0]) if dtype.kind == "f" else rng.randrange(-2, 2**20)
         arrays.append(np.full(spec["shape"], values, dtype=dtype))

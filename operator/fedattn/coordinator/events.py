@@ -154,8 +154,10 @@ class AggregatorEvents:
         )
 
     def _hello(self, session: Session, meta: dict[str, Any], *, participant: str, round_: int, now: float) -> None:
+        was_ready = session.machine.members[participant].ready
         self.sessions.dispatch(session, session.machine.hello(participant, now=now))
-        self.store.record_event(Event(session.name, "hello", participant=participant, round=round_, at=now))
+        if not was_ready:  # NB: a member repeating hello while connected is no news for the store
+            self.store.record_event(Event(session.name, "hello", participant=participant, round=round_, at=now))
 
     def _rejected(self, session: Session, meta: dict[str, Any], *, participant: Any, round_: int, now: float) -> None:
         """Counted always; recorded only for members, and only a sample (a flood of garbage from one
