@@ -35,6 +35,8 @@ RESOURCES = {
     "v1/events": ("Event", [], []),
     "apps/v1/deployments": ("Deployment", [], ["scale"]),
     "batch/v1/jobs": ("Job", [], ["status"]),
+    "v1/persistentvolumeclaims": ("PersistentVolumeClaim", [], []),
+    "policy/v1/poddisruptionbudgets": ("PodDisruptionBudget", [], []),
 }
 
 

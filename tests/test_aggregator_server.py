@@ -17,6 +17,7 @@ import pytest
 from fedattn import pki, wire
 from fedattn.aggregator.client import AggregatorClient, Timeout
 from fedattn.aggregator.server import CONTROL_IDENTITY, Aggregator, Hooks
+from fedattn.attention.exchange import block_message, read_reply
 
 SESSION = "s1"
 MEMBERS = ("alice", "bob", "carol")
@@ -171,9 +172,9 @@ def test_ctl_allow_and_revoke(h):
     coord = configure_learning(h, size=4)
     dave_keys = pki.curve_keypair()
     h.keys["dave"] = dave_keys
-    assert ctl(
-        coord, h.events, "ctl_allow", meta={"participant": "dave", "public_key": dave_keys.public.decode()}
-    )["ok"]
+    assert ctl(coord, h.events, "ctl_allow", meta={"participant": "dave", "public_key": dave_keys.public.decode()})[
+        "ok"
+    ]
     dave = h.client("dave")
     assert dave.request("hello").meta["code"] == "not_in_session"  # authenticated: the session answers
     live = join(h, "alice")
@@ -247,14 +248,10 @@ def test_each_malformed_update_is_named_and_others_are_still_served(h):
         assert reply.meta["message"]
     # a wrong-dtype float16 vector of the right length is a shape/dtype mismatch for the session
     assert (
-        alice.request("update", round=1, meta={"num_examples": 3}, arrays=[good.astype(np.float16)]).meta[
-            "code"
-        ]
+        alice.request("update", round=1, meta={"num_examples": 3}, arrays=[good.astype(np.float16)]).meta["code"]
         == "shape_mismatch"
     )
-    assert (
-        alice.request("update", round=1, meta={"num_examples": -3}, arrays=[good]).meta["code"] == "bad_meta"
-    )
+    assert alice.request("update", round=1, meta={"num_examples": -3}, arrays=[good]).meta["code"] == "bad_meta"
     # bob, in the same round, is served and folded; alice can still contribute after her garbage
     assert bob.request("update", round=1, meta={"num_examples": 3}, arrays=[-good]).kind == "ack"
     assert alice.request("update", round=1, meta={"num_examples": 1}, arrays=[good]).kind == "ack"
@@ -315,10 +312,7 @@ def test_round_numbers_only_move_forward_and_configure_is_idempotent(h):
     unknown = ctl(coord, h.events, "ctl_open_round", round=9, meta={"participants": ["zed"]})
     assert not unknown["ok"] and "zed" in unknown["error"]
     open_round(h, coord, 5, ["alice"])  # e.g. a coordinator continuing after an aggregator restart
-    assert (
-        "still open"
-        in ctl(coord, h.events, "ctl_open_round", round=6, meta={"participants": ["alice"]})["error"]
-    )
+    assert "still open" in ctl(coord, h.events, "ctl_open_round", round=6, meta={"participants": ["alice"]})["error"]
     reply = ctl(coord, h.events, "ctl_close_round", round=5)
     assert not reply["ok"] and "no contributions" in reply["error"]
 
@@ -385,9 +379,7 @@ def test_fedavg_matches_closed_form_and_reports_accuracy(tmp_path):
         h.events[:] = [e for e in h.events if e["event"] != "contribution"]
         while len(contributions) < 6:
             contributions.append(wait_event(coord, h.events, "contribution"))
-        assert {(e["participant"], e["round"]) for e in contributions} == {
-            (n, r) for n in weights for r in (1, 2)
-        }
+        assert {(e["participant"], e["round"]) for e in contributions} == {(n, r) for n in weights for r in (1, 2)}
         assert all(e["bytes"] == size * 4 for e in contributions)
         assert all(e["checksum"] == sent_crc[(e["participant"], e["round"])] for e in contributions)
     finally:
@@ -454,9 +446,7 @@ def test_dp_session_folds_through_the_wrapped_rule(h):
     open_round(h, coord, 1, ["alice", "bob"])
     alice.recv(), bob.recv()
     for c, value in ((alice, 10.0), (bob, 10.0)):
-        ack = c.request(
-            "update", round=1, meta={"num_examples": 1}, arrays=[np.full(size, value, np.float32)]
-        )
+        ack = c.request("update", round=1, meta={"num_examples": 1}, arrays=[np.full(size, value, np.float32)])
         assert ack.kind == "ack", ack.meta
     reply = ctl(coord, h.events, "ctl_close_round", round=1)
     assert reply["ok"] and reply["contributions"] == 2, reply
@@ -497,9 +487,7 @@ def test_probes_and_metrics_over_http(h):
         assert r.status == 200
     with urllib.request.urlopen(f"{base}/metrics") as r:
         text = r.read().decode()
-    received = [
-        line for line in text.splitlines() if line.startswith("fedattn_aggregator_bytes_received_total ")
-    ]
+    received = [line for line in text.splitlines() if line.startswith("fedattn_aggregator_bytes_received_total ")]
     assert received and float(received[0].split()[1]) > 0
     for name in (
         "bytes_sent_total",
@@ -520,17 +508,23 @@ MODEL_SHAPE = {"n_layers": 8, "n_kv_heads": HEADS, "head_dim": DIM}
 def kv_block(positions) -> list[np.ndarray]:
     """K/V rows that encode their own position, so where a row lands can be checked exactly."""
     pos = np.asarray(positions, dtype=np.int64)
-    k = (
-        pos[None, :, None] * 100 + np.arange(HEADS)[:, None, None] * 10 + np.arange(DIM)[None, None, :]
-    ).astype(np.float32)
+    k = (pos[None, :, None] * 100 + np.arange(HEADS)[:, None, None] * 10 + np.arange(DIM)[None, None, :]).astype(
+        np.float32
+    )
     return [k, -k, pos]
+
+
+def kv_msg(positions) -> dict:
+    """A float32 ``kv`` message with its positions as a trailing array (any block may be sent so)."""
+    return {"arrays": kv_block(positions), "meta": {"count": len(positions)}}
 
 
 def configure_attention(h: Harness, *, min_participants: int = 3, timeout: int = 300):
     coord = h.client(CONTROL_IDENTITY)
     meta = {
         "mode": "attention",
-        "spec": {"minParticipants": min_participants, "roundTimeoutSeconds": timeout},
+        # NB: float32 blocks keep the forwarded rows readable; the int4 default has its own test below
+        "spec": {"minParticipants": min_participants, "roundTimeoutSeconds": timeout, "kvCodec": "float32"},
         "participants": dict.fromkeys(MEMBERS, 1.0),
     }
     assert ctl(coord, h.events, "ctl_configure", meta=meta)["ok"]
@@ -563,27 +557,28 @@ def test_prompt_layout_is_announced_once_everyone_said_hello(h):
     assert ctl(coord, h.events, "ctl_status")["ok"]
 
 
-def test_kv_union_places_rows_by_global_position_and_hides_later_rows(h):
+def test_kv_each_participant_gets_the_blocks_before_it_in_prompt_order(h):
     coord = configure_attention(h)
     # slices 0..4, 5..7, 8..9; alice sends a sparse subset of hers (kvKeepRatio < 1)
     own = {"alice": [0, 2, 4], "bob": [5, 6, 7], "carol": [8, 9]}
     clients = announce(h, {"alice": 5, "bob": 3, "carol": 2})
     assert all(c.recv().kind == "welcome" for c in clients.values())
     for name in MEMBERS:
-        clients[name].send("kv", layer=2, arrays=kv_block(own[name]))
+        clients[name].send("kv", layer=2, **kv_msg(own[name]))
     for name, c in clients.items():
         msg = c.recv()
         assert msg.kind == "kv_global" and msg.layer == 2 and msg.meta["participants"] == sorted(MEMBERS)
-        k, v, positions = msg.arrays
-        visible = sorted(p for ps in own.values() for p in ps if p <= max(own[name]))
+        k, v, positions = read_reply(msg.arrays, msg.meta["blocks"], "float32")
+        visible = sorted(p for ps in own.values() for p in ps if p < min(own[name]))  # never its own rows
         np.testing.assert_array_equal(positions, visible)
-        np.testing.assert_array_equal(k, kv_block(visible)[0])
-        np.testing.assert_array_equal(v, -k)
+        if visible:
+            np.testing.assert_array_equal(k, kv_block(visible)[0])
+            np.testing.assert_array_equal(v, -k)
     sync = wait_event(coord, h.events, "sync", layer=2)
     assert sync["bytes"] > 0 and sync["latency_ms"] >= 0
     assert h.metric("fedattn_aggregator_sync_latency_seconds_count") == 1
     assert h.metric("fedattn_aggregator_contributions_accepted_total", kind="kv") == 3
-    late = clients["alice"].request("kv", layer=2, arrays=kv_block([11]))
+    late = clients["alice"].request("kv", layer=2, **kv_msg([11]))
     assert late.meta["code"] == "stale_round"
 
 
@@ -592,26 +587,71 @@ def test_kv_rejects_overlap_bad_shapes_nan_and_duplicates(h):
     clients = announce(h, {"alice": 3, "bob": 2, "carol": 1})  # carol sends no KV: the barrier waits for her
     assert all(c.recv().kind == "welcome" for c in clients.values())
     alice, bob = clients["alice"], clients["bob"]
-    alice.send("kv", layer=0, arrays=kv_block([0, 1, 2]))
+    alice.send("kv", layer=0, **kv_msg([0, 1, 2]))
     # NB: two sockets race; bob's overlapping block must arrive after alice's was taken.
     deadline = time.monotonic() + 10
     while h.metric("fedattn_aggregator_contributions_accepted_total", kind="kv") < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert bob.request("kv", layer=0, arrays=kv_block([2, 3])).meta["code"] == "bad_kv"  # 2 is alice's
+    assert bob.request("kv", layer=0, **kv_msg([2, 3])).meta["code"] == "bad_kv"  # 2 is alice's
     k, v, pos = kv_block([3, 4])
+    two = {"count": 2}
     k1, v1, pos1 = kv_block([3])  # NB: one row, so twice the heads still fits the layout's payload bound
     wrong_heads = [np.concatenate([k1, k1]), np.concatenate([v1, v1]), pos1]
-    assert "heads" in bob.request("kv", layer=0, arrays=wrong_heads).meta["message"]
+    assert "heads" in bob.request("kv", layer=0, arrays=wrong_heads, meta={"count": 1}).meta["message"]
     k_nan = k.copy()
     k_nan[0, 0, 0] = np.nan
-    assert bob.request("kv", layer=0, arrays=[k_nan, v, pos]).meta["code"] == "non_finite"
-    assert bob.request("kv", layer=0, arrays=[k, v]).meta["code"] == "shape_mismatch"
-    assert alice.request("kv", layer=0, arrays=kv_block([5])).meta["code"] == "duplicate"
+    assert bob.request("kv", layer=0, arrays=[k_nan, v, pos], meta=two).meta["code"] == "non_finite"
+    assert bob.request("kv", layer=0, arrays=[k, v], meta=two).meta["code"] == "shape_mismatch"
+    assert bob.request("kv", layer=0, arrays=[k, v, pos]).meta["code"] == "shape_mismatch"  # no count
+    assert bob.request("kv", layer=0, arrays=[k, v], meta={"start": 3, "count": 3}).meta["code"] == "shape_mismatch"
+    assert alice.request("kv", layer=0, **kv_msg([5])).meta["code"] == "duplicate"
     # bob's good block is still taken: 2 of 3 present, barrier waits for carol
-    bob.send("kv", layer=0, arrays=[k, v, pos])
+    bob.send("kv", layer=0, arrays=[k, v], meta={"start": 3, "count": 2})
     with pytest.raises(Timeout):
         bob.recv(timeout_seconds=0.5)
     assert sorted(h.server.sessions[SESSION].barriers[0].parts) == ["alice", "bob"]
+
+
+def test_coded_blocks_are_forwarded_as_sent_and_holders_that_do_not_listen_get_none(h):
+    coord = h.client(CONTROL_IDENTITY)
+    spec = {"minParticipants": 3, "publisher": "carol", "kvCodec": "int4", "holderSync": "none"}
+    meta = {"mode": "attention", "spec": spec, "participants": dict.fromkeys(MEMBERS, 1.0)}
+    assert ctl(coord, h.events, "ctl_configure", meta=meta)["ok"]
+    own = {"alice": [0, 1, 2], "bob": [3, 4], "carol": [5, 6]}  # the layout's slices (prefix 0)
+    clients = announce(h, {n: len(p) for n, p in own.items()})
+    assert all(c.recv().kind == "welcome" for c in clients.values())
+    rng = np.random.default_rng(0)
+    sent = {}
+    for name in ("alice", "bob"):
+        k, v = rng.normal(size=(2, HEADS, len(own[name]), DIM)).astype(np.float32)
+        sent[name] = block_message(k, v, np.array(own[name]), "int4")
+        assert sent[name][1] == {"start": own[name][0], "count": len(own[name])}
+    # a float32 block in an int4 session is refused; so is a block out of prompt order
+    # NB: one float32 row fits the int4 payload bound of the longest slice; more are refused as oversized
+    refused = clients["alice"].request("kv", layer=1, **kv_msg(own["alice"][:1]))
+    assert refused.meta["code"] == "shape_mismatch" and "int4" in refused.meta["message"]
+    early = block_message(*rng.normal(size=(2, HEADS, 2, DIM)).astype(np.float32), np.array([1, 2]), "int4")
+    clients["bob"].send("kv", layer=1, arrays=sent["bob"][0], meta=sent["bob"][1])
+    # NB: two sockets race; alice's out-of-order block must arrive after bob's was taken.
+    deadline = time.monotonic() + 10
+    while h.metric("fedattn_aggregator_contributions_accepted_total", kind="kv") < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    late = clients["alice"].request("kv", layer=1, arrays=early[0], meta={"start": 3, "count": 2})
+    assert late.meta["code"] == "bad_kv" and "prompt order" in late.meta["message"]
+    clients["alice"].send("kv", layer=1, arrays=sent["alice"][0], meta=sent["alice"][1])
+    clients["carol"].send("kv", layer=1, arrays=[], meta={"start": 0, "count": 0})  # the publisher sends no rows
+    for name in ("alice", "bob"):
+        got = clients[name].recv()
+        assert got.kind == "kv_global" and got.meta["blocks"] == [] and got.arrays == []
+    got = clients["carol"].recv()
+    assert got.meta["blocks"] == [sent["alice"][1], sent["bob"][1]]
+    forwarded = [*sent["alice"][0], *sent["bob"][0]]
+    assert len(got.arrays) == len(forwarded)
+    for a, b in zip(got.arrays, forwarded, strict=True):
+        np.testing.assert_array_equal(a, b)
+    k, v, positions = read_reply(got.arrays, got.meta["blocks"], "int4")
+    np.testing.assert_array_equal(positions, [0, 1, 2, 3, 4])
+    assert k.shape == v.shape == (HEADS, 5, DIM)
 
 
 def test_kv_barrier_timeout_serves_quorum_and_reports_the_missing(h):
@@ -619,16 +659,16 @@ def test_kv_barrier_timeout_serves_quorum_and_reports_the_missing(h):
     clients = announce(h, {"alice": 2, "bob": 1, "carol": 1})
     assert all(c.recv().kind == "welcome" for c in clients.values())
     alice, bob = clients["alice"], clients["bob"]  # carol announced, then sends nothing
-    alice.send("kv", layer=4, arrays=kv_block([0, 1]))
-    bob.send("kv", layer=4, arrays=kv_block([2]))
+    alice.send("kv", layer=4, **kv_msg([0, 1]))
+    bob.send("kv", layer=4, **kv_msg([2]))
     got = bob.recv(timeout_seconds=10)
     assert got.kind == "kv_global" and got.meta["participants"] == ["alice", "bob"]
-    np.testing.assert_array_equal(got.arrays[2], [0, 1, 2])
+    np.testing.assert_array_equal(read_reply(got.arrays, got.meta["blocks"], "float32")[2], [0, 1])
     assert alice.recv(timeout_seconds=10).kind == "kv_global"
     missed = wait_event(coord, h.events, "sync_missed", layer=4)
     assert missed["participants"] == ["carol"]
     # without quorum the waiting participant is told, and the layer can be retried
-    alice.send("kv", layer=6, arrays=kv_block([0, 1]))
+    alice.send("kv", layer=6, **kv_msg([0, 1]))
     err = alice.recv(timeout_seconds=10)
     assert err.kind == "error" and err.meta["code"] == "sync_timeout"
 
@@ -643,7 +683,7 @@ def test_every_control_kind_has_exactly_one_handler(h):
 def test_a_learning_session_refuses_attention_messages_by_name(h):
     configure_learning(h, size=4)
     alice = join(h, "alice")
-    kv = alice.request("kv", layer=0, arrays=kv_block([0, 1]))
+    kv = alice.request("kv", layer=0, **kv_msg([0, 1]))
     assert kv.kind == "error"
     assert (kv.meta["code"], kv.meta["message"]) == ("unexpected_kind", "kv is for attention sessions")
     keys = alice.request("secagg_keys", round=0, meta={"public_key": "x"})

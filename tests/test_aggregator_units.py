@@ -113,14 +113,16 @@ def test_check_part_rejects_malformed_blocks(part, match):
 
 def test_barrier_checks_each_arrival_against_the_others():
     barrier = Barrier(layer=0, expected=frozenset({"a", "b"}))
-    barrier.add("a", block([0, 2]))
+    sent = ([np.zeros(1, np.uint8)], {"count": 2})  # the wire form is kept as it came, to be forwarded
+    barrier.add("a", block([0, 2]), wire_form=sent)
     with pytest.raises(ValueError, match="another participant"):
-        barrier.add("b", block([2]))
+        barrier.add("b", block([2]), wire_form=sent)
     with pytest.raises(ValueError, match="heads"):
-        barrier.add("b", block([3], heads=4))
+        barrier.add("b", block([3], heads=4), wire_form=sent)
     assert not barrier.complete and barrier.missing() == ["b"]
-    barrier.add("b", block([1]))
+    barrier.add("b", block([1]), wire_form=sent)
     assert barrier.complete and barrier.missing() == []
+    assert barrier.wire_forms == {"a": sent, "b": sent}
 
 
 def test_event_queue_is_bounded_ordered_and_keeps_what_could_not_be_sent():

@@ -148,6 +148,8 @@ def test_input_is_not_mutated() -> None:
         ({"mode": "gossip"}, "spec.mode: 'gossip' is not one of"),
         ({"rounds": 3, "roundz": 4}, "spec: Additional properties are not allowed ('roundz' was unexpected)"),
         ({"kvKeepRatio": 0}, "spec.kvKeepRatio: 0.0 is less than or equal to the minimum of 0"),
+        ({"kvCodec": "int3"}, "spec.kvCodec: 'int3' is not one of"),
+        ({"holderSync": "some"}, "spec.holderSync: 'some' is not one of"),
         ({"mode": "attention"}, "spec: publisher is required in attention mode"),
         (
             {"strategy": {"name": "fedavg", "params": {"proximalMu": 0.1}}},
@@ -253,9 +255,11 @@ def test_docs_list_exactly_the_spec_fields(section: str, kind: str) -> None:
 def test_schema_enums_match_what_the_components_implement() -> None:
     """The CRD's strategy params and sync policies are the ones the aggregator and attention code take."""
     from fedattn.aggregator.strategies.registry import PARAMS, STRATEGIES
-    from fedattn.api.schema import STRATEGY_PARAMS, SYNC_POLICIES
+    from fedattn.api.schema import KV_CODECS, STRATEGY_PARAMS, SYNC_POLICIES
+    from fedattn.attention.kvcodec import KVCodec
     from fedattn.attention.masks import SyncPolicy
 
     assert {k: sorted(v) for k, v in PARAMS.items()} == {k: sorted(v) for k, v in STRATEGY_PARAMS.items()}
     assert all(rule.PARAMS is STRATEGY_PARAMS[name] for name, rule in STRATEGIES.items())
     assert sorted(p.value for p in SyncPolicy) == sorted(SYNC_POLICIES)
+    assert sorted(c.value for c in KVCodec) == sorted(KV_CODECS)

@@ -107,10 +107,8 @@ def test_layer_masks_follow_the_definition():
     [
         # 30 layers, H=5: a budget of 6 sync layers; values worked out by hand from the SyncPolicy formulas
         ("uniform", [0, 5, 10, 15, 20, 25]),  # i * 30/6
-        ("shallow-half", [0, 2, 5, 7, 10, 12]),  # floor(i * 15/6)
         ("deep-half", [15, 17, 20, 22, 25, 27]),  # floor(15 + i * 15/6)
         ("progressive", [0, 12, 17, 21, 24, 27]),  # floor(30 sqrt(i/6))
-        ("regressive", [0, 1, 3, 7, 13, 20]),  # floor(30 (i/6)^2) = 0, 0, 3, ..., made distinct
     ],
 )
 def test_sync_policies_keep_the_interval_budget(policy, expected):
@@ -168,7 +166,7 @@ def test_participants_with_h1_reproduce_centralized(model, layout3, centralized)
 def test_single_participant_with_sparse_local_layers_reproduces_centralized(model, layout3, centralized):
     (only,) = run_prefill(model, relaid(layout3, 1), plan=plan_for(4))
     assert np.abs(only.logits - centralized[only.positions]).max() < IDENTITY_TOLERANCE
-    assert only.kv_bytes_sent > 0
+    assert only.kv_bytes_sent == 0  # the only participant is the publisher: nobody attends to its rows
 
 
 @pytest.mark.slow
@@ -224,6 +222,9 @@ def test_exchange_sees_only_kv_floats_and_own_positions(model, layout3):
             assert k.shape == v.shape == (cfg.n_kv_heads, len(positions), cfg.head_dim)
             # positions are a subset of its own (never the prefix), and nothing carries token ids
             assert set(positions.tolist()) <= set(own.tolist())
+            if participant == 2:  # the publisher (last) sends no rows: causally nobody attends to them
+                assert len(positions) == 0
+                continue
             assert len(positions) == int(np.ceil(0.75 * len(own)))
             ids = layout3.token_ids[positions]
             assert not np.array_equal(positions, ids)

@@ -19,6 +19,8 @@ import pytest
 from fedattn import pki
 from fedattn.aggregator.client import AggregatorClient
 from fedattn.aggregator.server import Aggregator, Hooks
+from fedattn.attention.exchange import block_message
+from fedattn.coordinator import rounds
 from fedattn.coordinator.server import Config, Running, serve
 
 PARTICIPANTS = ["alice", "bob", "carol"]
@@ -211,7 +213,7 @@ async def test_create_is_idempotent_and_conflicts_on_another_spec(coordinator, p
     status, body = await operator.call("POST", "/v1/sessions", manifests(rounds=5))
     assert (status, body["error"]) == (409, "conflict")
     status, body = await operator.call("GET", "/v1/sessions/nope")
-    assert (status, body["error"]) == (404, "not_found")
+    assert (status, body["error"]) == (404, "no_session")
     status, body = await operator.call("POST", "/v1/sessions/s/participants/zed/join", {})
     assert status == 404 and "'zed' is not a participant" in body["message"]
     assert (await operator.call("DELETE", "/v1/sessions"))[0] == 405
@@ -394,7 +396,8 @@ async def test_attention_session_records_syncs_and_results(coordinator, pki_dir,
             for layer in (0, 2):
                 k = np.full((1, 2, 4), index, dtype=np.float32)
                 positions = np.array([before, before + 1], dtype=np.int64)
-                client.send("kv", layer=layer, arrays=[k, k.copy(), positions])
+                arrays, meta = block_message(k, k.copy(), positions, "int4")  # the default kvCodec
+                client.send("kv", layer=layer, arrays=arrays, meta=meta)
                 layers.append(client.recv().layer)
         return layers
 
@@ -661,6 +664,34 @@ async def test_a_restarted_aggregator_gets_its_sessions_configured_again(coordin
         assert sorted(again.sessions["back"].weights) == PARTICIPANTS
         reply = await as_(coordinator, pki_dir, "bob").call("POST", "/v1/sessions/back/participants/bob/join", {})
         assert reply[0] == 200
+    finally:
+        again.close()
+
+
+async def test_a_command_the_restarted_aggregator_refuses_as_unknown_configures_the_session_first(
+    coordinator, pki_dir, aggregator
+):
+    # NB: no retries, so no queued re-configure can slip in between two attempts
+    create = manifests("gone", resilience={"retries": 0})
+    await as_(coordinator, pki_dir, "operator").call("POST", "/v1/sessions", create)
+    session = coordinator.coordinator.sessions["gone"]
+    await asyncio.wait_for(session.configured.wait(), 10)
+    aggregator.close()
+    server = pki.Paths(pki_dir, "server")
+    again = Aggregator(
+        bind=aggregator.endpoint,
+        server_public=server.curve_public.read_bytes(),
+        server_secret=server.curve_secret.read_bytes(),
+        allow_dir=pki_dir,
+        hooks=aggregator.hooks,
+        tick_seconds=0.02,
+    )
+    again.start()
+    try:
+        # NB: the driver's own handler, not its queue: the queued re-configure must not be what saves it
+        finish = coordinator.coordinator.driver.handlers[rounds.Finish]
+        await finish(session, rounds.Finish(reason="completed"))
+        assert "gone" in again.sessions  # configured before the finish, which then went through
     finally:
         again.close()
 

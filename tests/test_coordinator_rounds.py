@@ -33,6 +33,7 @@ def learning(**overrides) -> SessionMachine:
         "round_timeout": 100.0,
         "wait_after_min": 10.0,
         "heartbeat_timeout": 1000.0,
+        "start_timeout": 1000.0,
         "active_deadline": None,
         **overrides,
     }
@@ -212,6 +213,7 @@ def attention() -> SessionMachine:
             round_timeout=100.0,
             wait_after_min=10.0,
             heartbeat_timeout=30.0,
+            start_timeout=1000.0,
         ),
         now=0.0,
     )
@@ -235,6 +237,31 @@ def test_attention_fails_when_too_few_are_left():
     commands = m.tick(now=31)
     assert commands[0] == MarkFailed(participant="b", reason="no heartbeat for more than 30 s")
     assert isinstance(commands[1], Fail) and commands[1].reason == "QuorumLost"
+
+
+def test_a_session_whose_participants_all_crashed_before_round_one_fails_never_started():
+    m = learning(start_timeout=600.0, heartbeat_timeout=30.0)
+    m.join("a", now=0)
+    m.hello("a", now=0)
+    m.join("b", now=5)  # b joined but crashed before its hello; c never came
+    failed = m.tick(now=100)
+    assert [type(c) for c in failed] == [MarkFailed, MarkFailed] and m.phase == PENDING
+    assert m.tick(now=599.9) == []
+    assert m.tick(now=600) == [
+        Fail(reason="NeverStarted", message="only 0 of minParticipants=2 participants were ready within"
+             " startTimeoutSeconds=600")
+    ]
+    assert m.phase == FAILED
+
+
+def test_an_attention_session_nobody_joins_fails_never_started_and_a_started_one_does_not():
+    idle, started = attention(), attention()
+    started.join("a", now=0)
+    started.join("b", now=0)
+    started.heartbeat("a", now=1500)
+    started.heartbeat("b", now=1500)
+    assert started.tick(now=1500) == [] and started.phase == RUNNING
+    assert [c.reason for c in idle.tick(now=1000)] == ["NeverStarted"]
 
 
 @pytest.mark.parametrize("mode", ["learning", "attention"])
@@ -276,6 +303,7 @@ def test_commands_stay_consistent_under_any_event_order(events, quorum, total_ro
             round_timeout=150.0,
             wait_after_min=5.0,
             heartbeat_timeout=100.0,
+            start_timeout=10_000.0,
         ),
         now=0.0,
     )

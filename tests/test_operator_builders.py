@@ -27,7 +27,7 @@ def _session(**spec) -> dict:
         "spec": {"mode": "learning", **spec},
     }
     out = apply_defaults_and_validate("FedSession", doc)
-    out["metadata"]["namespace"] = "team"
+    out["metadata"].update(namespace="team", uid="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
     return {**out, "spec": SessionSpec.from_manifest(out)}
 
 
@@ -127,7 +127,54 @@ def test_aggregator_checkpoints_to_a_writable_mounted_directory() -> None:
     mount = mounts[str(parsed.checkpoint_dir)]
     assert not mount.get("readOnly")
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
-    assert volumes[mount["name"]] == {"name": mount["name"], "emptyDir": {}}
+    claim = {"claimName": "s1-aggregator-state-0f1e2d3c"}
+    assert volumes[mount["name"]] == {"name": mount["name"], "persistentVolumeClaim": claim}
+
+
+def _pod_volume(dep: dict, mount_path: str) -> dict:
+    mount = next(m for m in _container(dep)["volumeMounts"] if m["mountPath"] == mount_path)
+    return next(v for v in dep["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
+
+
+def test_store_and_checkpoints_are_on_claims_of_this_session_run_by_default() -> None:
+    session = _session()
+    claims = {c["metadata"]["name"]: c for c in builders.build_state_claims(session)}
+    assert set(claims) == {"s1-coordinator-state-0f1e2d3c", "s1-aggregator-state-0f1e2d3c"}
+    claim = claims["s1-coordinator-state-0f1e2d3c"]
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}
+    assert claim["metadata"]["labels"]["app.kubernetes.io/instance"] == "s1"
+    store = _pod_volume(builders.build_coordinator_deployment(session), names.STATE_DIR)
+    assert store["persistentVolumeClaim"] == {"claimName": "s1-coordinator-state-0f1e2d3c"}
+    # the same name re-applied is another run (another UID): it must not find the old run's store
+    rerun = _session()
+    rerun["metadata"]["uid"] = "99887766-0000"
+    assert {c["metadata"]["name"] for c in builders.build_state_claims(rerun)}.isdisjoint(claims)
+
+
+def test_storage_options_postgres_store_and_emptydir() -> None:
+    sized = _session(storage={"size": "5Gi", "storageClassName": "fast"})
+    assert {c["spec"]["storageClassName"] for c in builders.build_state_claims(sized)} == {"fast"}
+    assert {c["spec"]["resources"]["requests"]["storage"] for c in builders.build_state_claims(sized)} == {"5Gi"}
+    postgres = _session(database={"secretRef": {"name": "db"}})
+    assert [c["metadata"]["name"] for c in builders.build_state_claims(postgres)] == ["s1-aggregator-state-0f1e2d3c"]
+    assert _pod_volume(builders.build_coordinator_deployment(postgres), names.STATE_DIR)["emptyDir"] == {}
+    ephemeral = _session(storage={"type": "EmptyDir"})
+    assert builders.build_state_claims(ephemeral) == []
+    checkpoints = _pod_volume(builders.build_aggregator_deployment(ephemeral), builders.CHECKPOINT_DIR)
+    assert checkpoints == {"name": "checkpoints", "emptyDir": {}}
+
+
+@pytest.mark.parametrize("component", ["coordinator", "aggregator"])
+def test_disruption_budget_selects_exactly_its_deployments_pods(component: str) -> None:
+    session = _session()
+    budget = builders.build_disruption_budget(session, component=component, api_version="policy/v1beta1")
+    build = getattr(builders, f"build_{component}_deployment")
+    pod_labels = build(session)["spec"]["template"]["metadata"]["labels"]
+    other = "aggregator" if component == "coordinator" else "coordinator"
+    other_labels = getattr(builders, f"build_{other}_deployment")(session)["spec"]["template"]["metadata"]["labels"]
+    selector = budget["spec"]["selector"]["matchLabels"]
+    assert budget["apiVersion"] == "policy/v1beta1" and budget["spec"]["minAvailable"] == 1
+    assert selector.items() <= pod_labels.items() and not selector.items() <= other_labels.items()
 
 
 def test_participant_job_passes_its_simulation_to_the_participant_cli() -> None:
@@ -163,9 +210,12 @@ def test_participant_job_mounts_only_its_own_private_data() -> None:
         promptRef={"secretKeyRef": {"name": "prompt-a", "key": "p"}},
         dataRef={"configMapKeyRef": {"name": "data-a", "key": "d"}},
     )
-    job = builders.build_participant_job(p, _session(resilience={"retries": 5}))
+    job = builders.build_participant_job(p, _session(resilience={"retries": 1}, startTimeoutSeconds=900))
     pod = job["spec"]["template"]["spec"]
-    assert job["spec"]["backoffLimit"] == 5 and pod["restartPolicy"] == "Never"
+    # pod restarts are not network retries: a Job keeps Kubernetes' 6 whatever resilience.retries says,
+    # and the participant waits for its session as long as the session waits for it
+    assert job["spec"]["backoffLimit"] == 6 and pod["restartPolicy"] == "Never"
+    assert _parse("participant", _container(job)["args"][1:]).wait_seconds == 900
     assert pod["nodeSelector"] == {"site": "a"} and _container(job)["image"] == "custom:2"
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["pki"]["secret"]["secretName"] == "site-a-credentials"

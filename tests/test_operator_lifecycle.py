@@ -517,3 +517,94 @@ async def test_cert_manager_issues_the_certificates_when_an_issuer_is_named(api)
         "tls.key": "server.key",
         "ca.crt": "ca.crt",
     }
+
+
+CLAIMS, BUDGETS = "v1/persistentvolumeclaims", "policy/v1/poddisruptionbudgets"
+
+
+@pytest.mark.parametrize(
+    ("policy", "replicas", "claims_left"),
+    [("ScaleDown", 0, True), ("Keep", 1, True), ("Delete", 0, False)],
+)
+async def test_state_claims_budgets_and_the_clean_up_policy(api, policy: str, replicas: int, claims_left: bool) -> None:
+    emulator, url = api
+    session = seeded("FedSession", "qa", {"mode": "attention", "publisher": "asker", "cleanupPolicy": policy})
+    uid = session["metadata"]["uid"][:8]
+    claims = {f"qa-coordinator-state-{uid}", f"qa-aggregator-state-{uid}"}
+    recorded = RecordedStatus({"qa": _running(3)})
+    async with running_operator(url, recorded) as config:
+        await _create_all(config, [session])
+        await eventually(lambda: _status(emulator, SESSIONS, "qa").get("phase") == "Running")
+        await eventually(lambda: names_of(emulator, CLAIMS) == claims)
+        await eventually(lambda: names_of(emulator, BUDGETS) == {"qa-coordinator", "qa-aggregator"})
+        for claim in claims:
+            assert _owned_by(stored(emulator, CLAIMS, claim), stored(emulator, SESSIONS, "qa"))
+        pod = stored(emulator, DEPLOYMENTS, "qa-coordinator")["spec"]["template"]["spec"]
+        assert {"persistentVolumeClaim": {"claimName": f"qa-coordinator-state-{uid}"}}.items() <= next(
+            v for v in pod["volumes"] if v["name"] == "state"
+        ).items()
+        recorded.statuses["qa"] = _running(3, phase="Succeeded", completed_at=1_700_000_600.0, message="done")
+        await eventually(lambda: _status(emulator, SESSIONS, "qa").get("phase") == "Succeeded")
+
+        def settled() -> bool:
+            deployments = {
+                stored(emulator, DEPLOYMENTS, n)["spec"]["replicas"] for n in ("qa-coordinator", "qa-aggregator")
+            }
+            budgets = names_of(emulator, BUDGETS) == (
+                {"qa-coordinator", "qa-aggregator"} if policy == "Keep" else set()
+            )
+            return deployments == {replicas} and budgets and (names_of(emulator, CLAIMS) == claims) == claims_left
+
+        await eventually(settled)
+
+
+async def test_suspend_drops_the_budgets_and_keeps_the_claims(api) -> None:
+    emulator, url = api
+    session = seeded("FedSession", "qa", {"mode": "attention", "publisher": "asker"})
+    async with running_operator(url, RecordedStatus({"qa": _running(3)})) as config:
+        await _create_all(config, [session])
+        await eventually(lambda: names_of(emulator, BUDGETS) == {"qa-coordinator", "qa-aggregator"})
+        claims = names_of(emulator, CLAIMS)
+        await config.kube.patch(
+            kind="FedSession",
+            namespace=NAMESPACE,
+            name="qa",
+            body={"spec": {"suspend": True}, "metadata": {"generation": 2}},
+        )
+        await eventually(lambda: names_of(emulator, BUDGETS) == set() and len(claims) == 2)
+        assert names_of(emulator, CLAIMS) == claims  # resume finds the same store and checkpoints
+
+
+async def test_a_session_deleted_and_applied_again_reissues_its_participants(api) -> None:
+    emulator, url = api
+    first = _attention_session()
+    async with running_operator(url, RecordedStatus()) as config:
+        await _create_all(config, [first, *_participants()])
+        await eventually(lambda: names_of(emulator, JOBS) == {"holder-a-participant", "holder-b-participant"})
+        await eventually(lambda: _status(emulator, PARTICIPANTS, "asker").get("phase") == "Credentialed")
+        await config.kube.delete(kind="FedSession", namespace=NAMESPACE, name="qa")
+        await eventually(lambda: stored(emulator, SESSIONS, "qa") is None)
+        for path, kind in ((SECRETS, "Secret"), (CONFIGMAPS, "ConfigMap")):  # the garbage collector's part
+            for name in names_of(emulator, path):
+                if _owned_by(stored(emulator, path, name), first):
+                    await config.kube.delete(kind=kind, namespace=NAMESPACE, name=name)
+        again = _attention_session()  # same name, new UID
+        await _create_all(config, [again])
+        uid = again["metadata"]["uid"]
+
+        def reissued(name: str) -> bool:
+            secret = stored(emulator, SECRETS, f"{name}-credentials")
+            return bool(secret) and secret["metadata"].get("annotations", {}).get("fedattn.io/session-uid") == uid
+
+        await eventually(lambda: all(reissued(n) for n in ("holder-a", "holder-b", "asker")))
+        await eventually(
+            lambda: stored(emulator, JOBS, "holder-a-participant")["metadata"]["annotations"]["fedattn.io/session-uid"]
+            == uid
+        )
+    ca = x509.load_pem_x509_certificate(_secret(emulator, "qa-ca")["ca.crt"])
+    creds = _secret(emulator, "holder-a-credentials")
+    assert creds["ca.crt"] == _secret(emulator, "qa-ca")["ca.crt"]
+    cert = x509.load_pem_x509_certificate(creds["holder-a.crt"])
+    ca.public_key().verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(cert.signature_hash_algorithm))
+    allow = stored(emulator, CONFIGMAPS, "qa-allow")["data"]
+    assert allow["holder-a.curve.pub"].encode() == creds["holder-a.curve.pub"]

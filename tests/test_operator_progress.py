@@ -24,6 +24,8 @@ STATUS = {"name": "s1", "phase": "Running", "round": 2, "participants": {"joined
 class Coordinator(BaseHTTPRequestHandler):
     seen: list[tuple[str, str, str]] = []
     create_reply = 201
+    #: how many status reads answer 404 (a coordinator restarted on a store without the session)
+    forgotten = 0
 
     def _reply(self, code: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -49,6 +51,10 @@ class Coordinator(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self.seen.append(("GET", self.path, self._caller()))
+        if Coordinator.forgotten:
+            Coordinator.forgotten -= 1
+            self._reply(404, {"error": "not_found", "message": "no session named 's1'"})
+            return
         self._reply(200, STATUS)
 
     def log_message(self, *args) -> None:
@@ -66,6 +72,7 @@ def coordinator(tmp_path: Path) -> Iterator[tuple[int, dict[str, bytes]]]:
     ctx = pki.server_ssl_context(cert=tmp_path / "server.crt", key=tmp_path / "server.key", ca=tmp_path / "ca.crt")
     httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
     Coordinator.seen = []
+    Coordinator.forgotten = 0
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     identity = {"ca.crt": ca.cert_pem, "operator.crt": operator.cert_pem, "operator.key": operator.key_pem}
@@ -119,4 +126,21 @@ async def test_eviction_is_posted_as_operator_and_unknown_participants_are_fine(
     assert Coordinator.seen == [
         ("POST", "/v1/sessions/s1/participants/p1/evict", "operator"),
         ("POST", "/v1/sessions/s1/participants/never-joined/evict", "operator"),
+    ]
+
+
+async def test_a_coordinator_that_forgot_the_session_gets_it_registered_again(coordinator, tmp_path: Path) -> None:
+    port, identity = coordinator
+    Coordinator.create_reply = 201
+    source = CoordinatorStatus(url_for=lambda name, ns: f"https://127.0.0.1:{port}", workdir=tmp_path / "op")
+    participants = [{"metadata": {"name": "p1"}, "spec": {"sessionRef": "s1"}}]
+    assert await source(session=_session(), participants=participants, identity=identity) == STATUS
+    Coordinator.forgotten = 1  # the coordinator pod restarted on a fresh store
+    assert await source(session=_session(), participants=participants, identity=identity) == STATUS
+    assert Coordinator.seen == [
+        ("POST", "/v1/sessions", "operator"),
+        ("GET", "/v1/sessions/s1", "operator"),
+        ("GET", "/v1/sessions/s1", "operator"),
+        ("POST", "/v1/sessions", "operator"),
+        ("GET", "/v1/sessions/s1", "operator"),
     ]

@@ -18,6 +18,7 @@ import msgpack
 import numpy as np
 
 from fedattn import wire
+from fedattn.attention.exchange import block_message
 
 #: largest array a re-signed message may hold (values, not bytes)
 MAX_RESIGNED_VALUES = 1 << 16
@@ -166,13 +167,15 @@ def seeds(*, session: str, attention_session: str, name: str, size: int) -> list
     model = np.linspace(-1, 1, size, dtype=np.float32)
     k = np.ones((2, 3, 4), dtype=np.float32)
     positions = np.arange(3, dtype=np.int64)
+    shape = {"n_layers": 4, "n_kv_heads": 2, "head_dim": 4}
+    first, second = (block_message(k, -k, p, "int4") for p in (positions, positions + 3))  # the default kvCodec
 
     def msg(kind: str, *, sess: str = session, **fields: Any) -> Callable[[int], list[bytes]]:
         return lambda seq: [bytes(f) for f in wire.encode(kind=kind, session=sess, participant=name, seq=seq, **fields)]
 
     return [
         msg("hello"),
-        msg("hello", sess=attention_session, meta={"tokens": 3}),
+        msg("hello", sess=attention_session, meta={"tokens": 3, "prefix": 0, "model": shape}),
         msg("update", round=1, meta={"num_examples": 10}, arrays=[model]),
         msg(
             "update",
@@ -186,8 +189,8 @@ def seeds(*, session: str, attention_session: str, name: str, size: int) -> list
             meta={"num_examples": 10, "compression": {"codec": "topk"}},
             arrays=[np.arange(4, dtype=np.int32), np.ones(4, dtype=np.float32)],
         ),
-        msg("kv", sess=attention_session, layer=0, arrays=[k, -k, positions]),
-        msg("kv", sess=attention_session, layer=2, arrays=[k, -k, positions + 3]),
+        msg("kv", sess=attention_session, layer=0, arrays=first[0], meta=first[1]),
+        msg("kv", sess=attention_session, layer=2, arrays=second[0], meta=second[1]),
         msg("bye"),
         msg("bye", sess=attention_session),
         msg("secagg_keys", round=1, meta={"public_key": "x" * 44}),

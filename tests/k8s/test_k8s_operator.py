@@ -100,6 +100,24 @@ def test_operator_creates_every_child_with_owner_references(example_session, cha
         assert refs and refs[0].get("controller") is True, child["metadata"]["name"]
 
 
+def test_a_pending_session_has_its_claims_and_disruption_budgets(example_session, chart_release: Release) -> None:
+    """Store and checkpoints on claims of this run (UID in the name); a PodDisruptionBudget per
+    coordinator and aggregator at the version a v1.20 server serves (policy/v1beta1), owned by the session."""
+    client, session, _ = example_session
+    ns, uid = chart_release.namespace, session.metadata.uid
+
+    def owned(api_version: str, kind: str) -> set[str]:
+        items = client.resources.get(api_version=api_version, kind=kind).get(namespace=ns).to_dict()["items"]
+        refs = {i["metadata"]["name"]: i["metadata"].get("ownerReferences") or [] for i in items}
+        return {n for n, owners in refs.items() if any(r["uid"] == uid for r in owners)}
+
+    name = session.metadata.name
+    claims = {f"{name}-coordinator-state-{uid[:8]}", f"{name}-aggregator-state-{uid[:8]}"}
+    wait_for(lambda: owned("v1", "PersistentVolumeClaim") == claims, what=f"claims {claims}", timeout_s=120)
+    budgets = {f"{name}-coordinator", f"{name}-aggregator"}
+    wait_for(lambda: owned("policy/v1beta1", "PodDisruptionBudget") == budgets, what="the budgets", timeout_s=120)
+
+
 def test_status_conditions_are_written_through_the_status_subresource(example_session, chart_release: Release) -> None:
     client, session, _ = example_session
     fs = client.resources.get(api_version="fedattn.io/v1alpha1", kind="FedSession")
@@ -134,6 +152,35 @@ def test_deleting_the_session_garbage_collects_its_children(example_session, cha
         )
 
     wait_for(gone, what="the session and every child it owned to be deleted", timeout_s=120)
+
+
+def test_a_session_applied_again_reissues_its_participants(example_session, chart_release: Release) -> None:
+    """Runs after the session was deleted (above): the same manifest applied again is a new run, and its
+    in-cluster participants get credentials and a Job of that run, signed by its new CA."""
+    client, session, participants = example_session
+    ns = chart_release.namespace
+    doc = session.to_dict()
+    again = create_all(
+        client,
+        [{"apiVersion": doc["apiVersion"], "kind": doc["kind"], "metadata": {"name": doc["metadata"]["name"]},
+          "spec": doc["spec"]}],
+        namespace=ns,
+    )[0]
+    assert again.metadata.uid != session.metadata.uid
+    secrets = client.resources.get(api_version="v1", kind="Secret")
+    jobs = client.resources.get(api_version="batch/v1", kind="Job")
+    in_cluster = [p.metadata.name for p in participants if not (p.spec.to_dict() or {}).get("external")]
+
+    def stamped(resource, name: str) -> bool:
+        found = resource.get(namespace=ns, field_selector=f"metadata.name={name}").to_dict()["items"]
+        annotations = found[0]["metadata"].get("annotations") or {} if found else {}
+        return annotations.get("fedattn.io/session-uid") == again.metadata.uid
+
+    for p in in_cluster:
+        wait_for(lambda p=p: stamped(secrets, f"{p}-credentials"), what=f"{p}'s new credentials", timeout_s=120)
+        wait_for(lambda p=p: stamped(jobs, f"{p}-participant"), what=f"{p}'s Job of the new run", timeout_s=120)
+        ca = secrets.get(name=f"{doc['metadata']['name']}-ca", namespace=ns).to_dict()["data"]["ca.crt"]
+        assert secrets.get(name=f"{p}-credentials", namespace=ns).to_dict()["data"]["ca.crt"] == ca
 
 
 def test_operator_never_got_a_403(operator_process: Path, example_session) -> None:

@@ -2,11 +2,13 @@
 
 Participants announce their prompt length, the shared prefix length and the model's KV shape in
 ``hello``; once everyone did (or the timeout passes with a quorum) each gets a ``welcome`` with the
-tokens before its own. From then on a ``kv`` block is taken only for a sync layer of the schedule,
-in the model's shape, at positions inside the sender's own slice, with at most a few layers pending
-per sender; each receiver's cut-off is the end of its slice, never a position it claimed. Per sync layer each sends its
-``kv`` block; when the barrier completes (or times out with a quorum) each receives the global KV
-rows up to its own positions (``kv_global``). docs/protocol.md.
+tokens before its own. Per sync layer each sends its ``kv`` block in the session's ``kvCodec`` (the
+publisher, last in prompt order, sends no rows: nobody attends to them). A block is taken only for
+a sync layer of the schedule (publisher's or holders'), in the model's shape, with its start and
+count inside the sender's own slice, with at most a few layers pending per sender. When the barrier
+completes (or times out with a quorum) each participant that listens at sync layers receives the
+blocks of the participants before it in the layout, forwarded as they came (``kv_global``; a holder
+with ``holderSync: none`` gets an empty one). docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from fedattn import wire
 from fedattn.aggregator.attention_session import AttentionSession, Release
 from fedattn.aggregator.conversation import Conversation, Handler, Link
 from fedattn.api.spec import SessionSpec
-from fedattn.attention.exchange import rows_up_to
 
 log = logging.getLogger("fedattn.aggregator")
 
@@ -52,25 +53,24 @@ class AttentionProtocol(Conversation):
             self._welcome_layout(state, layout)
 
     def _kv(self, route: bytes, state: AttentionSession, msg: wire.Message, checksums: list[int]) -> None:
-        release = state.accept(participant=msg.participant, layer=msg.layer, arrays=msg.arrays)
+        release = state.accept(participant=msg.participant, layer=msg.layer, arrays=msg.arrays, meta=msg.meta)
         state.routes[msg.participant] = route
         self.link.metrics.contributions_accepted.labels(kind="kv").inc()
         if release is not None:
             self._release(state, release)
 
     def _release(self, state: AttentionSession, release: Release) -> None:
-        names = sorted(release.receivers)
+        names = sorted(release.blocks)
         sent = 0
-        for name, max_position in release.receivers.items():
-            k, v, positions = rows_up_to(release.global_kv, max_position)
+        for name, blocks in release.blocks.items():
             frames = wire.encode(
                 kind="kv_global",
                 session=state.name,
                 participant=name,
                 layer=release.layer,
                 seq=self.link.next_seq(),
-                meta={"participants": names},
-                arrays=[k, v, positions],
+                meta={"participants": names, "blocks": [meta for _, meta in blocks]},
+                arrays=[a for arrays, _ in blocks for a in arrays],
             )
             route = state.routes.get(name)
             if route is not None and self.link.send(route, frames):  # NB: no route: it left meanwhile

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 
 from fedattn import wire
-from fedattn.aggregator.kv import Barrier, KVPart
+from fedattn.aggregator.kv import Barrier, KVPart, WireBlock
 from fedattn.aggregator.sessions import Session
 from fedattn.api.spec import SessionSpec
-from fedattn.attention.exchange import union_kv
-from fedattn.attention.masks import sync_layers
-from fedattn.attention.spec import participant_order
+from fedattn.attention.exchange import read_block
+from fedattn.attention.kvcodec import block_nbytes
+from fedattn.attention.spec import participant_order, plan
 
 MAX_PROMPT_TOKENS = 1 << 20
 #: caps on what a participant may announce about the (public) model: beyond any Llama we run
@@ -67,11 +67,10 @@ def _count(value: Any, what: str, *, low: int, high: int) -> int:
 
 @dataclass
 class Release:
-    """A completed (or timed-out) barrier: the global KV and who gets which prefix of it."""
+    """A completed (or timed-out) barrier: the blocks each participant attends to, as they came."""
 
     layer: int
-    global_kv: KVPart
-    receivers: dict[str, int]  # participant -> the last position of its slice (what it may see up to)
+    blocks: dict[str, list[WireBlock]]  # participant -> blocks of those before it, in prompt order
     missing: list[str]
     latency_seconds: float
     bytes_in: int
@@ -152,11 +151,7 @@ class AttentionSession(Session):
 
     def expire_layout(self, now: float) -> tuple[dict[str, int] | None, list[str]]:
         """At the timeout: the layout of who announced (quorum), or the names left waiting (no quorum)."""
-        if (
-            self.layout is not None
-            or self.first_announce is None
-            or now - self.first_announce < self.timeout_seconds
-        ):
+        if self.layout is not None or self.first_announce is None or now - self.first_announce < self.timeout_seconds:
             return None, []
         if len(self.prompt_tokens) >= self.min_participants:
             return self._fix_layout(), []
@@ -194,20 +189,36 @@ class AttentionSession(Session):
             self.slices[name] = (shape.prefix + before, shape.prefix + before + tokens - 1)
             before += tokens
         self.shape = shape
-        self.sync_schedule = sync_layers(
-            shape.n_layers,
-            interval=self.spec.sync_interval,
-            layers=list(self.spec.sync_layers) if self.spec.sync_layers else None,
-            policy=self.spec.sync_policy,
-        )
+        schedule = plan(self.spec, n_layers=shape.n_layers)
+        # NB: a holder sends at every layer the publisher syncs, listening or not: the union of both
+        self.sync_schedule = schedule.sync_layers | (schedule.holder_sync_layers or frozenset())
         most = max(self.prompt_tokens[n].tokens for n in order)
-        # NB: K and V float32 (n_kv_heads, T, head_dim) plus int64 positions, for the longest slice
-        bound = 2 * shape.n_kv_heads * most * shape.head_dim * 4 + most * 8
+        # NB: the longest slice's K and V block in the session's codec (codes and scales), plus int64
+        # positions for a block sent without a start
+        codes = block_nbytes(self.spec.kv_codec, n_rows=most, n_kv_heads=shape.n_kv_heads, head_dim=shape.head_dim)
+        bound = codes + most * 8
         self.max_payload_bytes = min(self.message_limit, bound)
         return self.layout
 
-    def accept(self, *, participant: str, layer: int, arrays: list[np.ndarray]) -> Release | None:
-        """Add a participant's block to its layer's barrier; returns the release when it completes."""
+    @property
+    def order(self) -> list[str]:
+        """Prompt order: as configured, the publisher last (the fixed layout is a subset in this order)."""
+        names = list(self.weights)
+        publisher = self.spec.publisher
+        return participant_order(names, publisher) if publisher in names else names
+
+    def listens(self, participant: str) -> bool:
+        """Whether a participant attends to others' rows at a sync layer (``holderSync``)."""
+        return participant == self.spec.publisher or self.spec.holder_sync == "all"
+
+    def accept(self, *, participant: str, layer: int, arrays: list[np.ndarray], meta: dict) -> Release | None:
+        """Add a participant's block to its layer's barrier; returns the release when it completes.
+
+        The block must be in the session's ``kvCodec`` and the model's KV shape, for a sync layer of
+        the schedule, with its rows inside the sender's own slice of the layout (hence in prompt
+        order: after every earlier participant's, before every later one's), so that who may attend
+        to what is decided by the layout alone.
+        """
         if self.layout is None or self.shape is None:
             raise wire.WireError("stale_round", "the prompt layout is not fixed yet: wait for welcome")
         if participant not in self.slices:
@@ -218,43 +229,63 @@ class AttentionSession(Session):
             )
         if layer in self.released:
             raise wire.WireError("stale_round", f"layer {layer} was already synced")
-        if len(arrays) != 3 or arrays[0].dtype != np.float32 or arrays[1].dtype != np.float32:
-            raise wire.WireError("shape_mismatch", "kv needs [K float32, V float32, positions int64]")
-        if arrays[2].dtype != np.int64:
-            raise wire.WireError("bad_dtype", f"positions must be int64, got {arrays[2].dtype}")
+        try:
+            part = read_block(arrays, meta, self.spec.kv_codec)
+        except ValueError as exc:
+            code = "non_finite" if "NaN or Inf" in str(exc) else "shape_mismatch"
+            raise wire.WireError(code, f"kv ({self.spec.kv_codec}): {exc}") from None
         barrier = self.barriers.get(layer)
         if barrier is not None and participant in barrier.parts:
             raise wire.WireError("duplicate", f"{participant} already sent KV for layer {layer}")
-        self._check_own(participant, layer, arrays)
+        self._check_own(participant, layer, part, barrier)
         if barrier is None:
             barrier = self.barriers[layer] = Barrier(layer=layer, expected=self.active)
         try:
-            barrier.add(participant, (arrays[0], arrays[1], arrays[2]))
+            barrier.add(participant, part, wire_form=(list(arrays), dict(meta)))
         except ValueError as exc:
             raise wire.WireError("bad_kv", str(exc)) from None
         return self._release(barrier) if barrier.complete else None
 
-    def _check_own(self, participant: str, layer: int, arrays: list[np.ndarray]) -> None:
-        """The block fits the model's KV shape and lies in the sender's own slice; a few pending layers."""
+    def _check_own(self, participant: str, layer: int, part: KVPart, barrier: Barrier | None) -> None:
+        """The block fits the model's KV shape, follows the prompt order of the blocks already here and
+        lies in the sender's own slice; a few pending layers."""
         assert self.shape is not None
-        k, positions = arrays[0], arrays[2]
+        k, _, positions = part
         first, last = self.slices[participant]
         heads, dim = self.shape.n_kv_heads, self.shape.head_dim
-        if k.ndim != 3 or (k.shape[0], k.shape[2]) != (heads, dim) or k.shape[1] > last - first + 1:
+        if positions.size and (k.ndim != 3 or (k.shape[0], k.shape[2]) != (heads, dim)):
+            raise wire.WireError(
+                "bad_kv", f"K/V must be ({heads} heads, T rows, {dim} dims) for this model, got {k.shape}"
+            )
+        if barrier is not None:
+            self._check_order(barrier, participant, positions)
+        if positions.size and (positions.size > last - first + 1 or positions.min() < first or positions.max() > last):
             raise wire.WireError(
                 "bad_kv",
-                f"K/V must be ({heads} heads, T <= {last - first + 1} rows, {dim} dims) for this model and"
-                f" slice, got {k.shape}",
-            )
-        if positions.size and (positions.min() < first or positions.max() > last):
-            raise wire.WireError(
-                "bad_kv", f"positions must lie in {participant}'s slice {first}..{last} of the prompt layout"
+                f"a block's {positions.size} rows at {int(positions.min())}..{int(positions.max())} must lie in"
+                f" {participant}'s slice {first}..{last} of the prompt layout",
             )
         pending = [b.layer for b in self.barriers.values() if participant in b.parts and b.layer != layer]
         if len(pending) >= MAX_PENDING_LAYERS:
             raise wire.WireError(
                 "too_many_pending", f"{participant} already waits on layers {sorted(pending)}; wait for kv_global"
             )
+
+    def _check_order(self, barrier: Barrier, participant: str, positions: np.ndarray) -> None:
+        if not positions.size:
+            return
+        order = self.order
+        mine = order.index(participant)
+        for name, (_, _, theirs) in barrier.parts.items():
+            if not theirs.size:
+                continue
+            earlier = order.index(name) < mine
+            if (earlier and theirs.max() >= positions.min()) or (not earlier and theirs.min() <= positions.max()):
+                raise wire.WireError(
+                    "bad_kv",
+                    f"positions {int(positions.min())}..{int(positions.max())} are not in prompt order with"
+                    f" {name}'s {int(theirs.min())}..{int(theirs.max())}"
+                )
 
     def expire(self, now: float) -> tuple[list[Release], list[Barrier]]:
         """Barriers past the timeout: released with who is present (quorum) or failed (no quorum)."""
@@ -271,15 +302,17 @@ class AttentionSession(Session):
         del self.barriers[barrier.layer]
         self.released.add(barrier.layer)
         self.syncs += 1
-        names = sorted(barrier.parts)
-        parts = [barrier.parts[n] for n in names]
+        present = [n for n in self.order if n in barrier.parts]
+        blocks = {
+            name: [barrier.wire_forms[s] for s in present[:i] if barrier.parts[s][2].size] if self.listens(name) else []
+            for i, name in enumerate(present)
+        }
         return Release(
             layer=barrier.layer,
-            global_kv=union_kv(parts),
-            receivers={n: self.slices[n][1] for n in names},  # NB: the layout's cut-off, not a claim
+            blocks=blocks,
             missing=barrier.missing(),
             latency_seconds=time.monotonic() - barrier.first_arrival,
-            bytes_in=sum(a.nbytes for p in parts for a in p),
+            bytes_in=sum(a.nbytes for arrays, _ in barrier.wire_forms.values() for a in arrays),
         )
 
     def describe(self) -> dict[str, Any]:

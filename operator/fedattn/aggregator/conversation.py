@@ -21,6 +21,33 @@ from fedattn.api.spec import SessionSpec
 #: a control handler's answer meaning "the reply is sent later" (a secure round still being unmasked);
 #: the server keeps the request and runs it again on :meth:`Link.answer_deferred`
 DEFERRED: dict[str, Any] = {"deferred": True}
+
+
+class Refusal(ValueError):
+    """A control request refused for a reason the coordinator acts on; ``detail`` goes into the reply."""
+
+    detail: dict[str, Any] = {}
+
+
+class UnknownSession(Refusal):
+    """The session is not configured here (this aggregator restarted without a checkpoint of it)."""
+
+    detail = {"code": "unknown_session"}
+
+
+class MissingUpdates(Refusal):
+    """``ctl_close_round`` names updates the round does not hold: they were acknowledged by a process that
+    died (this aggregator restarted) and must be sent again before the round may close."""
+
+    def __init__(self, round: int, participants: list[str]) -> None:
+        super().__init__(
+            f"MissingUpdates: round {round} lacks the acknowledged updates of {', '.join(participants)}"
+            " (lost in an aggregator restart; they are sent again on hello)"
+        )
+        self.participants = participants
+        self.detail = {"code": "missing_updates", "missing": participants}
+
+
 #: ``handler(route, session, message, checksums)``: one participant message kind of one mode
 Handler = Callable[[bytes, Any, wire.Message, list[int]], None]
 

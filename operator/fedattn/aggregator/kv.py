@@ -3,8 +3,8 @@
 At a sync layer every participant sends its own K and V (``(n_kv_heads, T_i, head_dim)``, after RoPE)
 with the global positions of its rows. The global KV is their union along the token axis, sorted
 by position -- never an average -- (``fedattn.attention.exchange.union_kv``, the same rule the
-single-process reference uses) and each participant gets back only the rows it may attend to
-(``rows_up_to``: position <= its own last position).
+single-process reference uses): each participant gets back the blocks of the participants before it
+in prompt order, forwarded in the wire form (codec) they came in.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 KVPart = tuple[np.ndarray, np.ndarray, np.ndarray]
+WireBlock = tuple[list[np.ndarray], dict]  # a block's arrays and meta as the participant sent them
 
 
 def check_part(k: np.ndarray, v: np.ndarray, positions: np.ndarray) -> None:
@@ -38,17 +39,20 @@ class Barrier:
     layer: int
     expected: frozenset[str]
     parts: dict[str, KVPart] = field(default_factory=dict)
+    wire_forms: dict[str, WireBlock] = field(default_factory=dict)
     first_arrival: float = field(default_factory=time.monotonic)
 
-    def add(self, participant: str, part: KVPart) -> None:
-        """Record a participant's block after checking it against the blocks already here.
+    def add(self, participant: str, part: KVPart, *, wire_form: WireBlock) -> None:
+        """Record a participant's block (decoded, and as it came to forward it) after checking it
+        against the blocks already here.
 
         The caller rejects a second block from the same participant first (code ``duplicate``).
         """
         k, v, positions = part
         check_part(k, v, positions)
-        if self.parts:
-            k0 = next(iter(self.parts.values()))[0]
+        others = [p for p in self.parts.values() if p[2].size]
+        if others and positions.size:
+            k0 = others[0][0]
             if (k.shape[0], k.shape[2]) != (k0.shape[0], k0.shape[2]):
                 raise ValueError(
                     f"KV shape ({k.shape[0]} heads, dim {k.shape[2]}) differs from"
@@ -59,6 +63,7 @@ class Barrier:
             if clash.size:
                 raise ValueError(f"positions already sent by another participant, e.g. {int(clash[0])}")
         self.parts[participant] = part
+        self.wire_forms[participant] = wire_form
 
     @property
     def complete(self) -> bool:

@@ -20,7 +20,7 @@ import numpy as np
 
 from fedattn import wire
 from fedattn.aggregator import checkpoint
-from fedattn.aggregator.conversation import DEFERRED, Conversation, Handler, Link
+from fedattn.aggregator.conversation import DEFERRED, Conversation, Handler, Link, MissingUpdates
 from fedattn.aggregator.evaluation import RoundEvaluation
 from fedattn.aggregator.learning_session import Evaluate, LearningSession
 from fedattn.aggregator.output import SessionOutput
@@ -421,7 +421,17 @@ class LearningProtocol(Conversation):
 
     def ctl_close_round(self, state: LearningSession, msg: wire.Message) -> dict[str, Any]:
         """The round's result; :data:`DEFERRED` while a secure sum still waits for its unmasking, or
-        while the round's federated evaluation is collected (fedattn.aggregator.evaluation)."""
+        while the round's federated evaluation is collected (fedattn.aggregator.evaluation).
+
+        ``meta.contributed`` names the updates the coordinator recorded for the round; one this process
+        does not hold (it restarted after acknowledging it) refuses the close with :class:`MissingUpdates`,
+        so no acknowledged update is left out of the model.
+        """
+        expected = msg.meta.get("contributed")
+        if state.open and msg.round == state.round and isinstance(expected, list):
+            missing = sorted({str(n) for n in expected} - set(state.contributed))
+            if missing:
+                raise MissingUpdates(msg.round, missing)
         secure = state.secure
         waiting = secure is not None and secure.mean is None and secure.failed is None
         if state.open and msg.round == state.round and waiting and state.contributed:

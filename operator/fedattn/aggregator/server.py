@@ -33,7 +33,7 @@ import zmq
 from fedattn import pki, wire
 from fedattn.aggregator.allowlist import Allowlist, NamingAuthenticator, start_authenticator
 from fedattn.aggregator.attention_protocol import AttentionProtocol
-from fedattn.aggregator.conversation import DEFERRED, Conversation
+from fedattn.aggregator.conversation import DEFERRED, Conversation, Refusal, UnknownSession
 from fedattn.aggregator.early_hellos import EarlyHellos
 from fedattn.aggregator.events import EventQueue
 from fedattn.aggregator.learning_protocol import Hooks, LearningProtocol
@@ -384,6 +384,9 @@ class Aggregator:
                 self._pending_close[msg.session] = (route, msg)
                 return
             reply = {"ok": True, **meta}
+        except Refusal as exc:
+            log.warning("control request refused: %s", exc, extra={"session": msg.session, "round": msg.round})
+            reply = {"ok": False, "error": str(exc), **exc.detail}
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("control request failed: %s", exc, extra={"session": msg.session, "round": msg.round})
             reply = {"ok": False, "error": str(exc)}
@@ -430,13 +433,13 @@ class Aggregator:
     def _learning_session(self, msg: wire.Message) -> LearningSession:
         state = self.sessions.get(msg.session)
         if not isinstance(state, LearningSession):
-            raise ValueError(f"no LearningSession named {msg.session!r}")
+            raise UnknownSession(f"no LearningSession named {msg.session!r}")
         return state
 
     def _ctl_finish(self, msg: wire.Message) -> dict[str, Any]:
         state = self.sessions.get(msg.session)
         if state is None:
-            raise ValueError(f"no session named {msg.session!r}")
+            raise UnknownSession(f"no session named {msg.session!r}")
         reason = str(msg.meta.get("reason", "finished"))
         arrays = self.conversations[state.mode].final_arrays(state)
         told = []

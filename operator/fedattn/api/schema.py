@@ -70,7 +70,9 @@ SESSION_CONDITIONS = [
 ]
 PARTICIPANT_PHASES = [p.value for p in ParticipantPhase]
 PARTICIPANT_CONDITIONS = ["CertificateIssued", "Connected"]
-SYNC_POLICIES = ["uniform", "shallow-half", "deep-half", "progressive", "regressive"]
+SYNC_POLICIES = ["uniform", "deep-half", "progressive"]
+KV_CODECS = ["float32", "float16", "int8", "int4", "int2"]
+HOLDER_SYNC = ["all", "none"]
 
 
 def _cel_string_list(items: list[str]) -> str:
@@ -377,7 +379,14 @@ def _learning() -> dict[str, Schema]:
         ),
         "checkpoint": obj(
             "Learning: aggregator checkpoints.",
-            {"everyRounds": integer("Checkpoint every k rounds (0 = never).", default=0, minimum=0)},
+            {
+                "everyRounds": integer(
+                    "Checkpoint every k rounds (0 = never); every round by default, so a restarted aggregator"
+                    " resumes where it stopped.",
+                    default=1,
+                    minimum=0,
+                )
+            },
             default={},
         ),
         "eviction": obj(
@@ -393,7 +402,11 @@ def _learning() -> dict[str, Schema]:
 def _attention() -> dict[str, Schema]:
     return {
         "syncInterval": integer(
-            "Attention: H, layer l syncs when l % H == 0.", default=2, minimum=1, maximum=1024
+            "Attention: H, layer l syncs when l % H == 0. The default (1, with kvCodec int4) is the "
+            "scheme that keeps answers best at 1/8 of exact-sync bytes (docs/fedattn-frontier.md).",
+            default=1,
+            minimum=1,
+            maximum=1024,
         ),
         "syncLayers": array(
             "Attention: explicit sync layers instead of syncInterval.",
@@ -401,6 +414,20 @@ def _attention() -> dict[str, Schema]:
             max_items=1024,
         ),
         "syncPolicy": string("Attention: sync placement policy instead of syncInterval.", enum=SYNC_POLICIES),
+        "kvCodec": string(
+            "Attention: K/V format on the wire at a sync. float32 is exact; float16 halves the bytes; "
+            "int8/int4/int2 are asymmetric integer codes (keys per channel, values per token, float16 "
+            "scales) at about 1/4, 1/8, 1/16 of float32.",
+            default="int4",
+            enum=KV_CODECS,
+        ),
+        "holderSync": string(
+            "Attention: where document holders (every participant but the publisher) attend to earlier "
+            "holders' K/V: at every sync layer (all) or never (none: they only send, and only the "
+            "publisher, whose continuation is the answer, listens).",
+            default="all",
+            enum=HOLDER_SYNC,
+        ),
         "kvKeepRatio": number(
             "Attention: share of each participant's tokens sent at a sync (seeded).",
             default=1.0,
@@ -438,7 +465,33 @@ def session_spec() -> Schema:
         "waitAfterMinSeconds": integer(
             "Once the quorum contributed, wait this long for the rest.", default=10, minimum=0
         ),
+        "startTimeoutSeconds": integer(
+            "Fail with NeverStarted when minParticipants are not ready this long after creation, seconds.",
+            default=600,
+            minimum=1,
+        ),
         "suspend": boolean("Scale the session down, keep its state.", default=False),
+        "storage": obj(
+            "Where the coordinator's store (unless spec.database is set) and the aggregator's checkpoints live.",
+            {
+                "type": string(
+                    "PersistentVolumeClaim survives pod restarts, node drains and suspend; EmptyDir dies with the pod.",
+                    default="PersistentVolumeClaim",
+                    enum=["PersistentVolumeClaim", "EmptyDir"],
+                ),
+                "size": string("Size of each claim (coordinator, aggregator).", default="1Gi", min_length=1),
+                "storageClassName": string(
+                    "Storage class of the claims; the cluster default when unset.", min_length=1
+                ),
+            },
+            default={},
+        ),
+        "cleanupPolicy": string(
+            "When the session finished: ScaleDown stops the coordinator and aggregator and keeps the store and"
+            " outputs; Keep leaves them running; Delete also deletes the session's claims.",
+            default="ScaleDown",
+            enum=["ScaleDown", "Keep", "Delete"],
+        ),
         "activeDeadlineSeconds": integer(
             "Fail with DeadlineExceeded after this (immutable), seconds.", minimum=1
         ),

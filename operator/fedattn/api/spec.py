@@ -70,6 +70,18 @@ class DatabaseSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class StorageSpec:
+    type: str
+    size: str
+    storage_class_name: str | None
+
+    @property
+    def durable(self) -> bool:
+        """True when state outlives the pod (a PersistentVolumeClaim)."""
+        return self.type == "PersistentVolumeClaim"
+
+
+@dataclasses.dataclass(frozen=True)
 class CircuitBreakerSpec:
     failures: int
     open_seconds: int
@@ -243,7 +255,10 @@ class SessionSpec:
     min_participants: int
     round_timeout_seconds: int
     wait_after_min_seconds: int
+    start_timeout_seconds: int
     suspend: bool
+    storage: StorageSpec
+    cleanup_policy: str
     active_deadline_seconds: int | None
     ttl_seconds_after_finished: int | None
     tls: TLSSpec
@@ -267,6 +282,8 @@ class SessionSpec:
     sync_interval: int
     sync_layers: tuple[int, ...] | None
     sync_policy: str | None
+    kv_codec: str
+    holder_sync: str
     kv_keep_ratio: float
     shared_prefix: str
     max_new_tokens: int

@@ -41,6 +41,7 @@ def run_prefill(
             prefix_ids=layout.prefix_ids,
             plan=plan,
             exchange=exchange,
+            publisher=participant == layout.n_participants - 1,
         )
 
     # NB: participants already run in parallel; BLAS threads on top of them oversubscribe the cores.

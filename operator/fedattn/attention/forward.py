@@ -124,12 +124,10 @@ def prefill(
     token_ids: np.ndarray,
     *,
     positions: np.ndarray | None = None,
-    layer_masks=None,
 ) -> tuple[np.ndarray, list[LayerKV]]:
-    """Run a whole sequence; returns logits (T, V) and each layer's K/V cache.
+    """Run a whole sequence causally; returns logits (T, V) and each layer's K/V cache.
 
-    ``layer_masks(layer) -> (T, T) bool`` overrides the causal mask per layer (the FedAttn reference);
-    positions default to 0..T-1.
+    Positions default to 0..T-1.
     """
     h = embed(model, token_ids)
     positions = (
@@ -140,8 +138,7 @@ def prefill(
     for layer in range(model.config.n_layers):
         q, k, v = project_qkv(model, layer, h, positions)
         context = LayerKV(k, v, positions)
-        mask = causal if layer_masks is None else layer_masks(layer)
-        h = finish_layer(model, layer, h, attend(model.config, q, context, mask))
+        h = finish_layer(model, layer, h, attend(model.config, q, context, causal))
         cache.append(context)
     return output_logits(model, h), cache
 

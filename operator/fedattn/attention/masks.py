@@ -18,17 +18,17 @@ class SyncPolicy(StrEnum):
     """Placement of ``ceil(n_layers / H)`` sync layers (the budget interval H would give).
 
     uniform: evenly spaced from layer 0 (what ``l % H == 0`` gives when H divides n_layers).
-    shallow-half: evenly spaced over the first half of the layers, none in the second.
     deep-half: evenly spaced over the second half, none in the first (layer 0 is local).
     progressive: from layer 0, gaps shrink with depth (layer ~ n * sqrt(i / count)).
-    regressive: from layer 0, gaps grow with depth (layer ~ n * (i / count)^2).
+
+    Deep layers matter more: at H=2's budget deep-half and progressive beat uniform, while the
+    mirrored shallow-half and regressive placements lost to it and were removed
+    (docs/fedattn-frontier.md).
     """
 
     UNIFORM = "uniform"
-    SHALLOW_HALF = "shallow-half"
     DEEP_HALF = "deep-half"
     PROGRESSIVE = "progressive"
-    REGRESSIVE = "regressive"
 
 
 def _spread(raw: np.ndarray, *, low: int, high: int) -> tuple[int, ...]:
@@ -62,16 +62,11 @@ def sync_layers(
     match SyncPolicy(policy):
         case SyncPolicy.UNIFORM:
             chosen = _spread(i * n_layers / count, low=0, high=n_layers)
-        case SyncPolicy.SHALLOW_HALF:
-            count = min(count, half)
-            chosen = _spread(np.arange(count) * half / count, low=0, high=half)
         case SyncPolicy.DEEP_HALF:
             count = min(count, n_layers - half)
             chosen = _spread(half + np.arange(count) * (n_layers - half) / count, low=half, high=n_layers)
         case SyncPolicy.PROGRESSIVE:
             chosen = _spread(n_layers * np.sqrt(i / count), low=0, high=n_layers)
-        case SyncPolicy.REGRESSIVE:
-            chosen = _spread(n_layers * (i / count) ** 2, low=0, high=n_layers)
     return frozenset(chosen)
 
 

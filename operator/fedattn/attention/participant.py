@@ -28,8 +28,10 @@ from fedattn.attention.forward import (
     project_qkv,
 )
 from fedattn.attention.gguf_model import LlamaModel
+from fedattn.attention.kvcodec import KEY_AXIS, VALUE_AXIS, roundtrip
 from fedattn.attention.masks import kept_rows
 from fedattn.attention.reference import FedAttnPlan
+from fedattn.attention.traffic import block_bytes
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ def _checked_global(kv, *, layer: int, n_kv_heads: int, head_dim: int, n_prefix:
     """Validate what an exchange returned before it enters attention."""
     k, v, positions = kv
     k, v, positions = np.asarray(k), np.asarray(v), np.asarray(positions)
+    if positions.shape == (0,):  # nobody before this participant (or it does not listen here)
+        empty = np.zeros((n_kv_heads, 0, head_dim), np.float32)
+        return empty, empty, np.zeros(0, np.int64)
     t = positions.shape[0] if positions.ndim == 1 else -1
     if positions.ndim != 1 or k.shape != (n_kv_heads, t, head_dim) or v.shape != k.shape:
         raise ValueError(
@@ -81,8 +86,13 @@ def participant_prefill(
     prefix_ids: np.ndarray,
     plan: FedAttnPlan,
     exchange: Exchange,
+    publisher: bool = False,
 ) -> PrefillResult:
-    """Prefill one participant's slice; ``exchange`` is called once per sync layer, in layer order."""
+    """Prefill one participant's slice; ``exchange`` is called once per sync layer, in layer order.
+
+    ``publisher``: this participant is the last in prompt order (it receives at every sync layer; a
+    document holder receives only at the plan's holder sync layers).
+    """
     cfg = model.config
     own_positions = np.asarray(own_positions, dtype=np.int64)
     n_prefix, n_own = len(prefix_ids), len(own_ids)
@@ -95,13 +105,20 @@ def participant_prefill(
     own_max = int(own_positions[-1])
     h = embed(model, ids)
     cache, sent_bytes, sync_seconds = [], 0, []
+    receive_layers = plan.receive_layers(publisher=publisher)
     for layer in range(cfg.n_layers):
         q, k, v = project_qkv(model, layer, h, positions)
         context = LayerKV(k, v, positions)
         if layer in plan.sync_layers:
-            keep = kept_rows(n_own, plan.keep_ratio, seed=plan.seed, participant=participant, layer=layer)
-            send_k = np.ascontiguousarray(k[:, n_prefix:][:, keep])
-            send_v = np.ascontiguousarray(v[:, n_prefix:][:, keep])
+            # NB: the publisher is last in prompt order: causally nobody attends to its rows.
+            keep = (
+                np.zeros(n_own, dtype=bool)
+                if publisher
+                else kept_rows(n_own, plan.keep_ratio, seed=plan.seed, participant=participant, layer=layer)
+            )
+            # NB: the codec's round trip is what every receiver attends to, whatever the transport.
+            send_k = roundtrip(np.ascontiguousarray(k[:, n_prefix:][:, keep]), plan.kv_codec, axis=KEY_AXIS)
+            send_v = roundtrip(np.ascontiguousarray(v[:, n_prefix:][:, keep]), plan.kv_codec, axis=VALUE_AXIS)
             started = time.perf_counter()
             got_k, got_v, got_pos = _checked_global(
                 exchange(layer, send_k, send_v, own_positions[keep]),
@@ -111,10 +128,16 @@ def participant_prefill(
                 n_prefix=n_prefix,
             )
             sync_seconds.append(time.perf_counter() - started)
-            sent_bytes += send_k.nbytes + send_v.nbytes + own_positions[keep].nbytes
+            sent_bytes += block_bytes(
+                int(keep.sum()),
+                plan.kv_codec,
+                sparse=plan.keep_ratio < 1.0,
+                n_kv_heads=cfg.n_kv_heads,
+                head_dim=cfg.head_dim,
+            )
             # NB: own rows are used whole (a sparse sync sends only some of them); later rows of others
             # are dropped because decoding would otherwise see positions beyond its own prompt.
-            others = ~np.isin(got_pos, own_positions) & (got_pos <= own_max)
+            others = ~np.isin(got_pos, own_positions) & (got_pos <= own_max) & (layer in receive_layers)
             context = _merged(context, got_k[:, others], got_v[:, others], got_pos[others])
             log.debug("sync", extra={"participant": participant, "layer": layer, "rows": int(others.sum())})
         h = finish_layer(model, layer, h, attend(cfg, q, context, causal_mask(positions, context.positions)))

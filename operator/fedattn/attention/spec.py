@@ -33,15 +33,18 @@ def participant_order(names: Sequence[str], publisher: str | None) -> list[str]:
 
 
 def plan(spec: SessionSpec, *, n_layers: int) -> FedAttnPlan:
-    """The sync schedule: explicit ``syncLayers``, a ``syncPolicy`` with H's budget, or ``l % H == 0``."""
+    """The sync schedule: explicit ``syncLayers``, a ``syncPolicy`` with H's budget, or ``l % H == 0``;
+    the wire codec; and whether document holders listen at sync layers (``holderSync``)."""
     return FedAttnPlan(
         sync_layers=sync_layers(
             n_layers,
             interval=spec.sync_interval,
-            layers=list(spec.sync_layers) if spec.sync_layers is not None else None,
+            layers=None if spec.sync_layers is None else list(spec.sync_layers),
             policy=spec.sync_policy,
         ),
+        holder_sync_layers=None if spec.holder_sync == "all" else frozenset(),
         keep_ratio=spec.kv_keep_ratio,
+        kv_codec=spec.kv_codec,
     )
 
 

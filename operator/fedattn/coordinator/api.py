@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
+from fedattn.coordinator.client import NO_SESSION
 from fedattn.coordinator.manifest import InvalidSession, parse_create
 from fedattn.coordinator.service import ApiError, Coordinator
 
@@ -91,7 +92,7 @@ def _authorize(request: web.Request, *, participant: str | None = None, session:
         if known is not None and who in known.definition.weights:
             return who
         if known is None:
-            raise ApiError(404, "not_found", f"no session named {session!r}")
+            raise ApiError(404, NO_SESSION, f"no session named {session!r}")
     raise ApiError(403, "forbidden", f"{who} may not do this; it needs the {OPERATOR} identity")
 
 

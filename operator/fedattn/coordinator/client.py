@@ -19,6 +19,10 @@ from typing import Any
 from fedattn import pki
 from fedattn.resilience import PermanentFailure, Policy, call
 
+#: the code of a 404 for a session the coordinator does not have (yet: not registered, or it restarted
+#: on an empty store); a participant waits for it, while ``not_found`` (not a participant of it) is final
+NO_SESSION = "no_session"
+
 
 class CoordinatorError(PermanentFailure):
     """The coordinator rejected a request; ``status`` and ``code`` say how."""

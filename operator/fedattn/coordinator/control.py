@@ -42,6 +42,18 @@ class BudgetExhausted(ControlError):
     """The aggregator refused a round: the DP budget is spent. A planned stop, so never retried."""
 
 
+class MissingUpdates(ControlError):
+    """The aggregator lacks updates we recorded for the round (it restarted): reopen the round for them."""
+
+    def __init__(self, message: str, participants: list[str]) -> None:
+        super().__init__(message)
+        self.participants = participants
+
+
+class SessionUnknown(ControlError):
+    """The aggregator does not know the session (it restarted without a checkpoint of it)."""
+
+
 class ControlTimeout(ControlError, TimeoutError):
     """No reply in time: the aggregator is down, unreachable, or does not accept our key."""
 
@@ -143,6 +155,11 @@ class ControlLink:
             error = str(reply.meta.get("error", "no reason given"))
             if error.startswith("PrivacyBudgetExhausted"):
                 raise BudgetExhausted(error)
+            code = reply.meta.get("code")
+            if code == "missing_updates":
+                raise MissingUpdates(error, [str(p) for p in reply.meta.get("missing") or []])
+            if code == "unknown_session":
+                raise SessionUnknown(error)
             raise ControlError(f"{kind} for {session} failed: {error}")
         return reply.meta
 

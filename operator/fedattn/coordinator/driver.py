@@ -20,7 +20,7 @@ import pybreaker
 import tenacity
 
 from fedattn.coordinator import rounds
-from fedattn.coordinator.control import BudgetExhausted, ControlError, ControlLink
+from fedattn.coordinator.control import BudgetExhausted, ControlError, ControlLink, MissingUpdates, SessionUnknown
 from fedattn.coordinator.metrics import Metrics
 from fedattn.coordinator.session import Session, Sessions
 from fedattn.coordinator.summary import RoundSummary, stop_reason
@@ -44,6 +44,9 @@ class Revoke:
 
     participant: str
 
+
+#: refusals a retry cannot change: an open breaker, a spent budget, updates the aggregator lost
+NOT_RETRIED = (CircuitOpen, BudgetExhausted, MissingUpdates, SessionUnknown)
 
 #: commands whose failure at the aggregator leaves the session as it is (already ending, or a revocation)
 FAILURE_KEEPS_SESSION = (rounds.Finish, rounds.Fail, Revoke)
@@ -90,6 +93,22 @@ class RoundDriver:
                 self.sessions.dispatch(session, session.machine.fail("InternalError", f"executing {command} failed"))
 
     async def _control(self, session: Session, kind: str, *, round: int = 0, meta: dict[str, Any] | None = None):
+        """:meth:`_request`, configuring the session first if the aggregator no longer knows it.
+
+        NB: a restarted aggregator forgets sessions it has no checkpoint of; the re-configure that
+        :mod:`fedattn.coordinator.events` queues would wait behind this very command, which would fail.
+        """
+        try:
+            return await self._request(session, kind, round=round, meta=meta)
+        except SessionUnknown:
+            if kind == "ctl_configure":
+                raise
+            log.warning("the aggregator does not know the session; configuring it before %s", kind,
+                        extra={"session": session.name, "round": round})
+            await self._configure(session, Configure())
+            return await self._request(session, kind, round=round, meta=meta)
+
+    async def _request(self, session: Session, kind: str, *, round: int = 0, meta: dict[str, Any] | None = None):
         """One control request with the session's timeout, retries, backoff and circuit breaker.
 
         Raises ControlError when it finally fails; an open breaker fails at once (CircuitOpen), so a
@@ -102,7 +121,7 @@ class RoundDriver:
             stop=tenacity.stop_after_attempt(policy.retries + 1),
             wait=tenacity.wait_exponential(multiplier=policy.backoff_seconds, max=60),
             retry=tenacity.retry_if_exception(
-                lambda e: isinstance(e, ControlError) and not isinstance(e, CircuitOpen | BudgetExhausted)
+                lambda e: isinstance(e, ControlError) and not isinstance(e, NOT_RETRIED)
             ),
             reraise=True,
         )
@@ -158,7 +177,17 @@ class RoundDriver:
     async def _close_round(self, session: Session, command: rounds.CloseRound) -> None:
         name, r, machine = session.name, command.round, session.machine
         now = self.clock()
-        reply = await self._control(session, "ctl_close_round", round=r)
+        current = machine.round
+        counted = sorted(current.contributed) if current is not None and current.number == r else []
+        try:
+            reply = await self._control(session, "ctl_close_round", round=r, meta={"contributed": counted})
+        except MissingUpdates as exc:
+            # NB: the aggregator restarted after acknowledging these: the round stays open until they are
+            # sent again (participants do on their next hello), or it times out with what it has.
+            ids = {"session": name, "round": r}
+            log.warning("round reopened for updates lost in an aggregator restart: %s", exc.participants, extra=ids)
+            self.sessions.dispatch(session, machine.updates_lost(r, exc.participants, now=self.clock()))
+            return
         summary = RoundSummary.from_reply(reply, round=r, members=machine.members)
         session.round_log[r] = {**session.round_log.get(r, {}), **summary.status()}
         self.store.close_round(

@@ -105,6 +105,13 @@ class AggregatorEvents:
         machine = session.machine
         before = machine.members[participant].phase
         verdict, commands = machine.contribution(participant, round_, now=now)
+        if (participant, round_) in session.recorded:
+            # NB: sent again after an aggregator restart lost it: it counts for the round, but it is
+            # the contribution already in the store.
+            log.info("update sent again", extra={"session": session.name, "participant": participant, "round": round_})
+            self.sessions.dispatch(session, commands)
+            return
+        session.recorded.add((participant, round_))
         after = machine.members[participant].phase
         if after != before:
             self.store.update_participant(session.name, participant, phase=after)

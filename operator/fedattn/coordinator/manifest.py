@@ -91,5 +91,6 @@ def settings_for(definition: SessionDefinition) -> Settings:
         round_timeout=float(spec.round_timeout_seconds),
         wait_after_min=float(spec.wait_after_min_seconds),
         heartbeat_timeout=float(spec.resilience.timeout_seconds),
+        start_timeout=float(spec.start_timeout_seconds),
         active_deadline=None if deadline is None else float(deadline),
     )

@@ -11,8 +11,9 @@ contributed, or ``wait_after_min`` after the quorum has, or at ``round_timeout``
 if that is a quorum, else the session fails with ``QuorumLost``). Attention: ``Running`` once a
 quorum has joined; the aggregator runs the KV barriers; ``Succeeded`` when every participant that
 joined reported done. In both, a participant silent for longer than ``heartbeat_timeout`` is
-marked ``Failed`` and left out of later rounds, and ``active_deadline`` fails the session with
-``DeadlineExceeded``.
+marked ``Failed`` and left out of later rounds, ``active_deadline`` fails the session with
+``DeadlineExceeded``, and a session still ``Pending`` ``start_timeout`` after its creation (say every
+participant crashed before the first round) fails with ``NeverStarted``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Settings:
     round_timeout: float
     wait_after_min: float
     heartbeat_timeout: float
+    #: a session still Pending this long after creation fails with NeverStarted
+    start_timeout: float
     active_deadline: float | None = None
 
 
@@ -252,6 +255,18 @@ class SessionMachine:
         self.waiting_since = now
         return self.tick(now=now)
 
+    def updates_lost(self, round: int, participants: list[str], *, now: float) -> list[Command]:
+        """The aggregator does not hold these members' updates for the closing ``round`` (it restarted
+        after acknowledging them): the round is open again and waits for them to be sent again."""
+        current = self.round
+        if self.finished or current is None or current.number != round or not current.closing:
+            return []
+        current.closing = False
+        current.contributed -= set(participants)
+        if len(current.contributed) < self.settings.min_participants:
+            current.quorum_at = None
+        return self.tick(now=now)
+
     def stop(self, reason: str, message: str) -> list[Command]:
         """A planned early end (e.g. ``PrivacyBudgetExhausted``): the model so far is the result.
 
@@ -281,6 +296,8 @@ class SessionMachine:
         deadline = self.settings.active_deadline
         if deadline is not None and now >= self.created_at + deadline:
             return self.fail("DeadlineExceeded", f"session exceeded activeDeadlineSeconds={deadline:g}")
+        if self.phase == PENDING and now >= self.created_at + self.settings.start_timeout:
+            return self._never_started()
         commands: list[Command] = self._expire_heartbeats(now)
         if self.settings.mode == "attention":
             commands += self._attention(now)
@@ -297,6 +314,15 @@ class SessionMachine:
                 member.ready = False
                 out.append(MarkFailed(participant=name, reason=f"no heartbeat for more than {limit:g} s"))
         return out
+
+    def _never_started(self) -> list[Command]:
+        """Pending past ``start_timeout``: e.g. every participant crashed before the first round."""
+        ready = self.ready() if self.settings.mode == "learning" else self.live()
+        return self.fail(
+            "NeverStarted",
+            f"only {len(ready)} of minParticipants={self.settings.min_participants} participants were ready"
+            f" within startTimeoutSeconds={self.settings.start_timeout:g}",
+        )
 
     def _quorum_lost(self, what: str) -> list[Command]:
         return self.fail("QuorumLost", f"{what}; minParticipants is {self.settings.min_participants}")

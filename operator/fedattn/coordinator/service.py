@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fedattn.coordinator import rounds
+from fedattn.coordinator.client import NO_SESSION
 from fedattn.coordinator.driver import Configure, Revoke, RoundDriver
 from fedattn.coordinator.events import AggregatorEvents
 from fedattn.coordinator.manifest import SessionDefinition, settings_for
@@ -96,7 +97,7 @@ class Coordinator:
     def _get(self, name: str) -> Session:
         session = self.sessions.get(name)
         if session is None:
-            raise ApiError(404, "not_found", f"no session named {name!r}")
+            raise ApiError(404, NO_SESSION, f"no session named {name!r}")
         return session
 
     @staticmethod
@@ -228,6 +229,7 @@ class Coordinator:
                     session.syncs += 1
                     session.sync_latency_ms_total += c.latency_ms or 0.0
                 elif c.participant in session.activity:
+                    session.recorded.add((c.participant, c.round))
                     session.activity[c.participant].contributions += 1
                     session.activity[c.participant].last_latency_ms = c.latency_ms
             if machine.finished:

@@ -46,6 +46,9 @@ class Session:
     completed_at: float | None = None
     activity: dict[str, Activity] = field(default_factory=dict)
     round_log: dict[int, dict[str, Any]] = field(default_factory=dict)
+    #: (participant, round) of every contribution in the store: an update a restarted aggregator got
+    #: again is the same contribution, never a second row
+    recorded: set[tuple[str, int]] = field(default_factory=set)
     syncs: int = 0
     sync_latency_ms_total: float = 0.0
     commands: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)

@@ -18,6 +18,8 @@ from fedattn.operator.objects import Participant, Session
 DEFAULT_IMAGE = "fedattn:0.1.0"
 UID = 10001
 CERT_MANAGER_GROUP = "cert-manager.io"
+#: a participant Job's backoffLimit: Kubernetes' own default, independent of spec.resilience.retries
+PARTICIPANT_POD_RESTARTS = 6
 
 
 def b64(data: bytes) -> str:
@@ -32,6 +34,11 @@ def secret_bytes(secret: dict[str, Any], key: str) -> bytes:
 def _meta(name: str, session: str, component: str, *, participant: str | None = None) -> dict[str, Any]:
     labels = {k: names.fit(v) for k, v in names.labels(session, component, participant=participant).items()}
     return {"name": name, "labels": labels}
+
+
+def _selector(meta: dict[str, Any]) -> dict[str, str]:
+    """The labels that pick one component's pods of one session (Deployment, Service, PDB)."""
+    return {k: meta["labels"][k] for k in ("app.kubernetes.io/instance", "app.kubernetes.io/component")}
 
 
 def _secret(name: str, session: str, component: str, data: dict[str, bytes], **kw: Any) -> dict[str, Any]:
@@ -181,7 +188,7 @@ def _deployment(
     template: PodTemplate = getattr(spec, component)
     pod_security, container_security = _security()
     meta = _meta(name, s, component)
-    selector = {k: meta["labels"][k] for k in ("app.kubernetes.io/instance", "app.kubernetes.io/component")}
+    selector = _selector(meta)
     container = {
         "name": component,
         "image": template.image or image,
@@ -214,6 +221,66 @@ def _deployment(
                 },
             },
         },
+    }
+
+
+#: components whose state lives on a claim of their own (spec.storage)
+STATEFUL = ("coordinator", "aggregator")
+
+
+def build_state_claim(session: Session, *, component: str) -> dict[str, Any]:
+    """The PersistentVolumeClaim of the coordinator's SQLite store or the aggregator's checkpoints.
+
+    One claim per component, because ReadWriteOnce cannot be shared by pods on two nodes. It outlives
+    pod restarts, node drains and suspend; the session owns it, so deleting the session deletes it.
+    """
+    if component not in STATEFUL:
+        raise ValueError(f"{component!r} keeps no state; choose one of {STATEFUL}")
+    meta, storage = session["metadata"], session["spec"].storage
+    spec: dict[str, Any] = {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": storage.size}}}
+    if storage.storage_class_name:
+        spec["storageClassName"] = storage.storage_class_name
+    name = names.state_claim(meta["name"], component, uid=meta.get("uid", ""))
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _meta(name, meta["name"], component),
+        "spec": spec,
+    }
+
+
+def _claims_state(session: Session, component: str) -> bool:
+    """Does this component keep its state on a claim? Not with spec.storage EmptyDir, and not the
+    coordinator of a session whose store is PostgreSQL (spec.database)."""
+    spec = session["spec"]
+    return spec.storage.durable and not (component == "coordinator" and spec.database is not None)
+
+
+def build_state_claims(session: Session) -> list[dict[str, Any]]:
+    """Every claim the session's pods mount (none with spec.storage EmptyDir)."""
+    return [build_state_claim(session, component=c) for c in STATEFUL if _claims_state(session, c)]
+
+
+def _state_volume(session: Session, volume: str, *, component: str) -> dict[str, Any]:
+    if not _claims_state(session, component):
+        return {"name": volume, "emptyDir": {}}  # NB: lost with the pod (EmptyDir, or the store is PostgreSQL)
+    claim = build_state_claim(session, component=component)["metadata"]["name"]
+    return {"name": volume, "persistentVolumeClaim": {"claimName": claim}}
+
+
+def build_disruption_budget(session: Session, *, component: str, api_version: str = "policy/v1") -> dict[str, Any]:
+    """Keeps a voluntary eviction (node drain) from taking a running session's coordinator or aggregator.
+
+    Only while the session runs: the operator deletes it on suspend and once the session finished, so
+    a drain then goes through. ``api_version`` is ``policy/v1beta1`` before Kubernetes 1.21.
+    """
+    s = session["metadata"]["name"]
+    meta = _meta(names.disruption_budget(s, component), s, component)
+    return {
+        "apiVersion": api_version,
+        "kind": "PodDisruptionBudget",
+        "metadata": meta,
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": _selector(meta)}},
     }
 
 
@@ -266,7 +333,7 @@ def build_coordinator_deployment(session: Session, *, image: str = DEFAULT_IMAGE
                 certificate_secret=names.server_tls_secret(s),
             ),
             _secret_volume("curve", names.curve_secret(s), curve_items),
-            {"name": "state", "emptyDir": {}},
+            _state_volume(session, "state", component="coordinator"),
         ],
         mounts=[
             {"name": "tls", "mountPath": names.TLS_DIR, "readOnly": True},
@@ -323,9 +390,7 @@ def build_aggregator_deployment(session: Session, *, image: str = DEFAULT_IMAGE)
         volumes=[
             _secret_volume("curve", names.curve_secret(s), [f"{names.SERVER}.curve.pub", f"{names.SERVER}.curve.sec"]),
             {"name": "allow", "configMap": {"name": names.allowlist(s)}},
-            # NB: an emptyDir survives container restarts, not pod rescheduling; checkpoints that must
-            # outlive the pod need a PersistentVolumeClaim here instead.
-            {"name": "checkpoints", "emptyDir": {}},
+            _state_volume(session, "checkpoints", component="aggregator"),
             *output_volumes,
         ],
         mounts=[
@@ -347,7 +412,7 @@ def _service(session: Session, *, component: str, name: str, port: dict[str, Any
         "metadata": meta,
         "spec": {
             "type": "ClusterIP",
-            "selector": {k: meta["labels"][k] for k in ("app.kubernetes.io/instance", "app.kubernetes.io/component")},
+            "selector": _selector(meta),
             "ports": [
                 {**port, "targetPort": port["name"], "protocol": "TCP"},
                 {"name": "metrics", "port": names.METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"},
@@ -415,6 +480,7 @@ def build_participant_job(participant: Participant, session: Session, *, image: 
         "--session", s,
         "--name", p,
         "--pki-dir", names.PKI_DIR,
+        "--wait-seconds", str(session["spec"].start_timeout_seconds),
     ]  # fmt: skip
     simulation = spec.simulation
     if simulation is not None and simulation.byzantine:  # testing only: a deliberately misbehaving participant
@@ -443,13 +509,15 @@ def build_participant_job(participant: Participant, session: Session, *, image: 
     volumes += user_volumes
     mounts += user_mounts
     meta = _meta(names.participant_job(p), s, "participant", participant=p)
-    retries = session["spec"].resilience.retries
+    meta["annotations"] = {names.SESSION_UID: session["metadata"].get("uid", "")}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": meta,
         "spec": {
-            "backoffLimit": retries,
+            # NB: pod restarts (OOM, node loss, a crash), not network retries: those are
+            # spec.resilience's, and waiting for the session is the participant's (--wait-seconds).
+            "backoffLimit": PARTICIPANT_POD_RESTARTS,
             "template": {
                 "metadata": {"labels": meta["labels"]},
                 "spec": {

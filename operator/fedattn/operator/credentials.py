@@ -268,6 +268,8 @@ async def ensure_participant(
             component="participant",
             participant=p,
         )
+    # NB: stamped with the session run, so a session deleted and applied again re-issues it (issued_for)
+    secret["metadata"]["annotations"] = {names.SESSION_UID: session["metadata"].get("uid", "")}
     stored, _ = await kube.ensure(_owned(secret, owner))
     public = builders.secret_bytes(stored, f"{p}.curve.pub")
     if not await allowlists.patch(namespace=ns, session=s, data={names.curve_public_key(p): public.decode()}):
@@ -275,16 +277,30 @@ async def ensure_participant(
     return public
 
 
-async def revoke(kube: Kube, *, namespace: str, session: str, participant: str) -> None:
-    """Remove the participant's allowlist entry (the aggregator rescans it) and its credentials."""
-    await _patch_allowlist(kube, namespace, session, {"data": {names.curve_public_key(participant): None}})
+async def issued_for(kube: Kube, *, namespace: str, participant: str) -> str | None:
+    """The UID of the session run the participant's credentials were issued for; None without any."""
+    secret = await kube.read(kind="Secret", namespace=namespace, name=names.participant_secret(participant))
+    if secret is None:
+        return None
+    return ((secret.get("metadata") or {}).get("annotations") or {}).get(names.SESSION_UID, "")
+
+
+async def forget_run(kube: Kube, *, namespace: str, participant: str) -> None:
+    """Delete what a participant got for an earlier run of its session (credentials signed by a CA that
+    is gone, a finished Job), so they are issued again for the current run."""
     for kind, name in (
         ("Secret", names.participant_secret(participant)),
         ("Certificate", names.participant_certificate(participant)),
         ("Secret", names.participant_certificate(participant)),
         ("Job", names.participant_job(participant)),
     ):
-        await kube.delete(kind=kind, namespace=namespace, name=name)  # NB: already gone (or never made) is fine
+        await kube.delete(kind=kind, namespace=namespace, name=name)
+
+
+async def revoke(kube: Kube, *, namespace: str, session: str, participant: str) -> None:
+    """Remove the participant's allowlist entry (the aggregator rescans it) and its credentials."""
+    await _patch_allowlist(kube, namespace, session, {"data": {names.curve_public_key(participant): None}})
+    await forget_run(kube, namespace=namespace, participant=participant)  # NB: already gone is fine
 
 
 async def _patch_allowlist(kube: Kube, namespace: str, session: str, body: dict[str, Any]) -> bool:

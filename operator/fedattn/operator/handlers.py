@@ -228,16 +228,47 @@ def _invalid_status(
     }
 
 
-def _session_children(session: Session, cfg: Config) -> list[dict[str, Any]]:
+def _with_database(session: Session, cfg: Config) -> Session:
+    """The session as it runs: with the chart's PostgreSQL when it names none of its own."""
     if session["spec"].database is None and cfg.default_database:
         spec = {**session["spec"].to_manifest(), "database": {"secretRef": cfg.default_database}}
         session = {**session, "spec": SessionSpec.from_manifest(spec)}
+    return session
+
+
+def _session_children(session: Session, cfg: Config) -> list[dict[str, Any]]:
     return [
         cfg.pods.apply(builders.build_coordinator_deployment(session, image=cfg.image("coordinator"))),
         builders.build_coordinator_service(session),
         cfg.pods.apply(builders.build_aggregator_deployment(session, image=cfg.image("aggregator"))),
         builders.build_aggregator_service(session),
     ]
+
+
+async def _ensure_state(cfg: Config, session: Session, *, owner: dict[str, Any]) -> None:
+    """The session's claims (store, checkpoints): created once, never patched (a claim's spec is
+    immutable once bound), so a restarted pod, a resumed session or a new coordinator finds its state."""
+    for claim in builders.build_state_claims(session):
+        kopf.adopt(claim, owner=owner)
+        await cfg.kube.ensure(claim)
+
+
+async def _sync_disruption_budgets(cfg: Config, session: Session, *, owner: dict[str, Any]) -> None:
+    """A running session's coordinator and aggregator survive a node drain; a suspended one has none."""
+    if session["spec"].suspend:
+        await _delete_disruption_budgets(cfg, session)
+        return
+    version = await cfg.kube.disruption_budget_version()
+    for component in builders.STATEFUL:
+        budget = builders.build_disruption_budget(session, component=component, api_version=version)
+        kopf.adopt(budget, owner=owner)
+        await cfg.kube.apply(budget)
+
+
+async def _delete_disruption_budgets(cfg: Config, session: Session) -> None:
+    s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
+    for component in builders.STATEFUL:
+        await cfg.kube.delete(kind="PodDisruptionBudget", namespace=ns, name=names.disruption_budget(s, component))
 
 
 @kopf.on.resume(*SESSIONS, registry=REGISTRY)
@@ -263,19 +294,60 @@ async def reconcile_session(
         raise kopf.PermanentError(str(exc))
     ready = await credentials.ensure_session_pki(cfg.kube, session, owner=raw, authorities=cfg.authorities)
     finished = session["status"].get("phase") in status.TERMINAL
+    session = _with_database(session, cfg)
     if finished or status.deadline_failure(session, now=cfg.clock()):
-        await _scale_down(cfg, session)  # NB: never (re)start a session that is over
+        await _clean_up(cfg, session)  # NB: never (re)start a session that is over
     else:
+        await _ensure_state(cfg, session, owner=raw)
         children = _session_children(session, cfg)
         for child in children:
             kopf.adopt(child, owner=raw)
         await asyncio.gather(*(cfg.kube.apply(child) for child in children))
+        await _sync_disruption_budgets(cfg, session, owner=raw)
+        await _reissue_earlier_runs(cfg, session)
         if generation > 1:  # NB: an update (e.g. suspend toggled): the participants' Jobs follow
             await _sync_participant_jobs(cfg, session)
     # NB: status is written by the progress daemon only; two writers would race and regress it.
     logger.info("session reconciled", extra={"session": meta["name"]})
     if not ready:
         raise kopf.TemporaryError("waiting for cert-manager to issue the session certificates", delay=cfg.retry_seconds)
+
+
+async def _reissue_earlier_runs(cfg: Config, session: Session) -> None:
+    """A session deleted and applied again under its name is a new run (a new UID, a new CA): members
+    still holding credentials and a Job of the earlier run get them issued again for this one. Members
+    without credentials are the participant handler's; evicted ones stay out."""
+    meta = session["metadata"]
+    ns, uid = meta["namespace"], meta.get("uid", "")
+    for p in _members(session, await cfg.kube.list(kind="FedParticipant", namespace=ns)):
+        name = p["metadata"]["name"]
+        if (p.get("status") or {}).get("phase") == ParticipantPhase.EVICTED:
+            continue
+        issued = await credentials.issued_for(cfg.kube, namespace=ns, participant=name)
+        # NB: "" = issued by an operator that did not stamp runs yet: left alone, so an upgrade never
+        # swaps the keys of a running participant
+        if not issued or issued == uid:
+            continue
+        try:
+            participant = _participant(p)
+        except ManifestError:
+            continue  # NB: its own handler marked it Failed; it has no credentials to renew
+        await credentials.forget_run(cfg.kube, namespace=ns, participant=name)
+        await credentials.ensure_participant(
+            cfg.kube,
+            participant,
+            session,
+            owner=p,
+            authorities=cfg.authorities,
+            allowlists=cfg.allowlists,
+            ca_wait_seconds=cfg.ca_wait_seconds,
+            retry_seconds=cfg.retry_seconds,
+        )
+        if not participant["spec"].external and not session["spec"].suspend:
+            job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
+            kopf.adopt(job, owner=p)
+            await cfg.kube.ensure(job)
+        kopf.info(p, reason="CredentialsReissued", message=f"issued again for run {uid} of session {meta['name']}")
 
 
 async def _sync_participant_jobs(cfg: Config, session: Session) -> None:
@@ -297,6 +369,20 @@ async def _sync_participant_jobs(cfg: Config, session: Session) -> None:
             job = cfg.pods.apply(builders.build_participant_job(participant, session, image=cfg.image("participant")))
             kopf.adopt(job, owner=p)
             await cfg.kube.ensure(job)
+
+
+async def _clean_up(cfg: Config, session: Session) -> None:
+    """A finished session, per ``spec.cleanupPolicy``: ScaleDown (keep the claims: store, checkpoints),
+    Keep (leave it running, e.g. to read its coordinator), Delete (scale down, delete the claims)."""
+    policy = session["spec"].cleanup_policy
+    if policy == "Keep":
+        return
+    await _delete_disruption_budgets(cfg, session)
+    await _scale_down(cfg, session)
+    if policy == "Delete":
+        ns = session["metadata"]["namespace"]
+        for claim in builders.build_state_claims(session):
+            await cfg.kube.delete(kind="PersistentVolumeClaim", namespace=ns, name=claim["metadata"]["name"])
 
 
 async def _scale_down(cfg: Config, session: Session) -> None:
@@ -370,8 +456,6 @@ async def progress_once(
         participants_total=len(members),
         failure=failure,
     )
-    if failure and previous.get("phase") not in status.TERMINAL:
-        await _scale_down(cfg, session)
 
     def decide(previous: dict[str, Any]) -> dict[str, Any]:
         return status.session_status(
@@ -384,6 +468,8 @@ async def progress_once(
     previous, new = written
     for kind, reason, message in status.transitions(previous, new):
         kopf.event(body, type=kind, reason=reason, message=message)
+    if previous.get("phase") not in status.TERMINAL and new["phase"] in status.TERMINAL:
+        await _clean_up(cfg, _with_database(session, cfg))  # NB: it just finished (or failed its deadline)
     cfg.phases.set(ns, s, new["phase"], conditions=new.get("conditions", []))
     if coordinator is not None:
         await _update_participants(cfg, session, members, coordinator.get("participant_status") or {}, now=now)

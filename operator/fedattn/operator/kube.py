@@ -43,9 +43,14 @@ PATHS = {
     "Service": ("/api/v1", "services"),
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Job": ("/apis/batch/v1", "jobs"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     **{kind: (f"/apis/{schema.GROUP}/{schema.VERSION}", k.plural) for kind, k in crds.kinds().items()},
     "Certificate": ("/apis/cert-manager.io/v1", "certificates"),
 }
+#: PodDisruptionBudget is policy/v1 from Kubernetes 1.21, policy/v1beta1 before (with the fields we use);
+#: its path is the version the server serves, discovered on first use.
+PDB = "PodDisruptionBudget"
+PDB_VERSIONS = ("policy/v1", "policy/v1beta1")
 
 
 @dataclass
@@ -58,6 +63,7 @@ class Kube:
         # NB: no more threads than pooled connections: urllib3 would open (and drop) a TLS connection per extra call
         workers = self.api.configuration.connection_pool_maxsize
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
+        self._pdb: str | None = None
 
     async def _run(self, fn: Callable[..., T], *args: Any, **kw: Any) -> T:
         """``fn(*args, **kw)`` on our threads, in a copy of the caller's context (as ``asyncio.to_thread``)."""
@@ -92,9 +98,13 @@ class Kube:
             raise client.ApiException.from_response(http_resp=reply, body=text, data=None)
         return json.loads(reply.data) if reply.data else {}
 
-    @staticmethod
-    def _path(kind: str, namespace: str, name: str | None = None, *, status: bool = False) -> str:
-        prefix, plural = PATHS[kind]
+    def _pdb_version(self) -> str:
+        if self._pdb is None:
+            self._pdb = next((v for v in PDB_VERSIONS if self._has_group_version(v)), PDB_VERSIONS[0])
+        return self._pdb
+
+    def _path(self, kind: str, namespace: str, name: str | None = None, *, status: bool = False) -> str:
+        prefix, plural = (f"/apis/{self._pdb_version()}", "poddisruptionbudgets") if kind == PDB else PATHS[kind]
         path = f"{prefix}/namespaces/{namespace}/{plural}"
         return path + (f"/{name}" if name else "") + ("/status" if status else "")
 
@@ -181,6 +191,10 @@ class Kube:
 
     async def list(self, *, kind: str, namespace: str) -> list[dict[str, Any]]:
         return await self._run(self._list, kind, namespace)
+
+    async def disruption_budget_version(self) -> str:
+        """The PodDisruptionBudget apiVersion this server serves (policy/v1, or v1beta1 before 1.21)."""
+        return await self._run(self._pdb_version)
 
     async def has_group_version(self, group_version: str) -> bool:
         """API discovery (allowed to every authenticated user), e.g. is cert-manager installed?"""

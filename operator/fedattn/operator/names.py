@@ -66,6 +66,19 @@ def aggregator(session: str) -> str:
     return fit(f"{session}-aggregator")
 
 
+def state_claim(session: str, component: str, *, uid: str) -> str:
+    """The PersistentVolumeClaim of a session's coordinator or aggregator state.
+
+    NB: the session's UID is part of the name, so a session deleted and re-applied under the same name
+    starts on a new claim, never on the store of the run before (which its owner reference deletes).
+    """
+    return fit(f"{session}-{component}-state-{uid[:8]}" if uid else f"{session}-{component}-state")
+
+
+def disruption_budget(session: str, component: str) -> str:
+    return fit(f"{session}-{component}")
+
+
 def participant_secret(participant: str) -> str:
     return fit(f"{participant}-credentials")
 
@@ -96,6 +109,10 @@ def server_names(session: str, namespace: str) -> list[str]:
 def curve_public_key(name: str) -> str:
     """Allowlist entry (file) name for an identity's Curve public key."""
     return f"{name}.curve.pub"
+
+
+#: annotation on a participant's credentials Secret and Job: the UID of the session run they belong to
+SESSION_UID = f"{schema.GROUP}/session-uid"
 
 
 def labels(session: str, component: str, *, participant: str | None = None) -> dict[str, str]:

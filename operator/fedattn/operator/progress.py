@@ -45,7 +45,10 @@ def _write_identity(root: Path, files: dict[str, bytes]) -> pki.Paths:
 
 
 class CoordinatorStatus:
-    """Registers each session with its coordinator once (idempotent POST), then reads its status.
+    """Registers each session with its coordinator (idempotent POST), then reads its status.
+
+    Registration happens once per operator process and again whenever the coordinator answers 404
+    (it restarted without the session in its store), so a restart on either side never strands a session.
 
     ``url_for(namespace, name)`` says where the coordinator is; by default its Service DNS name.
     Client certificates live only in a private temporary directory of the operator process,
@@ -70,15 +73,27 @@ class CoordinatorStatus:
         api = self._client(session, identity)
         key = (meta["namespace"], meta["name"], str(meta.get("uid", "")))
         if key not in self._registered:
-            try:
-                api.create_session(manifest(session), participants)
-            except CoordinatorError as exc:
-                # NB: 409 = registered earlier with another spec (e.g. before a suspend toggle): the
-                # coordinator keeps the session it has, which is what we want to observe.
-                if exc.status != 409:
-                    raise
+            self._register(api, session, participants)
             self._registered.add(key)
+        try:
+            return api.status(meta["name"])
+        except CoordinatorError as exc:
+            if exc.status != 404:
+                raise
+        # NB: a coordinator that restarted on a store without this session (or an operator that restarted
+        # while the coordinator did) answers 404: register again, and it resumes what its store holds.
+        self._register(api, session, participants)
         return api.status(meta["name"])
+
+    @staticmethod
+    def _register(api: CoordinatorClient, session: Session, participants: list[dict[str, Any]]) -> None:
+        try:
+            api.create_session(manifest(session), participants)
+        except CoordinatorError as exc:
+            # NB: 409 = registered earlier with another spec (e.g. before a suspend toggle): the
+            # coordinator keeps the session it has, which is what we want to observe.
+            if exc.status != 409:
+                raise
 
     def _evict(self, session: Session, identity: dict[str, bytes], participant: str, reason: str) -> None:
         quote = urllib.parse.quote

@@ -17,6 +17,7 @@ import numpy as np
 from fedattn.aggregator.client import AggregatorClient
 from fedattn.api.spec import SessionSpec
 from fedattn.attention import spec as attention_spec
+from fedattn.attention.exchange import block_message, read_reply
 from fedattn.attention.gguf_model import load_model, resolve_model_path
 from fedattn.attention.participant import participant_decode, participant_prefill
 from fedattn.attention.tokenizer import load_tokenizer
@@ -40,13 +41,18 @@ def await_kind(channel: AggregatorClient, kind: str, *, layer: int | None = None
         log.debug("ignoring %s while waiting for %s", msg.kind, kind)
 
 
-def zmq_exchange(channel: AggregatorClient, *, timeout_seconds: float):
-    """The FedAttn exchange callback over the aggregator: send own K/V rows, get the global union."""
+def zmq_exchange(channel: AggregatorClient, *, codec: str, timeout_seconds: float):
+    """The FedAttn exchange callback over the aggregator: send own K/V block in the session's codec,
+    get the union of the blocks before it in prompt order (decoded)."""
 
     def exchange(layer: int, k: np.ndarray, v: np.ndarray, positions: np.ndarray):
-        channel.send("kv", layer=layer, arrays=[k, v, positions.astype(np.int64)])
+        arrays, meta = block_message(k, v, positions, codec)
+        channel.send("kv", layer=layer, arrays=arrays, meta=meta)
         msg = await_kind(channel, "kv_global", layer=layer, timeout_seconds=timeout_seconds)
-        return msg.arrays[0], msg.arrays[1], msg.arrays[2]
+        blocks = msg.meta.get("blocks")
+        if not isinstance(blocks, list):
+            raise SyncFailed(f"aggregator: kv_global for layer {layer} has no block list")
+        return read_reply(msg.arrays, blocks, codec)
 
     return exchange
 
@@ -84,7 +90,8 @@ def run_attention(
         own_positions=positions,
         prefix_ids=np.asarray(tokens.prefix, dtype=np.int64),
         plan=plan,
-        exchange=zmq_exchange(channel, timeout_seconds=timeout),
+        exchange=zmq_exchange(channel, codec=plan.kv_codec, timeout_seconds=timeout),
+        publisher=index == len(order) - 1,
     )
     prefill_seconds = time.perf_counter() - began
     stop = frozenset({tokenizer.eos_token_id} - {None})

@@ -20,7 +20,8 @@ from fedattn.api.spec import SessionSpec
 from fedattn.client import Client, Context, load_factory
 from fedattn.client.digits import DigitsClient
 from fedattn.coordinator.client import CoordinatorClient, identity_from_dir
-from fedattn.participant.heartbeat import Heartbeat
+from fedattn.participant.heartbeat import Heartbeat, heartbeat_policy
+from fedattn.participant.joining import SessionNotReady, join_when_ready
 from fedattn.participant.learner import BYZANTINE, run_learning
 from fedattn.resilience import Policy
 
@@ -41,6 +42,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="a volume mount handed to the client factory (repeatable)")
     parser.add_argument("--result-file", type=Path, help="write this participant's own report here as JSON")
     parser.add_argument("--heartbeat-seconds", type=float, default=2.0)
+    parser.add_argument("--wait-seconds", type=float, default=600.0,
+                        help="wait this long for the coordinator and the session to be there to join"
+                             " (the operator passes spec.startTimeoutSeconds)")
     parser.add_argument("--simulate-byzantine", choices=BYZANTINE,
                         help="TESTING ONLY: send sign-flipped, scaled updates (spec.simulation)")
     parser.add_argument("--simulate-scale", type=float,
@@ -54,8 +58,11 @@ def _contribute(
     identity = identity_from_dir(args.pki_dir, args.name)
     aggregator = joined["aggregator"]
     policy = client.policy
+    beats = CoordinatorClient(
+        base_url=args.coordinator, identity=identity, policy=heartbeat_policy(policy, interval=args.heartbeat_seconds)
+    )
     with (
-        Heartbeat(client, session=args.session, participant=args.name, interval=args.heartbeat_seconds) as beat,
+        Heartbeat(beats, session=args.session, participant=args.name, interval=args.heartbeat_seconds) as beat,
         AggregatorClient(
             endpoint=aggregator["endpoint"],
             server_public=aggregator["public_key"].encode(),
@@ -129,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("fedattn participant: --simulate-byzantine needs --simulate-scale (spec.simulation.scale)")
     identity = identity_from_dir(args.pki_dir, args.name)
     client = CoordinatorClient(base_url=args.coordinator, identity=identity)
-    joined = client.join(args.session, args.name)
+    try:
+        joined = join_when_ready(client, session=args.session, participant=args.name, wait_seconds=args.wait_seconds)
+    except SessionNotReady as exc:
+        raise SystemExit(f"fedattn participant: {exc}") from None
     spec = SessionSpec.from_manifest(joined["spec"])  # NB: the one parse of the spec in this process
     client.policy = Policy.from_spec(spec.resilience)
     ctx = {"session": args.session, "participant": args.name}

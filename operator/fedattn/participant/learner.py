@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,15 @@ def _received(msg: wire.Message) -> tuple[Layout, list[np.ndarray]]:
     return Layout.of(arrays, names_of(msg.meta)), arrays
 
 
+@dataclass(frozen=True)
+class Kept:
+    """An update as sent, kept to be sent again if the aggregator restarts before aggregating it."""
+
+    round: int
+    arrays: tuple[np.ndarray, ...]
+    meta: dict[str, Any]
+
+
 def _config(msg: wire.Message) -> dict[str, Any]:
     """What the strategy asks of clients this round (Flower's configure_fit config)."""
     return {"server_round": msg.round, **(msg.meta.get("config") or {})}
@@ -82,7 +92,9 @@ def run_learning(
     session's model) is logged and skipped, never retried blindly: the next ``model`` message starts
     the next round. After ``rehello_seconds`` without a message it says ``hello`` again: a restarted
     aggregator does not know where we are, and answers a hello during an open round with that
-    round's model. A ``welcome`` that asks for parameters (the session has no initial model) is
+    round's model; if that is the round we sent an update for, the update died with the old
+    aggregator and is sent again as it was (``acknowledged`` in the record lists the rounds whose
+    update the aggregator acknowledged). A ``welcome`` that asks for parameters (the session has no initial model) is
     answered with the client's ``get_parameters``. ``byzantine=(mode, scale)`` turns this
     participant into a simulated attacker (:func:`byzantine_update`); with ``spec.compression`` the
     update is a compressed delta.
@@ -97,13 +109,16 @@ def run_learning(
     idle_since = last_hello = time.monotonic()
     leftover: wire.Message | None = None  # a message that interrupted a secure round's key exchange
     secure_client: secagg.SecAggClient | None = None  # this round's, until the aggregator asks it to reveal
+    kept: Kept | None = None  # the last update sent, until a later round's model shows it was aggregated
+    acknowledged: list[int] = []
     while True:
         try:
             msg, leftover = leftover or channel.recv(timeout_seconds=1.0), None
         except Timeout:
             now = time.monotonic()
             if session_over() or now - idle_since > idle_timeout_seconds:
-                return {"rounds": trained, "examples": examples, "loss": last_loss, "reason": "session over"}
+                return {"rounds": trained, "acknowledged": acknowledged, "examples": examples, "loss": last_loss,
+                        "reason": "session over"}
             if now - max(idle_since, last_hello) > rehello_seconds:
                 channel.send("hello")
                 last_hello = now
@@ -112,6 +127,12 @@ def run_learning(
         if msg.kind == "welcome" and msg.meta.get("need_parameters"):
             names, params = as_arrays(client.get_parameters({}), what="get_parameters")
             channel.send("parameters", arrays=params, meta={"names": list(Layout.of(params, names).names)})
+        elif msg.kind == "model" and kept is not None and kept.round == msg.round and "secagg" not in msg.meta:
+            # NB: the model of a round we already sent an update for: a restarted aggregator reopened the
+            # round without the updates that died with it. The same update again, not a retrained one.
+            log.warning("re-sending round %d's update to a restarted aggregator", msg.round,
+                        extra={**ctx, "round": msg.round})
+            channel.send("update", round=kept.round, arrays=kept.arrays, meta=kept.meta)
         elif msg.kind == "model":
             started = time.perf_counter()
             layout, global_params = _received(msg)
@@ -141,18 +162,15 @@ def run_learning(
             else:
                 arrays, extra = _payload(feedback, layout, global_flat, new, names)
             last_loss = metrics.get("train_loss", metrics.get("loss"))
-            channel.send(
-                "update",
-                round=msg.round,
-                arrays=arrays,
-                meta={
-                    "num_examples": examples,
-                    "train_loss": last_loss,
-                    "metrics": metrics,
-                    "compute_seconds": time.perf_counter() - started,
-                    **extra,
-                },
-            )
+            meta = {
+                "num_examples": examples,
+                "train_loss": last_loss,
+                "metrics": metrics,
+                "compute_seconds": time.perf_counter() - started,
+                **extra,
+            }
+            channel.send("update", round=msg.round, arrays=arrays, meta=meta)
+            kept = Kept(round=msg.round, arrays=tuple(arrays), meta=meta)
             trained.append(msg.round)
             log.info("trained round %d loss %s", msg.round, last_loss, extra={**ctx, "round": msg.round})
         elif msg.kind == "evaluate":
@@ -160,12 +178,17 @@ def run_learning(
             channel.send("evaluation", round=msg.round, meta=_evaluate(client, params, _config(msg)))
         elif msg.kind == "secagg_unmask" and secure_client is not None and secure_client.round == msg.round:
             channel.send("secagg_reveal", round=msg.round, meta=secure.reveal(secure_client, msg.meta))
+        elif msg.kind == "ack" and msg.round not in acknowledged:
+            acknowledged.append(msg.round)
         elif msg.kind == "error":
             log.warning("aggregator rejected: %s", msg.meta, extra={**ctx, "round": msg.round})
-            if msg.meta.get("code") == "unknown_session" and not trained:
-                # NB: we raced the coordinator's configure of this session; say hello again shortly.
+            if msg.meta.get("code") == "unknown_session":
+                # NB: the aggregator is not configured for the session yet: we raced the coordinator's
+                # configure, or the aggregator restarted. Say hello again shortly; its answer (the open
+                # round's model) makes us send again an update it lost.
                 time.sleep(1.0)
                 channel.send("hello")
+                last_hello = time.monotonic()
         elif msg.kind == "done":
             evaluation = None
             # NB: evaluate is optional in the Client contract (Flower's default raises); without it
@@ -174,8 +197,8 @@ def run_learning(
                 _, params = _received(msg)
                 evaluation = _evaluate(client, params, {"server_round": msg.round, "final": True})
             accuracy = (evaluation or {}).get("metrics", {}).get("accuracy")
-            return {"rounds": trained, "examples": examples, "loss": last_loss, "final_accuracy": accuracy,
-                    "final_evaluation": evaluation, "reason": msg.meta.get("reason")}
+            return {"rounds": trained, "acknowledged": acknowledged, "examples": examples, "loss": last_loss,
+                    "final_accuracy": accuracy, "final_evaluation": evaluation, "reason": msg.meta.get("reason")}
 
 
 def _fit(

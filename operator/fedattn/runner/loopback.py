@@ -34,8 +34,12 @@ def _names(n: int) -> list[str]:
 
 def _configure(aggregator: Aggregator, server: pki.CurveKeyPair, control: pki.CurveKeyPair, names: list[str],
                *, plan: FedAttnPlan) -> None:
+    if plan.holder_sync_layers not in (None, frozenset()):
+        raise ValueError("the wire serves holders at every sync layer or at none (spec.holderSync)")
     spec = {"mode": "attention", "minParticipants": len(names), "roundTimeoutSeconds": TIMEOUT_SECONDS,
-            "publisher": names[-1], "syncLayers": sorted(plan.sync_layers)}
+            "publisher": names[-1], "kvCodec": str(plan.kv_codec),
+            "holderSync": "all" if plan.holder_sync_layers is None else "none",
+            "syncLayers": sorted(plan.sync_layers)}
     with AggregatorClient(endpoint=aggregator.endpoint, server_public=server.public, public=control.public,
                           secret=control.secret, session=SESSION, name=pki.CONTROL_CLIENT,
                           timeout_seconds=TIMEOUT_SECONDS) as link:
@@ -86,7 +90,8 @@ def _run_participants(model, layout, *, plan, aggregator, server, keys, names) -
             return participant_prefill(
                 model, participant=index, own_ids=own, own_positions=layout.positions_of(index),
                 prefix_ids=layout.prefix_ids, plan=plan,
-                exchange=zmq_exchange(channel, timeout_seconds=TIMEOUT_SECONDS),
+                exchange=zmq_exchange(channel, codec=plan.kv_codec, timeout_seconds=TIMEOUT_SECONDS),
+                publisher=index == len(names) - 1,
             )
 
         return prefill

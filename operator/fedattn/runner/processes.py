@@ -31,6 +31,8 @@ class Process:
     name: str
     popen: subprocess.Popen
     log: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] | None = None
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -62,9 +64,16 @@ class Supervisor:
             env={**os.environ, **self.env, **(env or {})},
         )
         handle.close()
-        proc = Process(name=name, popen=popen, log=log)
+        proc = Process(name=name, popen=popen, log=log, args=args, env=env)
         self.children[name] = proc
         return proc
+
+    def restart(self, name: str) -> Process:
+        """A fresh process with the same command line (e.g. after :meth:`kill`), on the same disk."""
+        old = self.children[name]
+        if old.alive():
+            raise RuntimeError(f"{name} is still running; kill or stop it first")
+        return self.start(name, old.args, env=old.env)
 
     def kill(self, name: str) -> None:
         """SIGKILL one child (used to simulate a crashed participant)."""
