@@ -134,8 +134,10 @@ def measure(clients: int, params: int, rounds: int) -> dict:
         session = local.start(bundle, workdir=workdir, supervisor=supervisor, participants=[])
         ctx = mp.get_context("spawn")
         procs = [
-            ctx.Process(target=_synthetic_participant,
-                        args=(session.endpoints.coordinator, str(workdir / "pki"), "bench", name))
+            ctx.Process(
+                target=_synthetic_participant,
+                args=(session.endpoints.coordinator, str(local.participant_pki_dir(workdir, name)), "bench", name),
+            )
             for name in bundle.participant_names
         ]
         for p in procs:

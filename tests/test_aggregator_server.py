@@ -101,11 +101,13 @@ def h(tmp_path):
     harness.close()
 
 
-def configure_learning(h: Harness, *, size: int, weights=None, initial=None, members=("alice", "bob")):
+def configure_learning(
+    h: Harness, *, size: int, weights=None, initial=None, members=("alice", "bob"), spec: dict | None = None
+):
     coord = h.client(CONTROL_IDENTITY)
     meta = {
         "mode": "learning",
-        "spec": {"rounds": 3, "minParticipants": 1, "strategy": {"name": "fedavg"}},
+        "spec": {"rounds": 3, "minParticipants": 1, "strategy": {"name": "fedavg"}, **(spec or {})},
         "participants": weights or dict.fromkeys(members, 1.0),
         "params": size,
     }
@@ -411,13 +413,14 @@ def test_compressed_delta_is_decoded_against_the_global_model(h):
 
     size = 1000
     initial = np.linspace(-1, 1, size, dtype=np.float32)
-    coord = configure_learning(h, size=size, initial=initial)
+    session_compression = {"quantizeBits": 0, "topK": 0.003}
+    coord = configure_learning(h, size=size, initial=initial, spec={"compression": session_compression})
     alice = join(h, "alice")
     open_round(h, coord, 1, ["alice"])
     alice.recv()
     delta = np.zeros(size, np.float32)
     delta[[3, 500, 999]] = [0.5, -2.0, 1.25]
-    spec = compression.CompressionSpec(top_k=0.003)
+    spec = compression.CompressionSpec(top_k=session_compression["topK"])
     arrays, meta = compression.encode(delta, spec=spec)
     assert sum(a.nbytes for a in arrays) < delta.nbytes / 10
     ack = alice.request("update", round=1, arrays=arrays, meta={"num_examples": 4, "compression": meta})
@@ -498,6 +501,8 @@ def test_probes_and_metrics_over_http(h):
 # --- attention: KV sync barrier -------------------------------------------------------------------
 
 HEADS, DIM = 2, 4
+#: what attention participants announce about the model (8 layers, default syncInterval 2: 0, 2, 4, 6 sync)
+MODEL_SHAPE = {"n_layers": 8, "n_kv_heads": HEADS, "head_dim": DIM}
 
 
 def kv_block(positions) -> list[np.ndarray]:
@@ -531,7 +536,7 @@ def announce(h: Harness, tokens: dict[str, int]) -> dict[str, AggregatorClient]:
     clients = {}
     for name, count in tokens.items():
         clients[name] = h.client(name)
-        clients[name].send("hello", meta={"tokens": count})
+        clients[name].send("hello", meta={"tokens": count, "prefix": 0, "model": MODEL_SHAPE})
     return clients
 
 
@@ -554,8 +559,9 @@ def test_prompt_layout_is_announced_once_everyone_said_hello(h):
 
 def test_kv_each_participant_gets_the_blocks_before_it_in_prompt_order(h):
     coord = configure_attention(h)
-    own = {"alice": [1, 2, 3, 4, 5], "bob": [6, 7, 8], "carol": [9, 10]}
-    clients = announce(h, {n: len(p) for n, p in own.items()})
+    # slices 0..4, 5..7, 8..9; alice sends a sparse subset of hers (kvKeepRatio < 1)
+    own = {"alice": [0, 2, 4], "bob": [5, 6, 7], "carol": [8, 9]}
+    clients = announce(h, {"alice": 5, "bob": 3, "carol": 2})
     assert all(c.recv().kind == "welcome" for c in clients.values())
     for name in MEMBERS:
         clients[name].send("kv", layer=2, **kv_msg(own[name]))
@@ -578,18 +584,20 @@ def test_kv_each_participant_gets_the_blocks_before_it_in_prompt_order(h):
 
 def test_kv_rejects_overlap_bad_shapes_nan_and_duplicates(h):
     configure_attention(h)
-    clients = announce(h, {"alice": 3, "bob": 2})  # carol never comes: the barrier waits for her
+    clients = announce(h, {"alice": 3, "bob": 2, "carol": 1})  # carol sends no KV: the barrier waits for her
+    assert all(c.recv().kind == "welcome" for c in clients.values())
     alice, bob = clients["alice"], clients["bob"]
     alice.send("kv", layer=0, **kv_msg([0, 1, 2]))
     # NB: two sockets race; bob's overlapping block must arrive after alice's was taken.
     deadline = time.monotonic() + 10
     while h.metric("fedattn_aggregator_contributions_accepted_total", kind="kv") < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert bob.request("kv", layer=0, **kv_msg([2, 3])).meta["code"] == "bad_kv"  # position 2 taken
+    assert bob.request("kv", layer=0, **kv_msg([2, 3])).meta["code"] == "bad_kv"  # 2 is alice's
     k, v, pos = kv_block([3, 4])
-    wrong_heads = [np.concatenate([k, k]), np.concatenate([v, v]), pos]
     two = {"count": 2}
-    assert "heads" in bob.request("kv", layer=0, arrays=wrong_heads, meta=two).meta["message"]
+    k1, v1, pos1 = kv_block([3])  # NB: one row, so twice the heads still fits the layout's payload bound
+    wrong_heads = [np.concatenate([k1, k1]), np.concatenate([v1, v1]), pos1]
+    assert "heads" in bob.request("kv", layer=0, arrays=wrong_heads, meta={"count": 1}).meta["message"]
     k_nan = k.copy()
     k_nan[0, 0, 0] = np.nan
     assert bob.request("kv", layer=0, arrays=[k_nan, v, pos], meta=two).meta["code"] == "non_finite"
@@ -609,25 +617,26 @@ def test_coded_blocks_are_forwarded_as_sent_and_holders_that_do_not_listen_get_n
     spec = {"minParticipants": 3, "publisher": "carol", "kvCodec": "int4", "holderSync": "none"}
     meta = {"mode": "attention", "spec": spec, "participants": dict.fromkeys(MEMBERS, 1.0)}
     assert ctl(coord, h.events, "ctl_configure", meta=meta)["ok"]
-    own = {"alice": [3, 4, 5], "bob": [6, 7], "carol": [8, 9]}
+    own = {"alice": [0, 1, 2], "bob": [3, 4], "carol": [5, 6]}  # the layout's slices (prefix 0)
     clients = announce(h, {n: len(p) for n, p in own.items()})
     assert all(c.recv().kind == "welcome" for c in clients.values())
     rng = np.random.default_rng(0)
     sent = {}
     for name in ("alice", "bob"):
-        k, v = rng.normal(size=(2, HEADS, len(own[name]), 64)).astype(np.float32)
+        k, v = rng.normal(size=(2, HEADS, len(own[name]), DIM)).astype(np.float32)
         sent[name] = block_message(k, v, np.array(own[name]), "int4")
         assert sent[name][1] == {"start": own[name][0], "count": len(own[name])}
     # a float32 block in an int4 session is refused; so is a block out of prompt order
-    refused = clients["alice"].request("kv", layer=1, **kv_msg(own["alice"]))
+    # NB: one float32 row fits the int4 payload bound of the longest slice; more are refused as oversized
+    refused = clients["alice"].request("kv", layer=1, **kv_msg(own["alice"][:1]))
     assert refused.meta["code"] == "shape_mismatch" and "int4" in refused.meta["message"]
-    early = block_message(*rng.normal(size=(2, HEADS, 2, 64)).astype(np.float32), np.array([1, 2]), "int4")
+    early = block_message(*rng.normal(size=(2, HEADS, 2, DIM)).astype(np.float32), np.array([1, 2]), "int4")
     clients["bob"].send("kv", layer=1, arrays=sent["bob"][0], meta=sent["bob"][1])
     # NB: two sockets race; alice's out-of-order block must arrive after bob's was taken.
     deadline = time.monotonic() + 10
     while h.metric("fedattn_aggregator_contributions_accepted_total", kind="kv") < 1 and time.monotonic() < deadline:
         time.sleep(0.01)
-    late = clients["alice"].request("kv", layer=1, arrays=early[0], meta={"start": 7, "count": 2})
+    late = clients["alice"].request("kv", layer=1, arrays=early[0], meta={"start": 3, "count": 2})
     assert late.meta["code"] == "bad_kv" and "prompt order" in late.meta["message"]
     clients["alice"].send("kv", layer=1, arrays=sent["alice"][0], meta=sent["alice"][1])
     clients["carol"].send("kv", layer=1, arrays=[], meta={"start": 0, "count": 0})  # the publisher sends no rows
@@ -641,8 +650,8 @@ def test_coded_blocks_are_forwarded_as_sent_and_holders_that_do_not_listen_get_n
     for a, b in zip(got.arrays, forwarded, strict=True):
         np.testing.assert_array_equal(a, b)
     k, v, positions = read_reply(got.arrays, got.meta["blocks"], "int4")
-    np.testing.assert_array_equal(positions, [3, 4, 5, 6, 7])
-    assert k.shape == v.shape == (HEADS, 5, 64)
+    np.testing.assert_array_equal(positions, [0, 1, 2, 3, 4])
+    assert k.shape == v.shape == (HEADS, 5, DIM)
 
 
 def test_kv_barrier_timeout_serves_quorum_and_reports_the_missing(h):
@@ -650,16 +659,16 @@ def test_kv_barrier_timeout_serves_quorum_and_reports_the_missing(h):
     clients = announce(h, {"alice": 2, "bob": 1, "carol": 1})
     assert all(c.recv().kind == "welcome" for c in clients.values())
     alice, bob = clients["alice"], clients["bob"]  # carol announced, then sends nothing
-    alice.send("kv", layer=4, **kv_msg([1, 2]))
-    bob.send("kv", layer=4, **kv_msg([3]))
+    alice.send("kv", layer=4, **kv_msg([0, 1]))
+    bob.send("kv", layer=4, **kv_msg([2]))
     got = bob.recv(timeout_seconds=10)
     assert got.kind == "kv_global" and got.meta["participants"] == ["alice", "bob"]
-    np.testing.assert_array_equal(read_reply(got.arrays, got.meta["blocks"], "float32")[2], [1, 2])
+    np.testing.assert_array_equal(read_reply(got.arrays, got.meta["blocks"], "float32")[2], [0, 1])
     assert alice.recv(timeout_seconds=10).kind == "kv_global"
     missed = wait_event(coord, h.events, "sync_missed", layer=4)
     assert missed["participants"] == ["carol"]
     # without quorum the waiting participant is told, and the layer can be retried
-    alice.send("kv", layer=6, **kv_msg([1, 2]))
+    alice.send("kv", layer=6, **kv_msg([0, 1]))
     err = alice.recv(timeout_seconds=10)
     assert err.kind == "error" and err.meta["code"] == "sync_timeout"
 

@@ -139,11 +139,26 @@ def test_event_queue_is_bounded_ordered_and_keeps_what_could_not_be_sent():
         delivered.append(event)
         return True
 
-    assert queue.flush(flaky) == 2
+    assert queue.flush(flaky, now=0.0) == 2
     assert [e["n"] for e in delivered] == [2, 3]
     assert [e["event_id"] for e in delivered] == [3, 4]
-    assert queue.flush(lambda e: delivered.append(e) or True) == 1
-    assert delivered[-1]["n"] == 4 and len(queue) == 0
+    assert queue.flush(lambda e: delivered.append(e) or True, now=0.0) == 1
+    assert delivered[-1]["n"] == 4 and queue.unacked == 3  # sent, held until acknowledged
+    queue.ack({"epoch": queue.epoch, "event_id": 5})
+    assert len(queue) == 0
+
+
+def test_unacknowledged_events_are_sent_again_and_acks_of_another_epoch_count_for_nothing():
+    queue = EventQueue(resend_seconds=10.0)
+    for i in range(3):
+        queue.push({"n": i})
+    sent: list[dict] = []
+    assert queue.flush(lambda e: sent.append(e) or True, now=0.0) == 3
+    queue.ack({"epoch": queue.epoch + 1, "event_id": 3})  # a restarted aggregator's numbers: not ours
+    queue.ack({"epoch": queue.epoch, "event_id": 1})
+    assert queue.flush(lambda e: sent.append(e) or True, now=9.9) == 0  # not due yet
+    assert queue.flush(lambda e: sent.append(e) or True, now=10.0) == 2  # 2 and 3 again, in order
+    assert [e["event_id"] for e in sent] == [1, 2, 3, 2, 3] and sent[3] == sent[1]
 
 
 def test_allowlist_directory_ctl_allow_and_revoke(tmp_path):

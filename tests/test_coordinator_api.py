@@ -390,10 +390,12 @@ async def test_attention_session_records_syncs_and_results(coordinator, pki_dir,
     def sync(index: int, name: str) -> list[int]:
         layers = []
         with dealer(pki_dir, aggregator, "attn", name) as client:
+            shape = {"n_layers": 4, "n_kv_heads": 1, "head_dim": 4}
+            client.send("hello", meta={"tokens": 2, "prefix": 0, "model": shape})
+            before = client.recv().meta["tokens_before"]
             for layer in (0, 2):
                 k = np.full((1, 2, 4), index, dtype=np.float32)
-                rank = ["bob", "carol", "alice"].index(name)  # prompt order: the publisher (alice) last
-                positions = np.array([2 * rank, 2 * rank + 1], dtype=np.int64)
+                positions = np.array([before, before + 1], dtype=np.int64)
                 arrays, meta = block_message(k, k.copy(), positions, "int4")  # the default kvCodec
                 client.send("kv", layer=layer, arrays=arrays, meta=meta)
                 layers.append(client.recv().layer)
@@ -591,6 +593,35 @@ async def test_changes_are_acknowledged_only_once_committed(pki_dir, aggregator,
         assert stored.phase == "Joined" and stored.joined_at is not None
         assert len(await running.coordinator.store.list_events("ack", kind="join")) >= 2  # retries are audited too
         assert running.coordinator.store.health()["write_failures"] == 0
+    finally:
+        if not postgres_server.running():
+            postgres_server.start()
+        await running.stop()
+
+
+async def test_a_create_is_acted_on_only_once_committed_and_a_retry_waits_for_it_too(
+    pki_dir, aggregator, postgres_server, fresh_database
+):
+    """Commit, then act (issue 14 item 8): a session whose rows are not durable is neither acknowledged
+    (also not to a retry) nor configured at the aggregator nor joinable."""
+    running = await serve(replace(config(pki_dir, aggregator, fresh_database), ack_timeout_seconds=1.0))
+    operator, alice = as_(running, pki_dir, "operator"), as_(running, pki_dir, "alice")
+    try:
+        await asyncio.to_thread(postgres_server.stop)
+        try:
+            for _ in range(2):  # the create, then its retry: neither is acknowledged
+                status, body = await operator.call("POST", "/v1/sessions", manifests("late"))
+                assert (status, body["error"]) == (503, "store_unavailable"), (status, body)
+            assert "late" not in aggregator.sessions
+            assert (await alice.call("POST", "/v1/sessions/late/participants/alice/join", {}))[0] == 404
+        finally:
+            await asyncio.to_thread(postgres_server.start)
+        while (reply := await operator.call("POST", "/v1/sessions", manifests("late")))[0] == 503:
+            pass
+        assert reply[0] in (200, 201), reply
+        assert (await running.coordinator.store.get_session("late")) is not None
+        while "late" not in aggregator.sessions:
+            await asyncio.sleep(0.02)
     finally:
         if not postgres_server.running():
             postgres_server.start()

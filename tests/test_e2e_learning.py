@@ -91,11 +91,11 @@ def test_killed_participant_duplicate_and_late_updates_on_postgres(tmp_path, fre
         # The test drives "rogue" itself, so start everything but its process.
         session = local.start(bundle, workdir=tmp_path, supervisor=supervisor, store_dsn=fresh_database,
                               participants=names[:-1])
-        identity = identity_from_dir(tmp_path / "pki", "rogue")
+        identity = identity_from_dir(local.participant_pki_dir(tmp_path, "rogue"), "rogue")
         api = CoordinatorClient(base_url=session.endpoints.coordinator, identity=identity)
         joined = api.join("resilience", "rogue")
         rogue = AggregatorClient.from_files(
-            endpoint=joined["aggregator"]["endpoint"], server_public=identity.curve_public.parent / "server.curve.pub",
+            endpoint=joined["aggregator"]["endpoint"], server_public=tmp_path / "pki" / "server.curve.pub",
             public=identity.curve_public, secret=identity.curve_secret, session="resilience", name="rogue",
             timeout_seconds=30,
         )

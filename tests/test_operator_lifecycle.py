@@ -67,6 +67,15 @@ def _participants(session: str = "qa") -> list[dict[str, Any]]:
     ]
 
 
+def _private_data() -> list[dict[str, Any]]:
+    """The prompts ``_participants`` mount, labelled so FedParticipants may use them (operator.trust)."""
+    meta = {"namespace": NAMESPACE, "labels": {"fedattn.io/private-data": "true"}}
+    return [
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "doc-a", **meta}, "data": {"prompt": "a"}},
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "doc-b", **meta}, "data": {"text": "Yg=="}},
+    ]
+
+
 def _secret(emulator: ApiServer, name: str) -> dict[str, bytes]:
     obj = stored(emulator, SECRETS, name)
     assert obj is not None, f"no Secret {name}"
@@ -115,7 +124,7 @@ async def test_session_with_three_participants_gets_every_child(api) -> None:
     recorded = RecordedStatus()
     session, members = _attention_session(), _participants()
     async with running_operator(url, recorded) as config:
-        await _create_all(config, [session, *members])
+        await _create_all(config, [*_private_data(), session, *members])
         await eventually(
             lambda: (
                 _status(emulator, PARTICIPANTS, "asker").get("phase") == "Credentialed"
@@ -204,7 +213,7 @@ async def test_status_follows_the_coordinator_and_emits_events(api) -> None:
     emulator, url = api
     recorded = RecordedStatus()
     async with running_operator(url, recorded) as config:
-        await _create_all(config, [_attention_session(), *_participants()])
+        await _create_all(config, [*_private_data(), _attention_session(), *_participants()])
         await eventually(
             lambda: (
                 _status(emulator, SESSIONS, "qa").get("phase") == "Pending"
@@ -260,7 +269,7 @@ async def test_suspend_scales_down_and_resume_scales_up(api) -> None:
     emulator, url = api
     jobs = {"holder-a-participant", "holder-b-participant"}
     async with running_operator(url, RecordedStatus({"qa": _running(3)})) as config:
-        await _create_all(config, [_attention_session(), *_participants()])
+        await _create_all(config, [*_private_data(), _attention_session(), *_participants()])
         await eventually(lambda: _status(emulator, SESSIONS, "qa").get("phase") == "Running")
         await eventually(lambda: names_of(emulator, DEPLOYMENTS) == {"qa-coordinator", "qa-aggregator"})
         await eventually(
@@ -336,7 +345,7 @@ async def test_deleting_a_participant_revokes_its_credentials(api) -> None:
     emulator, url = api
     recorded = RecordedStatus()
     async with running_operator(url, recorded) as config:
-        await _create_all(config, [_attention_session(), *_participants()])
+        await _create_all(config, [*_private_data(), _attention_session(), *_participants()])
         await eventually(lambda: "holder-b.curve.pub" in stored(emulator, CONFIGMAPS, "qa-allow")["data"])
         await config.kube.delete(kind="FedParticipant", namespace=NAMESPACE, name="holder-b")
         await eventually(lambda: stored(emulator, PARTICIPANTS, "holder-b") is None)
@@ -352,7 +361,7 @@ async def test_eviction_by_the_coordinator_revokes_credentials(api) -> None:
     emulator, url = api
     recorded = RecordedStatus()
     async with running_operator(url, recorded) as config:
-        await _create_all(config, [_attention_session(), *_participants()])
+        await _create_all(config, [*_private_data(), _attention_session(), *_participants()])
         await eventually(lambda: _status(emulator, PARTICIPANTS, "holder-a").get("phase") == "Credentialed")
         recorded.statuses["qa"] = _running(3, participant_status={"holder-a": {"phase": "Evicted"}})
         await eventually(lambda: _status(emulator, PARTICIPANTS, "holder-a").get("phase") == "Evicted")
@@ -392,7 +401,7 @@ async def test_certificates_close_to_expiry_are_renewed(api) -> None:
     clock = {"now": real}
     renewing = [("server", "qa-server-tls"), ("operator", "qa-operator-client"), ("holder-a", "holder-a-credentials")]
     async with running_operator(url, RecordedStatus(), clock=lambda: clock["now"], renew_check_seconds=0) as config:
-        await _create_all(config, [_attention_session(), *_participants()])
+        await _create_all(config, [*_private_data(), _attention_session(), *_participants()])
         await eventually(lambda: _status(emulator, PARTICIPANTS, "holder-a").get("phase") == "Credentialed")
         before = {n: _secret(emulator, s)[f"{n}.crt"] for n, s in renewing}
         curve_before = _secret(emulator, "holder-a-credentials")["holder-a.curve.sec"]
@@ -422,7 +431,7 @@ async def test_every_api_call_is_covered_by_the_role(api) -> None:
     emulator, url = api
     recorded = RecordedStatus()
     async with running_operator(url, recorded) as config:
-        await _create_all(config, [_attention_session(ttlSecondsAfterFinished=0), *_participants()])
+        await _create_all(config, [*_private_data(), _attention_session(ttlSecondsAfterFinished=0), *_participants()])
         await eventually(lambda: _status(emulator, PARTICIPANTS, "holder-a").get("phase") == "Credentialed")
         recorded.statuses["qa"] = _running(3, participant_status={"holder-b": {"phase": "Evicted"}})
         await eventually(lambda: _status(emulator, PARTICIPANTS, "holder-b").get("phase") == "Evicted")
@@ -470,7 +479,7 @@ async def test_cert_manager_issues_the_certificates_when_an_issuer_is_named(api)
     )
     session = _attention_session(tls={"issuerRef": {"name": "corp-ca", "kind": "ClusterIssuer"}})
     async with running_operator(url, RecordedStatus()) as config:
-        await _create_all(config, [session, *_participants()])
+        await _create_all(config, [*_private_data(), session, *_participants()])
         await eventually(
             lambda: (
                 names_of(emulator, "cert-manager.io/v1/certificates")

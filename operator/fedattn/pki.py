@@ -224,8 +224,26 @@ def write_session_pki(
     root.mkdir(parents=True, exist_ok=True)
     ca = make_ca(f"fedattn-{session}-ca")
     root.joinpath("ca.crt").write_bytes(ca.cert_pem)
-    _write_secret(root / "ca.key", ca.key_pem)
+    # NB: the CA key is not written: a local session never issues again, and a file is what another
+    # process of the same user (any participant) could read.
     out = {"server": write_identity(root, "server", issue(ca, "server", server_names=server_names), curve_keypair())}
     for name in [CONTROL_CLIENT, "operator", *participants]:
         out[name] = write_identity(root, name, issue(ca, name, organization=session), curve_keypair())
     return out
+
+
+def move_identity(paths: Paths, dest: Path) -> Paths:
+    """Move one identity's files into its own directory ``dest`` (mode 0700) with a copy of ``ca.crt``,
+    so a process given ``dest`` as its PKI directory finds its own keys and nobody else's."""
+    dest.mkdir(parents=True, exist_ok=True)
+    dest.chmod(0o700)
+    moved = Paths(dest, paths.name)
+    moved.ca.write_bytes(paths.ca.read_bytes())
+    for source, target in (
+        (paths.cert, moved.cert),
+        (paths.key, moved.key),
+        (paths.curve_public, moved.curve_public),
+        (paths.curve_secret, moved.curve_secret),
+    ):
+        source.replace(target)
+    return moved

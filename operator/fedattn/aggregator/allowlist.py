@@ -17,6 +17,8 @@ import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
 
+from fedattn.api.schema import RESERVED_NAMES
+
 log = logging.getLogger("fedattn.aggregator.allowlist")
 
 SUFFIX = ".curve.pub"
@@ -68,6 +70,8 @@ class Allowlist:
 
     def allow(self, name: str, public_key: bytes) -> None:
         """Allow ``public_key`` (Z85) as ``name``; replaces any earlier key allowed for that name."""
+        if name in RESERVED_NAMES:
+            raise ValueError(f"{name!r} is a reserved identity; ctl_allow is for participants")
         key = public_key.strip()
         if len(key) != 40:
             raise ValueError("public_key must be a 40-character Z85 Curve key")

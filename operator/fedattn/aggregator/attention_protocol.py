@@ -1,11 +1,14 @@
 """The attention conversation: prompt layout at hello, KV blocks per sync layer, barrier releases.
 
-Participants announce their prompt length in ``hello``; once everyone did (or the timeout passes
-with a quorum) each gets a ``welcome`` with the tokens before its own. Per sync layer each sends its
-``kv`` block in the session's ``kvCodec`` (the publisher, last in prompt order, sends no rows: nobody
-attends to them); when the barrier completes (or times out with a quorum) each participant that
-listens at sync layers receives the blocks of the participants before it, forwarded as they came
-(``kv_global``; a holder with ``holderSync: none`` gets an empty one). docs/protocol.md.
+Participants announce their prompt length, the shared prefix length and the model's KV shape in
+``hello``; once everyone did (or the timeout passes with a quorum) each gets a ``welcome`` with the
+tokens before its own. Per sync layer each sends its ``kv`` block in the session's ``kvCodec`` (the
+publisher, last in prompt order, sends no rows: nobody attends to them). A block is taken only for
+a sync layer of the schedule (publisher's or holders'), in the model's shape, with its start and
+count inside the sender's own slice, with at most a few layers pending per sender. When the barrier
+completes (or times out with a quorum) each participant that listens at sync layers receives the
+blocks of the participants before it in the layout, forwarded as they came (``kv_global``; a holder
+with ``holderSync: none`` gets an empty one). docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class AttentionProtocol(Conversation):
         name = msg.participant
         state.routes[name] = route
         self.link.event(state.name, "hello", participant=name, round=0)
-        layout = state.announce(name, msg.meta.get("tokens"))
+        layout = state.announce(name, msg.meta)
         if layout is not None:
             self._welcome_layout(state, layout)
 
@@ -69,7 +72,8 @@ class AttentionProtocol(Conversation):
                 meta={"participants": names, "blocks": [meta for _, meta in blocks]},
                 arrays=[a for arrays, _ in blocks for a in arrays],
             )
-            if self.link.send(state.routes[name], frames):
+            route = state.routes.get(name)
+            if route is not None and self.link.send(route, frames):  # NB: no route: it left meanwhile
                 sent += sum(memoryview(f).nbytes for f in frames[1:])
         self.link.metrics.sync_latency_seconds.observe(release.latency_seconds)
         latency_ms = release.latency_seconds * 1000
@@ -88,6 +92,8 @@ class AttentionProtocol(Conversation):
         """Tell every participant in the fixed prompt layout how many private tokens precede its own."""
         order = list(layout)
         for name, before in layout.items():
+            if name not in state.routes:
+                continue  # NB: it left (or was revoked) after announcing; a new hello gets the layout
             self.link.reply(
                 state.routes[name],
                 kind="welcome",
@@ -95,6 +101,8 @@ class AttentionProtocol(Conversation):
                 participant=name,
                 meta={"mode": state.mode, "tokens_before": before, "participants": order},
             )
+        for name, why in state.refused.items():
+            self._tell(state, name, wire.WireError("bad_layout", why))
         left_out = sorted(set(state.weights) - set(layout))
         if left_out:
             self.link.event(state.name, "sync_missed", layer=-1, participants=left_out)
@@ -110,7 +118,7 @@ class AttentionProtocol(Conversation):
                 "sync_timeout",
                 f"too few participants announced their prompt within {state.timeout_seconds:.0f}s",
             )
-            self.link.reject(state.routes[name], error, session=state.name, participant=name)
+            self._tell(state, name, error)
         if not state.barriers:
             return
         released, failed = state.expire(now)
@@ -123,4 +131,17 @@ class AttentionProtocol(Conversation):
                 " arrived in time",
             )
             for name in barrier.parts:
-                self.link.reject(state.routes[name], error, session=state.name, participant=name)
+                self._tell(state, name, error)
+
+    def _tell(self, state: AttentionSession, name: str, error: wire.WireError) -> None:
+        """Reject on behalf of a timer: to the participant's route, if it still has one."""
+        route = state.routes.get(name)
+        if route is not None:
+            self.link.reject(route, error, session=state.name, participant=name)
+
+    def leave(self, state: AttentionSession, participant: str) -> None:
+        layout, released = state.leave(participant)
+        if layout is not None:
+            self._welcome_layout(state, layout)
+        for release in released:
+            self._release(state, release)

@@ -69,7 +69,8 @@ class Link(Protocol):
     def reject(
         self, route: bytes, error: wire.WireError, *, session: str, participant: str, round: int = 0
     ) -> None:
-        """An ``error`` reply, a ``rejected`` event and a count."""
+        """An ``error`` reply and a count, always; a log line and a ``rejected`` event for a sample of
+        each sender's rejections (:class:`fedattn.ratelimit.Sampler`)."""
 
     def event(self, session: str, event: str, **fields: Any) -> None:
         """Queue an event for the coordinator."""
@@ -108,3 +109,8 @@ class Conversation(ABC):
     def tick(self, state: Any, now: float) -> None:
         """Timed work between messages, ``now`` from ``time.monotonic()`` (none by default)."""
         del state, now
+
+    def leave(self, state: Any, participant: str) -> None:
+        """``participant`` left (``bye``) or was revoked; its route is already gone. Nothing waits for
+        it from now on (nothing to do by default)."""
+        del state, participant

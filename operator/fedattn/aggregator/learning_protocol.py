@@ -339,6 +339,7 @@ class LearningProtocol(Conversation):
             log.warning("evaluation timed out; missing %s", sorted(evaluation.asked - evaluation.reports.keys()),
                         extra={"session": state.name, "round": evaluation.round})
             self._finish_evaluation(state)
+        self._tick_secure(state, now)
 
     # --- secure aggregation (fedattn.aggregator.secure) ------------------------------------------
 
@@ -372,6 +373,7 @@ class LearningProtocol(Conversation):
         survivors, dropped = state.secure.start_unmask()
         if state.secure.unmask_started is None:
             state.secure.unmask_started = time.perf_counter()
+            state.secure.asked_at = time.monotonic()
         for name in survivors:
             self._to_member(state, name, "secagg_unmask", {"survivors": survivors, "dropped": dropped})
         log.info(
@@ -380,6 +382,31 @@ class LearningProtocol(Conversation):
             len(dropped),
             extra={"session": state.name, "round": state.round},
         )
+
+    def _tick_secure(self, state: LearningSession, now: float) -> None:
+        """Secure aggregation waits at most ``roundTimeoutSeconds`` per phase: a member whose key never
+        comes is excluded (the others go on), a round whose reveals never reach the threshold closes
+        keeping the old model (``model_kept`` names those that did not reveal); both are recorded
+        (``secagg_excluded`` / ``secagg_failed`` events). Before, one silent member stalled it forever."""
+        secure = state.secure
+        if secure is None or secure.failed is not None or secure.mean is not None or not state.open:
+            return
+        timeout = state.timeout_seconds
+        if secure.server is None and secure.keys and now - state.opened_at >= timeout:
+            keys = secure.give_up_waiting_for_keys()
+            if secure.excluded:
+                why = "; ".join(f"{n}: {reason}" for n, reason in sorted(secure.excluded.items()))
+                self.link.event(
+                    state.name, "secagg_excluded", round=state.round, participants=sorted(secure.excluded), message=why
+                )
+            for member in sorted(keys or {}):
+                self._to_member(state, member, "secagg_keys", {"keys": keys})
+        elif secure.asked_at is not None and now - secure.asked_at >= timeout:
+            secure.give_up_waiting_for_reveals()
+        if secure.failed is not None:
+            log.error("%s", secure.failed, extra={"session": state.name, "round": state.round})
+            self.link.event(state.name, "secagg_failed", round=state.round, message=secure.failed)
+            self.link.answer_deferred(state.name)  # NB: the waiting ctl_close_round closes, model kept, saying why
 
     # --- control link -----------------------------------------------------------------------------
 
@@ -406,7 +433,8 @@ class LearningProtocol(Conversation):
             if missing:
                 raise MissingUpdates(msg.round, missing)
         secure = state.secure
-        if state.open and msg.round == state.round and secure and secure.mean is None and state.contributed:
+        waiting = secure is not None and secure.mean is None and secure.failed is None
+        if state.open and msg.round == state.round and waiting and state.contributed:
             self._start_unmask(state)  # NB: the ones whose input did not arrive count as dropped
             return DEFERRED  # answered when enough survivors revealed their shares
         result = state.close_round(msg.round)
@@ -431,6 +459,9 @@ class LearningProtocol(Conversation):
             metrics.accuracy.labels(session=state.name).set(result.accuracy)
         for name, score in (result.reliability or {}).items():
             metrics.reliability.labels(session=state.name, participant=name).set(score)
+        if result.model_kept:  # NB: recorded in the store as an event, next to the round
+            log.error("round's model not taken: %s", result.model_kept, extra={"session": state.name})
+            self.link.event(state.name, "model_kept", round=msg.round, message=result.model_kept)
         every = state.checkpoint_every
         if self.checkpoint_dir is not None and every:
             if msg.round % every == 0:

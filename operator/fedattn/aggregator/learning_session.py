@@ -44,6 +44,7 @@ class RoundResult:
     reliability: dict[str, float] | None = None  # EMA of each member's round scores (scores.Reliability)
     evict: list[str] | None = None  # members to evict under spec.eviction (the coordinator's evict API)
     evaluation: dict[str, Any] | None = None  # federated evaluation of the new global model (evaluation.py)
+    model_kept: str | None = None  # why the round's aggregate was not taken (the old model stays)
 
     def meta(self) -> dict[str, Any]:
         """The ``ctl_close_round`` reply fields (absent optional values are left out)."""
@@ -54,10 +55,22 @@ class RoundResult:
             "model_checksum": self.model_checksum,
             "update_bytes": self.update_bytes,
         }
-        for key in ("accuracy", "epsilon", "stop", "scores", "reliability", "evict", "evaluation"):
+        for key in ("accuracy", "epsilon", "stop", "scores", "reliability", "evict", "evaluation", "model_kept"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
+
+
+def clip_delta(update: np.ndarray, global_params: np.ndarray, *, clip_norm: float) -> np.ndarray:
+    """``update`` with its delta from ``global_params`` scaled down to L2 norm ``clip_norm`` (no noise).
+
+    In float64, so a delta of float32-max values has a finite norm to scale by.
+    """
+    delta = np.subtract(update, global_params, dtype=np.float64)
+    norm = float(np.linalg.norm(delta))
+    if norm <= clip_norm:
+        return update
+    return np.add(global_params, delta * (clip_norm / norm), dtype=np.float32)
 
 
 class LearningSession(Session):
@@ -209,8 +222,14 @@ class LearningSession(Session):
         if participant in self.contributed:
             raise wire.WireError("duplicate", f"{participant} already contributed to round {round}")
         examples = meta.get("num_examples")
+        limit = self.spec.update_limits.max_examples
         if isinstance(examples, bool) or not isinstance(examples, int | float) or not 0 < examples < math.inf:
             raise wire.WireError("bad_meta", f"num_examples must be a number > 0, got {examples!r}")
+        if examples > limit:
+            # NB: an update's FedAvg weight is its own claim; unbounded, one member outweighs everyone
+            raise wire.WireError(
+                "bad_meta", f"num_examples {examples!r} is above this session's updateLimits.maxExamples {limit}"
+            )
         weight = float(examples) * self.weights[participant]
         if self.secure is not None:
             if not meta.get("masked"):
@@ -233,16 +252,35 @@ class LearningSession(Session):
         return weight
 
     def _update_of(self, arrays: list[np.ndarray], meta: Mapping[str, Any]) -> np.ndarray:
-        """The full local model an update stands for: sent as is, or a compressed delta from the global."""
+        """The full local model an update stands for: sent as is, or a compressed delta from the global;
+        finite after decoding, and its delta clipped to ``updateLimits.clipNorm`` when that is set."""
         if "compression" in meta:  # decoded on arrival (fedattn.learning.compression, code bad_encoding)
+            self._check_codec(meta["compression"])
             delta = compression.decode(arrays, meta["compression"], size=self.size)
-            return np.add(self.global_params, delta, dtype=np.float32)
-        assert self.layout is not None
-        try:
-            self.layout.check(arrays, names_of(meta))
-        except LayoutError as exc:
-            raise wire.WireError("shape_mismatch", f"update refused: {exc}") from None
-        return self.layout.flatten(arrays)
+            # NB: the wire checked the frames, not what they decode to (127 * a scale of 3e38 is inf)
+            update = np.add(self.global_params, delta, dtype=np.float32)
+        else:
+            assert self.layout is not None
+            try:
+                self.layout.check(arrays, names_of(meta))
+            except LayoutError as exc:
+                raise wire.WireError("shape_mismatch", f"update refused: {exc}") from None
+            update = self.layout.flatten(arrays)
+        if not (np.isfinite(update.min()) and np.isfinite(update.max())):
+            raise wire.WireError("non_finite", "the update decodes to (or adds up to) NaN or Inf values")
+        clip = self.spec.update_limits.clip_norm
+        return update if clip is None else clip_delta(update, self.global_params, clip_norm=clip)
+
+    def _check_codec(self, described: Any) -> None:
+        """Compressed updates only in a session that compresses, and only with its codec."""
+        if self.spec.compression is None:
+            raise wire.WireError("bad_encoding", "this session does not compress updates: send a dense float32 model")
+        expected = compression.CompressionSpec(
+            quantize_bits=self.spec.compression.quantize_bits, top_k=self.spec.compression.top_k
+        ).codec
+        codec = described.get("codec") if isinstance(described, Mapping) else None
+        if codec not in (expected, "dense"):
+            raise wire.WireError("bad_encoding", f"this session's codec is {expected!r}, not {codec!r}")
 
     def fold_pending(self) -> None:
         """Fold the updates accepted but not folded yet (the server calls this after each burst)."""
@@ -271,17 +309,24 @@ class LearningSession(Session):
             raise ValueError(
                 f"round {round} is not the open round (open: {self.round if self.open else None})"
             )
-        if not self.contributed and not self.reopened:
+        failed = self.secure.failed if self.secure is not None else None
+        if not self.contributed and not self.reopened and failed is None:
             raise ValueError(f"round {round} has no contributions; keep it open or finish the session")
         self.fold_pending()
         start = time.perf_counter()
-        if self.secure is not None and self.contributed:
+        kept = failed  # NB: a failed secure round has nothing to fold; the session goes on from the old model
+        if self.secure is not None and self.contributed and failed is None:
             if self.secure.mean is None:
                 raise ValueError(f"round {round}: the secure sum is not unmasked yet")
-            self._timed_fold([self.secure.mean], [1.0])  # NB: the only update the aggregator ever sees
-        if self.contributed:
-            previous, self.global_params = self.global_params, self.strategy.finish()
-            self.last_step = np.subtract(self.global_params, previous, dtype=np.float64)
+            else:
+                self._timed_fold([self.secure.mean], [1.0])  # NB: the only update the aggregator ever sees
+        if self.contributed and kept is None:
+            new = self.strategy.finish()
+            if np.isfinite(new).all():
+                previous, self.global_params = self.global_params, new
+                self.last_step = np.subtract(self.global_params, previous, dtype=np.float64)
+            else:  # NB: never send a model nobody can decode; the session goes on from the old one
+                kept = f"the round's aggregate has {int((~np.isfinite(new)).sum())} non-finite values"
         # NB: else a round reopened after a restart whose updates died with the old process: the
         # coordinator counted them and closes it; the model stays as checkpointed, the session goes on.
         seconds = self.fold_seconds + time.perf_counter() - start
@@ -306,6 +351,7 @@ class LearningSession(Session):
             scores=scores,
             reliability=reliability,
             evict=evict,
+            model_kept=kept,
         )
         return self.last_result
 

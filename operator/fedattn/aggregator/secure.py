@@ -41,6 +41,9 @@ class SecureRound:
         self.reveals: dict[str, dict[str, tuple[str, int, int]]] = {}
         self.mean: np.ndarray | None = None
         self.unmask_started: float | None = None  # time.perf_counter() when survivors were asked
+        self.asked_at: float | None = None  # time.monotonic() of the same moment (the timeout's clock)
+        self.excluded: dict[str, str] = {}  # member -> why it is out of this round (no key, bad reveal)
+        self.failed: str | None = None  # why this round cannot be unmasked, once that is certain
 
     def client_config(self) -> dict[str, Any]:
         return {"secagg": {"threshold": self.threshold, "frac_bits": FRAC_BITS}}
@@ -54,11 +57,36 @@ class SecureRound:
         self.keys[name] = public_key
         if self.keys.keys() < self.members:
             return None
+        return self._start_server()
+
+    def _start_server(self) -> dict[str, bytes]:
         self.server = secagg.SecAggServer(
             session=self.session, round=self.round, public_keys=self.keys, threshold=self.threshold,
             size=self.size + 1,
         )
         return dict(self.keys)
+
+    def give_up_waiting_for_keys(self) -> dict[str, bytes] | None:
+        """At the timeout of the key exchange: go on with the members whose keys arrived (those missing
+        are excluded and recorded), or fail the round below the threshold. Returns the keys to send."""
+        missing = sorted(self.members - self.keys.keys())
+        for name in missing:
+            self.excluded[name] = "sent no key in time"
+        if len(self.keys) < self.threshold:
+            self.failed = (
+                f"secure round {self.round}: {len(self.keys)} keys arrived, {self.threshold} needed;"
+                f" missing {missing}"
+            )
+            return None
+        return self._start_server()
+
+    def give_up_waiting_for_reveals(self) -> None:
+        """At the timeout of the unmasking: the round cannot be unmasked; say who did not reveal."""
+        missing = sorted(self.survivors - self.reveals.keys() - self.excluded.keys())
+        self.failed = (
+            f"secure round {self.round}: {len(self.reveals)} of the {self.threshold} reveals needed arrived"
+            f" in time; no (valid) reveal from {sorted({*missing, *self.excluded})}"
+        )
 
     def route_shares(self, name: str, sealed: Any) -> dict[str, bytes]:
         """``{peer: bundle}`` to forward; each peer must be in the round's key set."""
@@ -113,5 +141,8 @@ class SecureRound:
             mean = secagg.unpack_weighted(secagg.decode_fixed(total, frac_bits=FRAC_BITS))
             self.mean = mean.astype(np.float32)
         except secagg.SecAggError as exc:
-            raise wire.WireError("rejected_by_strategy", f"unmasking failed: {exc}") from None
+            # NB: the reveal that made unmasking fail is excluded, so the others' can still reach the threshold
+            del self.reveals[name]
+            self.excluded[name] = f"its reveal made unmasking fail: {exc}"
+            raise wire.WireError("rejected_by_strategy", f"unmasking failed with {name}'s shares: {exc}") from None
         return True

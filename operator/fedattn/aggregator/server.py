@@ -2,9 +2,10 @@
 
 One thread owns the socket (ZMQ sockets are not thread-safe) and runs :meth:`Aggregator.serve`:
 poll, handle each message in arrival order, and between messages do the timed work (allowlist
-rescan, KV barrier timeouts, resending queued events). Every rejection is an ``error`` reply with
-``{code, message}``, a ``rejected`` event and a count in ``fedattn_aggregator_rejected_total``;
-nothing one peer sends can stop the loop.
+rescan, KV barrier timeouts, resending queued events), every step under the same guard. Every
+rejection is an ``error`` reply with ``{code, message}`` and a count in
+``fedattn_aggregator_rejected_total``; a sample per sender becomes a log line and, for members of
+the session, a ``rejected`` event. Nothing one peer sends can stop the loop or flood logs and store.
 
 This module is the transport: socket, authentication, decoding, replies, events and the control
 link's dispatch table. What a message means is its session mode's conversation
@@ -33,6 +34,7 @@ from fedattn import pki, wire
 from fedattn.aggregator.allowlist import Allowlist, NamingAuthenticator, start_authenticator
 from fedattn.aggregator.attention_protocol import AttentionProtocol
 from fedattn.aggregator.conversation import DEFERRED, Conversation, Refusal, UnknownSession
+from fedattn.aggregator.early_hellos import EarlyHellos
 from fedattn.aggregator.events import EventQueue
 from fedattn.aggregator.learning_protocol import Hooks, LearningProtocol
 from fedattn.aggregator.learning_session import LearningSession
@@ -40,6 +42,7 @@ from fedattn.aggregator.metrics import Metrics
 from fedattn.aggregator.probes import serve_probes
 from fedattn.aggregator.sessions import Session
 from fedattn.api.spec import SessionSpec
+from fedattn.ratelimit import Sampler
 
 log = logging.getLogger("fedattn.aggregator")
 
@@ -47,7 +50,9 @@ log = logging.getLogger("fedattn.aggregator")
 CONTROL_IDENTITY = pki.CONTROL_CLIENT
 DEFAULT_MAX_MESSAGE_BYTES = 512 * 1024 * 1024
 IO_THREADS = 2
-MAX_EARLY_HELLOS = 10_000
+#: rejections of one sender in one session logged and reported at once, then one per period
+REJECTIONS_BURST = 20
+REJECTION_EVERY_SECONDS = 6.0
 
 __all__ = ["CONTROL_IDENTITY", "DEFAULT_MAX_MESSAGE_BYTES", "Aggregator", "Hooks"]
 
@@ -86,8 +91,9 @@ class Aggregator:
         self._rescan_seconds = rescan_seconds
         self._seq = itertools.count(1)
         self._control_route: bytes | None = None
-        # (session, participant) -> route of an authenticated hello that came before ctl_configure
-        self._early_hellos: dict[tuple[str, str], bytes] = {}
+        self._early_hellos = EarlyHellos()  # authenticated hellos that came before ctl_configure
+        # NB: a flood of garbage is counted in full but logged and reported as a sample per sender
+        self._rejections = Sampler(burst=REJECTIONS_BURST, every_seconds=REJECTION_EVERY_SECONDS)
         self._pending_close: dict[str, tuple[bytes, wire.Message]] = {}  # session -> deferred ctl_close_round
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -164,14 +170,15 @@ class Aggregator:
                         except zmq.Again:
                             break
                         self._on_frames_safely(frames)
-                    self._after_burst()
+                    for state in list(self.sessions.values()):
+                        self._safely("after a burst", self.conversations[state.mode].after_burst, state)
                 now = time.monotonic()
                 if now >= next_rescan:
-                    self.allowlist.rescan()
+                    self._safely("rescanning the allowlist", self.allowlist.rescan)
                     next_rescan = now + self._rescan_seconds
-                for state in self.sessions.values():
-                    self.conversations[state.mode].tick(state, now)
-                self._flush_events()
+                for state in list(self.sessions.values()):
+                    self._safely("timed work", self.conversations[state.mode].tick, state, now)
+                self._safely("sending events", self._flush_events)
         finally:
             self.socket.close(linger=0)
 
@@ -215,28 +222,45 @@ class Aggregator:
         return self.send(route, frames)
 
     def reject(
-        self, route: bytes, error: wire.WireError, *, session: str, participant: str, round: int = 0
+        self,
+        route: bytes,
+        error: wire.WireError,
+        *,
+        session: str,
+        participant: str,
+        round: int = 0,
+        member: bool = True,
     ) -> None:
+        """An ``error`` reply, always; a count, always; a log line and a ``rejected`` event for a sample
+        of each sender's rejections, the event only when the sender is a ``member`` of ``session``
+        (an outsider's garbage is not that session's history)."""
         self.metrics.rejected.labels(reason=error.code).inc()
-        log.warning(
-            "rejected: %s",
-            error.detail,
-            extra={"session": session, "participant": participant, "round": round, "reason": error.code},
-        )
         self.send(
             route,
             wire.error_reply(
                 session=session, participant=participant, error=error, round=round, seq=next(self._seq)
             ),
         )
-        if participant != CONTROL_IDENTITY:
+        attributed = session if member else "-"
+        allowed, suppressed = self._rejections.allow((attributed, participant), now=time.monotonic())
+        if not allowed:
+            return
+        more = f" ({suppressed} more from this sender suppressed)" if suppressed else ""
+        log.warning(
+            "rejected: %s%s",
+            error.detail,
+            more,
+            extra={"session": attributed, "participant": participant, "round": round, "reason": error.code},
+        )
+        if member and participant != CONTROL_IDENTITY:
             self.event(
-                session or "-",
+                session,
                 "rejected",
                 participant=participant,
                 round=round,
                 reason=error.code,
                 message=error.detail,
+                **({"suppressed_before": suppressed} if suppressed else {}),
             )
 
     def event(self, session: str, event: str, **fields: Any) -> None:
@@ -258,21 +282,22 @@ class Aggregator:
                 route, kind="ctl_event", session=event["session"], participant=CONTROL_IDENTITY, meta=event
             )
 
-        self.events.flush(send)
+        self.events.flush(send, now=time.monotonic())
         self.metrics.events_queued.set(len(self.events))
 
     # --- receiving --------------------------------------------------------------------------------
 
     def _on_frames_safely(self, frames: list[zmq.Frame]) -> None:
-        try:
-            self._on_frames(frames)
-        except Exception:  # NB: a bug triggered by one message must not take the data plane down
-            log.exception("internal error while handling a message")
-            self.metrics.rejected.labels(reason="internal").inc()
+        self._safely("handling a message", self._on_frames, frames)
 
-    def _after_burst(self) -> None:
-        for state in self.sessions.values():
-            self.conversations[state.mode].after_burst(state)
+    def _safely(self, what: str, work: Callable[..., None], *args: Any) -> None:
+        """Run one step of the loop; a bug one peer triggers (a message, a timer it armed) is logged and
+        counted, never allowed to take the data plane down for everyone."""
+        try:
+            work(*args)
+        except Exception:
+            log.exception("internal error while %s", what)
+            self.metrics.rejected.labels(reason="internal").inc()
 
     def _on_frames(self, frames: list[zmq.Frame]) -> None:
         self.metrics.bytes_received.inc(sum(len(f) for f in frames))
@@ -284,10 +309,11 @@ class Aggregator:
         try:
             header = wire.decode_header(body[0])
         except wire.WireError as exc:
-            self.reject(route, exc, session="-", participant=user or "-")
+            self.reject(route, exc, session="-", participant=user or "-", member=False)
             return
         session, participant, kind = header["session"], header["participant"], header["kind"]
-        ctx = {"session": session, "participant": participant, "round": header["round"]}
+        # NB: rejections name the authenticated sender, never a participant the header merely claims
+        ctx = {"session": session, "participant": user or "-", "round": header["round"], "member": False}
         try:
             if not user or not self.allowlist.is_allowed(user):
                 raise wire.WireError("unauthenticated", "this connection's Curve key is no longer allowed")
@@ -300,6 +326,7 @@ class Aggregator:
                     raise wire.WireError("unexpected_kind", f"{kind} is not a control request")
                 self._control_route = route
                 msg = wire.decode(body, max_bytes=self.max_message_bytes)
+                self.events.ack(msg.meta.get("ack_events"))  # NB: any request may carry it (pings do)
                 self._on_control(route, msg)
                 return
             if kind not in wire.PARTICIPANT_KINDS:
@@ -308,13 +335,14 @@ class Aggregator:
                 )
             state = self.sessions.get(session)
             if state is None:
-                if kind == "hello" and len(self._early_hellos) < MAX_EARLY_HELLOS:
-                    # NB: the sender is authenticated; remember it so the session, once configured,
-                    # can send it the model without waiting for another hello (configure race).
-                    self._early_hellos[(session, participant)] = route
+                if kind == "hello":
+                    self._early_hellos.remember(
+                        session=session, participant=participant, route=route, now=time.monotonic()
+                    )
                 raise wire.WireError("unknown_session", f"session {session!r} is not configured here")
             if participant not in state.weights:
                 raise wire.WireError("not_in_session", f"{participant} is not a participant of {session}")
+            ctx["member"] = True
             msg = wire.decode(body, max_bytes=state.max_payload_bytes)
             state.check_seq(participant, msg.seq)
             self._on_participant(route, state, msg, checksums=[a["xxh3"] for a in header["arrays"]])
@@ -325,7 +353,7 @@ class Aggregator:
         self, route: bytes, state: Session, msg: wire.Message, *, checksums: list[int]
     ) -> None:
         if msg.kind == "bye":
-            state.routes.pop(msg.participant, None)
+            self._leave(state, msg.participant)
             self.reply(
                 route,
                 kind="ack",
@@ -395,7 +423,7 @@ class Aggregator:
         state = conversation.configure(msg=msg, spec=spec, weights=weights)
         self.sessions[msg.session] = state
         for name in weights:
-            route = self._early_hellos.pop((msg.session, name), None)
+            route = self._early_hellos.take(session=msg.session, participant=name, now=time.monotonic())
             if route is not None:
                 state.routes[name] = route
                 self.event(msg.session, "hello", participant=name, round=0)
@@ -442,7 +470,13 @@ class Aggregator:
             raise ValueError("ctl_revoke needs participant")
         self.allowlist.revoke(name)
         for state in self.sessions.values():
-            state.routes.pop(name, None)
+            if name in state.weights:
+                self._leave(state, name)
+
+    def _leave(self, state: Session, name: str) -> None:
+        """``name`` is gone from ``state`` (bye, revoked): no route, and nothing waits for it any more."""
+        state.routes.pop(name, None)
+        self.conversations[state.mode].leave(state, name)
 
     def _ctl_status(self, msg: wire.Message) -> dict[str, Any]:
         return {"sessions": {name: s.describe() for name, s in self.sessions.items()}}

@@ -31,6 +31,7 @@ class Kind:
     spec: Schema
     status: Schema
     columns: list[dict[str, Any]]
+    rules: tuple[tuple[str, str], ...] = ()
 
     @property
     def crd_name(self) -> str:
@@ -38,7 +39,7 @@ class Kind:
 
     @property
     def openapi(self) -> Schema:
-        return schema.root(self.description, spec=self.spec, status=self.status)
+        return schema.root(self.description, spec=self.spec, status=self.status, rules=list(self.rules))
 
 
 def kinds() -> dict[str, Kind]:
@@ -77,6 +78,7 @@ def kinds() -> dict[str, Kind]:
             description="One participant of a FedSession: credentials and, in-cluster, a Job.",
             spec=schema.participant_spec(),
             status=schema.participant_status(),
+            rules=(schema.reserved_name_rule(),),
             columns=[
                 {"name": "Session", "type": "string", "jsonPath": ".spec.sessionRef"},
                 {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},

@@ -27,6 +27,11 @@ from fedattn.api.strategy_params import RULE_PARAMS, Param, Table
 GROUP = "fedattn.io"
 VERSION = "v1alpha1"
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+#: Identities of a session's own components, never a participant's name: a participant called
+#: ``coordinator-client`` would put its key where the control link's is (and get its powers),
+#: ``operator`` would be the coordinator's administrator, ``server`` the server certificate's CN;
+#: the store files syncs under participant ``*``, which the name pattern already excludes.
+RESERVED_NAMES = ("operator", "coordinator-client", "server")
 
 #: Strategy -> its parameter table; the CRD's strategy enum, key check and bounds are built from it.
 STRATEGY_PARAMS: dict[str, Table] = RULE_PARAMS
@@ -367,6 +372,26 @@ def _learning() -> dict[str, Schema]:
                 ),
             },
         ),
+        "updateLimits": obj(
+            "Learning: bounds on what one participant's update may claim and move (FedAvg is not"
+            " Byzantine-robust: within these bounds a member still steers the mean; see krum, median,"
+            " trimmedmean).",
+            {
+                "maxExamples": integer(
+                    "Largest num_examples an update may claim (its FedAvg weight); above it the update is"
+                    " refused.",
+                    default=1_000_000,
+                    minimum=1,
+                ),
+                "clipNorm": number(
+                    "L2 bound on each update's delta from the global model, clipped without noise"
+                    " (unset: no bound; with privacy.dp its own clipNorm applies too).",
+                    minimum=0,
+                    exclusive_minimum=True,
+                ),
+            },
+            default={},
+        ),
         "checkpoint": obj(
             "Learning: aggregator checkpoints.",
             {
@@ -570,6 +595,13 @@ def session_spec() -> Schema:
                 "!(has(self.syncLayers) && has(self.syncPolicy))",
                 "set at most one of syncLayers and syncPolicy",
             ),
+            (
+                "!(has(self.privacy) && has(self.privacy.secureAggregation)"
+                " && self.privacy.secureAggregation.enabled"
+                " && (has(self.privacy.dp) || (has(self.updateLimits) && has(self.updateLimits.clipNorm))))",
+                "secureAggregation hides each update, so privacy.dp and updateLimits.clipNorm cannot clip it:"
+                " the epsilon reported would not hold; use one or the other",
+            ),
         ],
     )
 
@@ -756,8 +788,18 @@ def participant_status() -> Schema:
     )
 
 
-def root(description: str, *, spec: Schema, status: Schema) -> Schema:
+def reserved_name_rule() -> tuple[str, str]:
+    """CEL at a FedParticipant's root (API servers >= 1.25 expose ``self.metadata.name`` there)."""
+    return (
+        f"!(self.metadata.name in {_cel_string_list(list(RESERVED_NAMES))})",
+        f"metadata.name must not be one of {list(RESERVED_NAMES)}: they are the session's own identities",
+    )
+
+
+def root(description: str, *, spec: Schema, status: Schema, rules: list[tuple[str, str]] | None = None) -> Schema:
+    cel = {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]} if rules else {}
     return {
+        **cel,
         "type": "object",
         "description": description,
         "properties": {

@@ -212,6 +212,12 @@ class CompressionSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class UpdateLimitsSpec:
+    max_examples: int
+    clip_norm: float | None
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointSpec:
     every_rounds: int
 
@@ -280,6 +286,7 @@ class SessionSpec:
     output: OutputSpec | None
     privacy: PrivacySpec | None
     compression: CompressionSpec | None
+    update_limits: UpdateLimitsSpec
     checkpoint: CheckpointSpec
     eviction: EvictionSpec | None
     # attention

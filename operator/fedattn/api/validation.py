@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -137,6 +138,22 @@ def _non_finite(value: Any, path: list[Any]) -> Iterator[str]:
             yield from _non_finite(item, [*path, i])
 
 
+def name_problems(kind: str, name: Any) -> list[str]:
+    """What is wrong with ``metadata.name`` of a ``kind``: a DNS label (it names Secrets, certificate
+    CNs and Curve keys), and for a participant none of :data:`~fedattn.api.schema.RESERVED_NAMES`.
+
+    The API server checks names itself but allows dots; this runs wherever a manifest enters without
+    one (local runner, coordinator) and in the operator, so a reserved name never gets credentials.
+    """
+    if not isinstance(name, str) or not name:
+        return ["metadata.name: required"]
+    if len(name) > 63 or not re.match(schema.NAME_PATTERN, name):
+        return [f"metadata.name: {name!r} must be a DNS label (lower-case letters, digits, '-'; at most 63)"]
+    if kind == "FedParticipant" and name in schema.RESERVED_NAMES:
+        return [f"metadata.name: {name!r} is reserved for the session's own components {list(schema.RESERVED_NAMES)}"]
+    return []
+
+
 def apply_defaults_and_validate(kind: str, obj: dict, *, old: dict | None = None) -> dict:
     """A defaulted copy of the ``kind`` manifest ``obj``; raises :class:`ManifestError` if invalid.
 
@@ -152,9 +169,7 @@ def apply_defaults_and_validate(kind: str, obj: dict, *, old: dict | None = None
         problems.append(f"apiVersion: {obj['apiVersion']!r} is not {api_version!r}")
     if obj.get("kind", kind) != kind:
         problems.append(f"kind: {obj['kind']!r} is not {kind!r}")
-    meta_name = (obj.get("metadata") or {}).get("name")
-    if not isinstance(meta_name, str) or not meta_name:
-        problems.append("metadata.name: required")
+    problems.extend(name_problems(kind, (obj.get("metadata") or {}).get("name")))
     problems.extend(_non_finite(obj, []))
     openapi = known[kind].openapi
     out = default(openapi, obj)

@@ -39,6 +39,24 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
+#: deepest nesting a body may have; manifests need ~8, and every later pass over a body recurses
+MAX_JSON_DEPTH = 64
+
+
+def _too_deep(value: Any) -> bool:
+    """Whether ``value`` nests deeper than :data:`MAX_JSON_DEPTH` (iteratively: no recursion limit)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth >= MAX_JSON_DEPTH:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 async def json_body(request: web.Request, *, required: bool = True) -> dict[str, Any]:
     """The request's JSON object; 413 above 1 MiB (aiohttp enforces it), 400 for anything else off."""
     raw = await request.read()
@@ -50,8 +68,12 @@ async def json_body(request: web.Request, *, required: bool = True) -> dict[str,
         body = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, "malformed", f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed", f"request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(body, dict):
         raise ApiError(400, "malformed", f"request body must be a JSON object, got {type(body).__name__}")
+    if _too_deep(body):
+        raise ApiError(400, "malformed", f"request body nests deeper than {MAX_JSON_DEPTH} levels")
     return body
 
 

@@ -58,6 +58,32 @@ class ControlTimeout(ControlError, TimeoutError):
     """No reply in time: the aggregator is down, unreachable, or does not accept our key."""
 
 
+class ReceivedEvents:
+    """Which aggregator events arrived, as the cumulative acknowledgement the aggregator expects:
+    every ``event_id`` of the current ``epoch`` up to ``upto`` (a gap holds it back until the re-sent
+    event fills it)."""
+
+    def __init__(self) -> None:
+        self.epoch: int | None = None
+        self.upto = 0
+        self._beyond: set[int] = set()
+
+    def note(self, meta: dict[str, Any]) -> None:
+        epoch, event_id = meta.get("epoch"), meta.get("event_id")
+        if not isinstance(epoch, int) or not isinstance(event_id, int):
+            return
+        if epoch != self.epoch:  # NB: a restarted aggregator numbers from 1 again
+            self.epoch, self.upto, self._beyond = epoch, 0, set()
+        if event_id > self.upto:
+            self._beyond.add(event_id)
+        while self.upto + 1 in self._beyond:
+            self.upto += 1
+            self._beyond.discard(self.upto)
+
+    def ack(self) -> dict[str, int] | None:
+        return None if self.epoch is None else {"epoch": self.epoch, "event_id": self.upto}
+
+
 class ControlLink:
     def __init__(
         self,
@@ -81,6 +107,7 @@ class ControlLink:
         self._sock = curve_dealer(self._ctx, server_public=server_public, public=public, secret=secret)
         self._seq = 0
         self._pings = 0
+        self._received = ReceivedEvents()
         self._waiting: deque[tuple[str, int, asyncio.Future[wire.Message], float]] = deque()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -155,6 +182,7 @@ class ControlLink:
                     self._on_event(msg.meta)
                 except Exception:  # one bad event must not stop the link
                     log.exception("handling ctl_event failed", extra={"session": msg.session})
+                self._received.note(msg.meta)
                 continue
             self._deliver(msg)
 
@@ -180,7 +208,10 @@ class ControlLink:
                 # every older request whose reply was lost (e.g. the aggregator restarted meanwhile).
                 self._pings += 1
                 status = await self.request(
-                    "ctl_status", session=f"status-{self._pings}", timeout_seconds=self.ping_seconds * 2
+                    "ctl_status",
+                    session=f"status-{self._pings}",
+                    meta={"ack_events": self._received.ack()},
+                    timeout_seconds=self.ping_seconds * 2,
                 )
                 if not self.up:
                     log.info("control link to %s is up", self.endpoint)

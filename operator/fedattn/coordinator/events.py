@@ -1,8 +1,10 @@
 """What the aggregator tells the coordinator unasked: ``ctl_event`` pushes and ``ctl_status`` replies.
 
 Events (docs/protocol.md, control link) go through :data:`AggregatorEvents.handlers`, one method per
-kind the coordinator acts on (a contribution, a KV sync, a hello); every other kind, and an event
-naming someone who is not a session member, is recorded as it came. A re-sent event counts once.
+kind the coordinator acts on (a contribution, a KV sync, a hello, a rejection); every other kind,
+and an event naming someone who is not a session member, is recorded as it came, except rejections:
+those are counted, and stored only for members and only as a sample (:class:`fedattn.ratelimit.Sampler`).
+A re-sent event counts once.
 Numbers in events are untrusted and pass :mod:`fedattn.coordinator.checks` before they are stored.
 Status replies tell which sessions the aggregator knows; one it forgot (it restarted) is configured
 again.
@@ -21,12 +23,16 @@ from fedattn.coordinator.checks import finite, int64
 from fedattn.coordinator.driver import Configure
 from fedattn.coordinator.metrics import Metrics
 from fedattn.coordinator.session import SYNC_PARTICIPANT, Session, Sessions
+from fedattn.ratelimit import Sampler
 from fedattn.store import Contribution, Event, Store
 
 log = logging.getLogger(__name__)
 
 #: how many recent events are remembered to recognise a re-sent one
 SEEN_EVENTS = 10_000
+#: rejections of one member stored at once, then one per REJECTION_EVERY_SECONDS (the rest: metric only)
+REJECTIONS_BURST = 20
+REJECTION_EVERY_SECONDS = 6.0
 #: event kinds whose handler needs ``participant`` to be a session member
 FROM_MEMBERS = frozenset({"contribution", "hello"})
 
@@ -44,6 +50,7 @@ class AggregatorEvents:
         self.clock = clock
         self._seen_order: deque[str] = deque(maxlen=SEEN_EVENTS)
         self._seen_keys: set[str] = set()
+        self._rejections = Sampler(burst=REJECTIONS_BURST, every_seconds=REJECTION_EVERY_SECONDS)
         self.handlers: dict[str, Handler] = {
             "contribution": self._contribution,
             "sync": self._sync,
@@ -154,14 +161,24 @@ class AggregatorEvents:
         )
 
     def _hello(self, session: Session, meta: dict[str, Any], *, participant: str, round_: int, now: float) -> None:
+        was_ready = session.machine.members[participant].ready
         self.sessions.dispatch(session, session.machine.hello(participant, now=now))
-        self.store.record_event(Event(session.name, "hello", participant=participant, round=round_, at=now))
+        if not was_ready:  # NB: a member repeating hello while connected is no news for the store
+            self.store.record_event(Event(session.name, "hello", participant=participant, round=round_, at=now))
 
     def _rejected(self, session: Session, meta: dict[str, Any], *, participant: Any, round_: int, now: float) -> None:
+        """Counted always; recorded only for members, and only a sample (a flood of garbage from one
+        sender must not fill the store, nor the write queue real rows wait in)."""
         self.metrics.contributions_rejected.labels(reason=str(meta.get("reason", "unknown"))).inc()
+        if participant not in session.activity:
+            return  # NB: an outsider's garbage is not this session's history (the metric has it)
+        allowed, suppressed = self._rejections.allow((session.name, participant), now=now)
+        if not allowed:
+            return
         ids = {"session": session.name, "participant": participant, "round": round_}
         log.info("aggregator rejected a message: %s", meta.get("message"), extra=ids)
-        self._record(session, meta, participant=participant, round_=round_, now=now)
+        sampled = {**meta, "suppressed_before": suppressed} if suppressed else meta
+        self._record(session, sampled, participant=participant, round_=round_, now=now)
 
     def _record(self, session: Session, meta: dict[str, Any], *, participant: Any, round_: int, now: float) -> None:
         """Any other event: stored as it came (its kind, reason, message and remaining fields)."""

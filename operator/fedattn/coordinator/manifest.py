@@ -70,8 +70,6 @@ def parse_create(body: dict[str, Any]) -> SessionDefinition:
             raise InvalidSession(f"participants[{i}] ({pname}): sessionRef is {pspec.session_ref!r}, not {name!r}")
         if pname in weights:
             raise InvalidSession(f"participants[{i}]: {pname} is listed twice")
-        if pname == "operator":
-            raise InvalidSession(f"participants[{i}]: 'operator' is the administrator's identity, not a participant")
         weights[pname] = pspec.weight
     quorum = spec.min_participants
     if quorum > len(weights):

@@ -227,11 +227,14 @@ class SessionMachine:
             current.quorum_at = now
         return Verdict.ACCEPTED, self.tick(now=now)
 
+    def phase_after_leave(self, name: str) -> str:
+        """What :meth:`leave` makes of ``name`` (Done; an evicted one stays Evicted), to store it first."""
+        return P_EVICTED if self.members[name].phase == P_EVICTED else P_DONE
+
     def leave(self, name: str, *, now: float) -> list[Command]:
         """The participant is done (attention: it reported its result)."""
         member = self.members[name]
-        if member.phase not in (P_EVICTED,):
-            member.phase = P_DONE
+        member.phase = self.phase_after_leave(name)
         member.last_seen = now
         return self.tick(now=now)
 

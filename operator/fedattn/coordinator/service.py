@@ -76,6 +76,8 @@ class Coordinator:
         self.clock = clock
         self.ack_timeout_seconds = ack_timeout_seconds
         self.sessions = Sessions(metrics)
+        #: sessions whose create is not durable yet: name -> (fingerprint, its writes, the session)
+        self._creating: dict[str, tuple[str, asyncio.Future[Any], Session]] = {}
         self.driver = RoundDriver(
             sessions=self.sessions, store=store, metrics=metrics, clock=clock, evict=self._evict_scored_out
         )
@@ -124,6 +126,14 @@ class Coordinator:
             if existing.definition.fingerprint != definition.fingerprint:
                 raise ApiError(409, "conflict", f"session {definition.name!r} exists with a different spec")
             return False
+        pending = self._creating.get(definition.name)
+        if pending is not None:  # NB: a retry (after a 503) or a concurrent twin: the same writes, awaited
+            fingerprint, writes, session = pending
+            if fingerprint != definition.fingerprint:
+                raise ApiError(409, "conflict", f"session {definition.name!r} exists with a different spec")
+            await self._durable(writes)
+            self._commit_create(session)
+            return False
         now = self.clock()
         session = Session(
             definition=definition,
@@ -141,10 +151,20 @@ class Coordinator:
             self.store.upsert_participant(definition.name, name, weight=weight, phase=rounds.P_PENDING, position=i)
             for i, (name, weight) in enumerate(definition.weights.items())
         ]
-        self._adopt(session)
-        log.info("session created", extra={"session": definition.name})
-        await self._durable(*writes)
+        # NB: commit, then act: the session is driven (configured at the aggregator, joinable) only
+        # once its rows are durable; a 503 leaves nothing in memory that the store does not have.
+        committed = asyncio.ensure_future(asyncio.gather(*writes))
+        self._creating[definition.name] = (definition.fingerprint, committed, session)
+        # NB: writes the client gave up on (503) still commit in the background; then it is driven
+        committed.add_done_callback(lambda done: done.cancelled() or done.exception() or self._commit_create(session))
+        await self._durable(committed)
+        self._commit_create(session)
         return True
+
+    def _commit_create(self, session: Session) -> None:
+        if self._creating.pop(session.name, None) is not None:
+            self._adopt(session)
+            log.info("session created", extra={"session": session.name})
 
     def _adopt(self, session: Session) -> None:
         """Start driving a session: configure it at the aggregator, then carry out its commands."""
@@ -295,26 +315,26 @@ class Coordinator:
         session = self._get(name)
         self._member(session, participant)
         now = self.clock()
+        phase = session.machine.phase_after_leave(participant)  # NB: commit, then act
+        write = self.store.update_participant(name, participant, phase=phase, result=result)
+        event = self.store.record_event(Event(name, "leave", participant=participant, data=result, at=now))
+        await self._durable(write, event)
         self.sessions.dispatch(session, session.machine.leave(participant, now=now))
         if result is not None:
             session.activity[participant].result = result
-        phase = session.machine.members[participant].phase
-        write = self.store.update_participant(name, participant, phase=phase, result=result)
-        event = self.store.record_event(Event(name, "leave", participant=participant, data=result, at=now))
         log.info("participant left", extra={"session": name, "participant": participant})
-        await self._durable(write, event)
         return {}
 
     async def evict(self, name: str, participant: str, reason: str) -> dict[str, Any]:
         session = self._get(name)
         self._member(session, participant)
         now = self.clock()
-        self.sessions.dispatch(session, session.machine.evict(participant, now=now))
-        session.commands.put_nowait(Revoke(participant))
         write = self.store.update_participant(name, participant, phase=rounds.P_EVICTED)
         event = self.store.record_event(Event(name, "evict", participant=participant, reason=reason, at=now))
+        await self._durable(write, event)  # NB: commit, then act: revoke only what the store remembers
+        self.sessions.dispatch(session, session.machine.evict(participant, now=now))
+        session.commands.put_nowait(Revoke(participant))
         log.warning("participant evicted: %s", reason, extra={"session": name, "participant": participant})
-        await self._durable(write, event)
         return {}
 
     async def _evict_scored_out(self, session: Session, participant: str, round_: int) -> None:

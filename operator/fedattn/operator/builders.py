@@ -305,18 +305,13 @@ def build_coordinator_deployment(session: Session, *, image: str = DEFAULT_IMAGE
     s, ns = session["metadata"]["name"], session["metadata"]["namespace"]
     curve = names.CURVE_DIR
     database = session["spec"].database
-    env = None
-    store = f"sqlite:///{names.STATE_DIR}/store.sqlite3"
+    # NB: the DSN reaches the coordinator as env, never in its args: a $(VAR) in args would be
+    # expanded by the kubelet into the command line, where every process on the node reads it.
+    dsn: dict[str, Any] = {"value": f"sqlite:///{names.STATE_DIR}/store.sqlite3"}
     if database:
         ref = database.secret_ref
-        env = [
-            {
-                "name": "FEDATTN_DATABASE_DSN",
-                "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}},
-            }
-        ]
-        # NB: the kubelet expands $(VAR) in args, so the DSN stays in the Secret, not in the Deployment
-        store = "$(FEDATTN_DATABASE_DSN)"
+        dsn = {"valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    env = [{"name": "FEDATTN_DATABASE_DSN", **dsn}]
     args = [
         "--api-host", "0.0.0.0",
         "--api-port", str(names.API_PORT),
@@ -325,7 +320,6 @@ def build_coordinator_deployment(session: Session, *, image: str = DEFAULT_IMAGE
         "--tls-cert", f"{names.TLS_DIR}/{names.SERVER}.crt",
         "--tls-key", f"{names.TLS_DIR}/{names.SERVER}.key",
         "--tls-ca", f"{names.TLS_DIR}/ca.crt",
-        "--store", store,
         "--aggregator", names.aggregator_endpoint(s, ns),
         "--aggregator-public-key", f"{curve}/{names.SERVER}.curve.pub",
         "--client-curve-public", f"{curve}/{names.CONTROL_CLIENT}.curve.pub",

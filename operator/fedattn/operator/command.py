@@ -24,6 +24,7 @@ from fedattn.operator.handlers import REGISTRY, Config
 from fedattn.operator.kube import CONCURRENCY, Kube
 from fedattn.operator.pod_defaults import PodDefaults
 from fedattn.operator.progress import CoordinatorStatus
+from fedattn.operator.trust import ImagePolicy
 
 log = logging.getLogger("fedattn.operator")
 
@@ -73,6 +74,7 @@ def build_config(args: argparse.Namespace, env: dict[str, str] | os._Environ = o
         status_source=CoordinatorStatus(),
         images=images,
         default_database=database,
+        image_policy=ImagePolicy.from_env(env),
         pods=PodDefaults.from_env(env),
         poll_seconds=args.poll_seconds,
     )

@@ -20,10 +20,10 @@ from typing import Any
 import kopf
 from kubernetes.client import ApiException
 
-from fedattn.api import ManifestError, apply_defaults_and_validate, crds, schema
+from fedattn.api import ManifestError, apply_defaults_and_validate, crds, name_problems, schema
 from fedattn.api.schema import ParticipantPhase, SessionPhase
 from fedattn.api.spec import ParticipantSpec, SessionSpec
-from fedattn.operator import accepted, builders, credentials, names, status
+from fedattn.operator import accepted, builders, credentials, names, status, trust
 from fedattn.operator.kube import Kube
 from fedattn.operator.metrics import PhaseCounter, measured
 from fedattn.operator.objects import Participant, Session
@@ -52,6 +52,8 @@ class Config:
     retry_seconds: float = 2.0  # how soon a handler waiting for another object tries again
     ca_wait_seconds: float = 30.0  # how long a participant waits for its session's CA before retrying
     renew_check_seconds: float = 3600.0
+    #: which images a spec may name instead of ``images`` (the chart's ``imagePolicy``)
+    image_policy: trust.ImagePolicy = field(default_factory=trust.ImagePolicy)
     clock: Any = field(default=lambda: dt.datetime.now(dt.UTC))
     phases: PhaseCounter = field(default_factory=PhaseCounter)
     authorities: credentials.SessionAuthorities = field(default_factory=credentials.SessionAuthorities)
@@ -62,6 +64,17 @@ class Config:
 
     def image(self, component: str) -> str:
         return self.images.get(component) or builders.DEFAULT_IMAGE
+
+    async def refused(self, obj: dict[str, Any], *, images: list[tuple[str, str]], refs: list) -> list[str]:
+        """Why the operator will not run what ``obj`` asks for (images, mounted Secrets/ConfigMaps);
+        TemporaryError while a referenced object does not exist yet."""
+        own = {self.image(c) for c in ("coordinator", "aggregator", "participant")}
+        problems = [p for where, image in images if (p := self.image_policy.problem(image, where=where, own=own))]
+        try:
+            problems += await trust.refs_problems(self.kube, obj["metadata"]["namespace"], refs)
+        except trust.RefNotReady as exc:
+            raise kopf.TemporaryError(str(exc), delay=self.retry_seconds) from exc
+        return problems
 
 
 def configure_settings(settings: kopf.OperatorSettings) -> None:
@@ -172,9 +185,14 @@ def _typed_spec(kind: str, spec_json: str) -> SessionSpec | ParticipantSpec | li
 def _typed(kind: str, body: dict[str, Any]) -> dict[str, Any]:
     # NB: an edit of an immutable field that an API server without CEL let in is not acted on (accepted.py)
     body, _ = accepted.effective(kind, body)
+    name = body["metadata"].get("name", "")
+    # NB: the memoised spec pass validates under a placeholder name, so the real one is checked here
+    # (a legacy API server has no CEL to refuse a FedParticipant named after a session component).
+    if problems := name_problems(kind, name):
+        raise ManifestError(kind, name, problems)
     spec = _typed_spec(kind, json.dumps(body.get("spec") or {}, sort_keys=True))
     if isinstance(spec, list):
-        raise ManifestError(kind, body["metadata"].get("name", ""), spec)
+        raise ManifestError(kind, name, spec)
     return {
         **{k: body[k] for k in ("apiVersion", "kind", "metadata")},
         "spec": spec,
@@ -193,8 +211,10 @@ def _participant(body: dict[str, Any]) -> Participant:
     return _typed("FedParticipant", body)  # type: ignore[return-value]
 
 
-def _invalid_status(previous: dict, exc: ManifestError, generation: int, now: dt.datetime) -> dict:
-    seen = status.Observation(failure=("InvalidSpec", "; ".join(exc.problems)))
+def _invalid_status(
+    previous: dict, exc: ManifestError, generation: int, now: dt.datetime, *, reason: str = "InvalidSpec"
+) -> dict:
+    seen = status.Observation(failure=(reason, "; ".join(exc.problems)))
     return {
         "phase": SessionPhase.FAILED,
         "observedGeneration": generation,
@@ -203,7 +223,7 @@ def _invalid_status(previous: dict, exc: ManifestError, generation: int, now: dt
             previous.get("conditions", []),
             type="Failed",
             status=True,
-            reason="InvalidSpec",
+            reason=reason,
             message=seen.failure[1],
             now=now,
             generation=generation,
@@ -273,6 +293,11 @@ async def reconcile_session(
     except ManifestError as exc:
         patch.status.update(_invalid_status(raw["status"], exc, generation, cfg.clock()))
         raise kopf.PermanentError(str(exc)) from exc
+    refused = await cfg.refused(session, images=trust.session_images(session), refs=trust.session_refs(session))
+    if refused:
+        exc = ManifestError("FedSession", meta["name"], refused)
+        patch.status.update(_invalid_status(raw["status"], exc, generation, cfg.clock(), reason="NotAllowed"))
+        raise kopf.PermanentError(str(exc))
     _accept(patch, "FedSession", raw, session["spec"].to_manifest(), logger=logger)
     ready = await credentials.ensure_session_pki(cfg.kube, session, owner=raw, authorities=cfg.authorities)
     finished = session["status"].get("phase") in status.TERMINAL
@@ -611,27 +636,32 @@ async def issue_participant(
     cfg = _config(memo)
     raw = _plain(body)
     generation = int(meta.get("generation") or 0)
+
+    def failed(exc: ManifestError, reason: str) -> kopf.PermanentError:
+        conditions = status.set_condition(
+            raw["status"].get("conditions", []),
+            type="CertificateIssued",
+            status=False,
+            reason=reason,
+            message="; ".join(exc.problems),
+            now=cfg.clock(),
+            generation=generation,
+        )
+        patch.status.update({"phase": ParticipantPhase.FAILED, "conditions": conditions})
+        return kopf.PermanentError(str(exc))
+
     try:
         participant = _participant(raw)
     except ManifestError as exc:
-        patch.status.update(
-            {
-                "phase": ParticipantPhase.FAILED,
-                "conditions": status.set_condition(
-                    raw["status"].get("conditions", []),
-                    type="CertificateIssued",
-                    status=False,
-                    reason="InvalidSpec",
-                    message="; ".join(exc.problems),
-                    now=cfg.clock(),
-                    generation=generation,
-                ),
-            }
-        )
-        raise kopf.PermanentError(str(exc)) from exc
+        raise failed(exc, "InvalidSpec") from exc
     _accept(patch, "FedParticipant", raw, participant["spec"].to_manifest(), logger=logger)
     if participant["status"].get("phase") == ParticipantPhase.EVICTED:
         return  # NB: credentials of an evicted participant stay revoked across operator restarts
+    refused = trust.volume_problems(participant) + await cfg.refused(
+        participant, images=[("spec.image", participant["spec"].image)], refs=trust.participant_refs(participant)
+    )
+    if refused:
+        raise failed(ManifestError("FedParticipant", meta["name"], refused), "NotAllowed")
     session = await _session_for(cfg, participant, fedsessions_by_name)
     await credentials.ensure_participant(
         cfg.kube,

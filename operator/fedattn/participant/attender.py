@@ -75,7 +75,9 @@ def run_attention(
         tokenizer, prompt, shared_prefix=spec.shared_prefix, index=index, count=len(order)
     )
     timeout = float(spec.round_timeout_seconds)
-    channel.send("hello", meta={"tokens": len(tokens.own)})
+    cfg = model.config
+    shape = {"n_layers": cfg.n_layers, "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim}
+    channel.send("hello", meta={"tokens": len(tokens.own), "prefix": len(tokens.prefix), "model": shape})
     welcome = await_kind(channel, "welcome", timeout_seconds=timeout)
     start = len(tokens.prefix) + int(welcome.meta["tokens_before"])
     positions = np.arange(start, start + len(tokens.own), dtype=np.int64)

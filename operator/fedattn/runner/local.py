@@ -18,6 +18,7 @@ from typing import Any
 from fedattn import pki
 from fedattn.api.schema import SessionPhase
 from fedattn.coordinator.client import CoordinatorClient
+from fedattn.coordinator.command import DSN_ENV
 from fedattn.resilience import Policy
 from fedattn.runner import volumes
 from fedattn.runner.manifests import Bundle
@@ -73,6 +74,8 @@ def prepare(bundle: Bundle, *, workdir: Path) -> Prepared:
         pki_dir, session=bundle.name, participants=bundle.participant_names, server_names=["127.0.0.1", "localhost"]
     )
     allow = _write_allowlist(pki_dir, identities, [pki.CONTROL_CLIENT, *bundle.participant_names])
+    for name in bundle.participant_names:  # NB: each participant process gets only its own keys
+        identities[name] = pki.move_identity(identities[name], participant_pki_dir(workdir, name))
     endpoints = Endpoints(
         aggregator=f"tcp://127.0.0.1:{free_port()}",
         aggregator_metrics=free_port(),
@@ -131,12 +134,12 @@ def start(
             "--tls-cert", str(server.cert),
             "--tls-key", str(server.key),
             "--tls-ca", str(server.ca),
-            "--store", store_dsn,
             "--aggregator", endpoints.aggregator,
             "--aggregator-public-key", str(server.curve_public),
             "--client-curve-public", str(control.curve_public),
             "--client-curve-secret", str(control.curve_secret),
         ],
+        env={DSN_ENV: store_dsn},  # NB: a DSN may hold a password: env, not the command line
     )
     wait_ready(f"http://127.0.0.1:{endpoints.coordinator_metrics}/readyz", proc=coordinator)
     admin = CoordinatorClient(
@@ -151,6 +154,11 @@ def start(
     return session
 
 
+def participant_pki_dir(workdir: Path, name: str) -> Path:
+    """A participant's own PKI directory: ``ca.crt`` and its identity, no other key."""
+    return workdir / "pki" / "participants" / name
+
+
 def start_participant(session: LocalSession, name: str) -> None:
     """One participant process; its private prompt/data goes to a file only it reads, its volume
     mounts map to local directories (fedattn.runner.volumes), and the manifest's directory is on its
@@ -160,7 +168,7 @@ def start_participant(session: LocalSession, name: str) -> None:
         "--coordinator", session.endpoints.coordinator,
         "--session", session.bundle.name,
         "--name", name,
-        "--pki-dir", str(session.workdir / "pki"),
+        "--pki-dir", str(participant_pki_dir(session.workdir, name)),
         "--result-file", str(session.workdir / "results" / f"{name}.json"),
     ]
     spec = session.bundle.participant_spec(name)

@@ -33,12 +33,13 @@ def _names(n: int) -> list[str]:
 
 
 def _configure(aggregator: Aggregator, server: pki.CurveKeyPair, control: pki.CurveKeyPair, names: list[str],
-               plan: FedAttnPlan) -> None:
+               *, plan: FedAttnPlan) -> None:
     if plan.holder_sync_layers not in (None, frozenset()):
         raise ValueError("the wire serves holders at every sync layer or at none (spec.holderSync)")
     spec = {"mode": "attention", "minParticipants": len(names), "roundTimeoutSeconds": TIMEOUT_SECONDS,
             "publisher": names[-1], "kvCodec": str(plan.kv_codec),
-            "holderSync": "all" if plan.holder_sync_layers is None else "none"}
+            "holderSync": "all" if plan.holder_sync_layers is None else "none",
+            "syncLayers": sorted(plan.sync_layers)}
     with AggregatorClient(endpoint=aggregator.endpoint, server_public=server.public, public=control.public,
                           secret=control.secret, session=SESSION, name=pki.CONTROL_CLIENT,
                           timeout_seconds=TIMEOUT_SECONDS) as link:
@@ -61,7 +62,7 @@ def run_prefill(model: LlamaModel, layout: PromptLayout, *, plan: FedAttnPlan) -
                                 server_secret=server.secret, allow_dir=allow)
         aggregator.start()
         try:
-            _configure(aggregator, server, keys[pki.CONTROL_CLIENT], names, plan)
+            _configure(aggregator, server, keys[pki.CONTROL_CLIENT], names, plan=plan)
             return _run_participants(model, layout, plan=plan, aggregator=aggregator, server=server,
                                      keys=keys, names=names)
         finally:
@@ -79,7 +80,9 @@ def _run_participants(model, layout, *, plan, aggregator, server, keys, names) -
         def prefill() -> PrefillResult:
             channel = clients[index]
             own = layout.ids_of(index)
-            channel.send("hello", meta={"tokens": len(own)})
+            cfg = model.config
+            shape = {"n_layers": cfg.n_layers, "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim}
+            channel.send("hello", meta={"tokens": len(own), "prefix": layout.n_prefix, "model": shape})
             welcome = await_kind(channel, "welcome", timeout_seconds=TIMEOUT_SECONDS)
             start = layout.n_prefix + int(welcome.meta["tokens_before"])
             if start != int(layout.positions_of(index)[0]):

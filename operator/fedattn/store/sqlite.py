@@ -51,7 +51,7 @@ class SqliteBackend:
             with attempt:
                 conn.execute("PRAGMA journal_mode = WAL")
         # NB: NORMAL in WAL mode keeps every commit across a process crash (not across power loss).
-        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA synchronous = FULL")  # NB: an acknowledged commit survives a power cut too
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 

@@ -86,6 +86,10 @@ def check_learning_spec(spec: SessionSpec) -> None:
         resolve_threshold({"threshold": secure_aggregation.threshold}, min_participants=spec.min_participants)
     if spec.dp is not None and name not in MEAN_BASED:
         raise StrategyError(f"privacy.dp needs a mean-based strategy ({sorted(MEAN_BASED)}), not {name}")
+    if secure and (spec.dp is not None or spec.update_limits.clip_norm is not None):
+        # NB: masked updates cannot be clipped here, and participants do not clip their own: a DP
+        # epsilon computed for per-participant sensitivity clipNorm would not hold (issue 14 item 11)
+        raise StrategyError("secureAggregation hides each update, so privacy.dp / updateLimits.clipNorm cannot clip it")
     if secure and name not in MEAN_BASED:
         raise StrategyError(f"secureAggregation reveals only the sum, which {name} cannot aggregate")
     compression = spec.compression
