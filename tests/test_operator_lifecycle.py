@@ -583,7 +583,7 @@ async def test_a_session_deleted_and_applied_again_reissues_its_participants(api
     emulator, url = api
     first = _attention_session()
     async with running_operator(url, RecordedStatus()) as config:
-        await _create_all(config, [first, *_participants()])
+        await _create_all(config, [*_private_data(), first, *_participants()])
         await eventually(lambda: names_of(emulator, JOBS) == {"holder-a-participant", "holder-b-participant"})
         await eventually(lambda: _status(emulator, PARTICIPANTS, "asker").get("phase") == "Credentialed")
         await config.kube.delete(kind="FedSession", namespace=NAMESPACE, name="qa")
