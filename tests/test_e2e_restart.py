@@ -82,11 +82,11 @@ def test_coordinator_and_aggregator_killed_mid_round_lose_no_acknowledged_update
     store = tmp_path / "store.sqlite3"
     with supervised(tmp_path / "logs") as supervisor:
         session = local.start(bundle, workdir=tmp_path, supervisor=supervisor, participants=names[:-1])
-        identity = identity_from_dir(tmp_path / "pki", "held")
+        identity = identity_from_dir(local.participant_pki_dir(tmp_path, "held"), "held")  # NB: its own keys only
         api = CoordinatorClient(base_url=session.endpoints.coordinator, identity=identity)
         joined = api.join("resilience", "held")
         channel = AggregatorClient.from_files(
-            endpoint=joined["aggregator"]["endpoint"], server_public=identity.curve_public.parent / "server.curve.pub",
+            endpoint=joined["aggregator"]["endpoint"], server_public=tmp_path / "pki" / "server.curve.pub",
             public=identity.curve_public, secret=identity.curve_secret, session="resilience", name="held",
             timeout_seconds=30,
         )
